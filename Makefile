@@ -1,0 +1,19 @@
+# The two commands of the README: `make demo` (set up, then run the whole settlement story) and
+# `make test` (set up, then run the test suite). Everything else is a convenience.
+SHELL := /bin/bash
+.PHONY: setup demo test test-deep bench
+
+setup:
+	@bin/setup
+
+demo: setup
+	@source bin/env.sh && clearhouse demo
+
+test: setup
+	@source bin/env.sh && bin/test
+
+test-deep: setup
+	@source bin/env.sh && HYPOTHESIS_PROFILE=deep python -m pytest -m stateful -p no:cacheprovider
+
+bench: setup
+	@source bin/env.sh && clearhouse bench gas && clearhouse bench verify
