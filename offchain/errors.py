@@ -1,0 +1,205 @@
+"""The one error hierarchy of Clearhouse: `ClearhouseError` and one subclass per domain.
+
+Every error carries the fields that explain it and a message that says what happened and what the caller can
+do. Code catches these by class; only the CLI and HTTP edges catch broad exceptions. HTTP edges map `code`
+(stable, snake_case) and `http_status` onto the wire.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ClearhouseError(Exception):
+    """Root of every error Clearhouse raises on purpose."""
+
+    code: str = "clearhouse_error"
+    http_status: int = 400
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fields = fields
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        def plain(v: Any) -> Any:
+            if isinstance(v, (bytes, bytearray)):
+                return "0x" + bytes(v).hex()
+            if isinstance(v, (str, int, float, bool)) or v is None:
+                return v
+            return str(v)
+
+        return {"error": self.code, "message": self.message, "fields": {k: plain(v) for k, v in self.fields.items()}}
+
+
+# --- signatures -------------------------------------------------------------------------------------------
+class SignatureError(ClearhouseError):
+    code = "signature_invalid"
+    http_status = 401
+
+
+class InvalidSignatureLength(SignatureError):
+    code = "signature_length"
+
+
+class InvalidSignatureS(SignatureError):
+    """High-s (malleated) signature."""
+
+    code = "signature_high_s"
+
+
+class InvalidSignatureV(SignatureError):
+    code = "signature_bad_v"
+
+
+class SignerMismatch(SignatureError):
+    """A valid signature, but by someone other than the expected signer (forgery, wrong domain or wrong type)."""
+
+    code = "signer_mismatch"
+
+
+# --- certificates -------------------------------------------------------------------------------------------
+class CertificateError(ClearhouseError):
+    code = "certificate_invalid"
+    http_status = 401
+
+
+class CertificateExpired(CertificateError):
+    code = "certificate_expired"
+
+
+class CertificateNotYetValid(CertificateError):
+    code = "certificate_not_yet_valid"
+
+
+class CertificateRevoked(CertificateError):
+    code = "certificate_revoked"
+
+
+class UntrustedCertificate(CertificateError):
+    """Self-signed, issued by another CA, or otherwise failing path validation."""
+
+    code = "certificate_untrusted"
+
+
+class WrongRole(CertificateError):
+    code = "wrong_role"
+    http_status = 403
+
+
+class IdentityMismatch(CertificateError):
+    """The TLS peer, the attached certificate and the log's signer do not all name the same member."""
+
+    code = "identity_mismatch"
+    http_status = 403
+
+
+# --- replay and idempotency ---------------------------------------------------------------------------------
+class ReplayError(ClearhouseError):
+    code = "replay"
+    http_status = 409
+
+
+class DuplicateMessage(ReplayError):
+    """Same id, different payload: an error, never a second effect."""
+
+    code = "duplicate_id_different_payload"
+
+
+class SequenceError(ReplayError):
+    code = "sequence_error"
+
+
+# --- limits (money) -----------------------------------------------------------------------------------------
+class LimitError(ClearhouseError):
+    code = "limit"
+    http_status = 422
+
+
+class AllowanceExceeded(LimitError):
+    code = "allowance_exceeded"
+
+
+class IssueLogExpired(LimitError):
+    code = "issue_log_expired"
+
+
+class InvalidAmount(LimitError):
+    """Negative, zero where forbidden, or overflowing its field."""
+
+    code = "invalid_amount"
+
+
+class InsufficientFunds(LimitError):
+    code = "insufficient_funds"
+
+
+# --- secure containers --------------------------------------------------------------------------------------
+class ContainerError(ClearhouseError):
+    code = "container_invalid"
+    http_status = 422
+
+
+class ContainerTampered(ContainerError):
+    code = "container_tampered"
+
+
+class ContainerTruncated(ContainerError):
+    code = "container_truncated"
+
+
+class WrongDevice(ContainerError):
+    """The content key was wrapped for another device."""
+
+    code = "container_wrong_device"
+
+
+class PolicyMismatch(ContainerError):
+    """The container's policy hash does not match the one registered on chain."""
+
+    code = "policy_mismatch"
+
+
+# --- chain ----------------------------------------------------------------------------------------------------
+class ChainError(ClearhouseError):
+    code = "chain_error"
+    http_status = 502
+
+
+class ChainUnreachable(ChainError):
+    code = "chain_unreachable"
+
+
+class ContractReverted(ChainError):
+    """A transaction or call reverted with a decoded custom error: `error_name` and `args` say which."""
+
+    code = "contract_reverted"
+    http_status = 422
+
+
+# --- bank -----------------------------------------------------------------------------------------------------
+class BankError(ClearhouseError):
+    code = "bank_error"
+
+
+class UnknownAccount(BankError):
+    code = "unknown_account"
+    http_status = 404
+
+
+# --- transport and configuration ------------------------------------------------------------------------------
+class TransportError(ClearhouseError):
+    code = "transport_error"
+    http_status = 502
+
+
+class ConfigError(ClearhouseError):
+    code = "config_error"
+    http_status = 500
+
+
+class NotFound(ClearhouseError):
+    code = "not_found"
+    http_status = 404
