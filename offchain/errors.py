@@ -60,6 +60,13 @@ class SignerMismatch(SignatureError):
     code = "signer_mismatch"
 
 
+class MalformedMessage(ClearhouseError):
+    """A typed log field is out of range or of the wrong type (fields: type, field, value, reason)."""
+
+    code = "message_malformed"
+    http_status = 422
+
+
 # --- certificates -------------------------------------------------------------------------------------------
 class CertificateError(ClearhouseError):
     code = "certificate_invalid"
