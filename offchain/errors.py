@@ -103,6 +103,13 @@ class IdentityMismatch(CertificateError):
     http_status = 403
 
 
+class CrlUnavailable(CertificateError):
+    """The CRL is missing, not signed by our root, or past its next_update: revocation cannot be checked."""
+
+    code = "crl_unavailable"
+    http_status = 503
+
+
 # --- replay and idempotency ---------------------------------------------------------------------------------
 class ReplayError(ClearhouseError):
     code = "replay"
@@ -200,6 +207,32 @@ class UnknownAccount(BankError):
 class TransportError(ClearhouseError):
     code = "transport_error"
     http_status = 502
+
+
+class TlsHandshakeFailed(TransportError):
+    """The mutual TLS handshake failed: wrong CA, no/expired client certificate, hostname mismatch."""
+
+    code = "tls_handshake_failed"
+
+
+class RemoteError(TransportError):
+    """The peer answered non-2xx (fields: url, status, remote_code, remote_message, remote_fields)."""
+
+    code = "remote_error"
+
+
+class InvalidRequest(TransportError):
+    """An HTTP body that is not JSON or does not match the route's schema (fields: errors)."""
+
+    code = "invalid_request"
+    http_status = 422
+
+
+class ServiceUnavailable(TransportError):
+    """A peer service did not answer (connection refused, timeout): retry later (fields: url, reason)."""
+
+    code = "service_unavailable"
+    http_status = 503
 
 
 class ConfigError(ClearhouseError):

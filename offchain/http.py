@@ -1,0 +1,295 @@
+"""Shared aiohttp plumbing of the Clearhouse services: role-checked routes, pydantic bodies, JSON errors, OpenAPI.
+
+A `Route` names the roles allowed to call it; `add_routes` takes the TLS peer identity through an injected
+`identify` callable (normally `offchain.tls.peer_identity` bound to the service's CertificateVerifier), checks the
+role, parses the body and maps every `ClearhouseError` to `{"error", "message", "fields"}`. No business logic here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import requests
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from offchain import errors
+from offchain.errors import ClearhouseError, InvalidRequest, ServiceUnavailable, WrongRole
+from offchain.messages import Role
+
+log = logging.getLogger(__name__)
+
+Identity = Any  # offchain.certs.MemberIdentity (kept loose so this module does not import the TLS stack)
+Handler = Callable[[web.Request, Identity, Any], Awaitable[Any]]
+Identify = Callable[[web.Request], Identity]
+PEER_KEY = "clearhouse.peer"
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP route: `roles` empty means any member of our CA; `body`/`response` are pydantic models."""
+
+    method: str
+    path: str
+    handler: Handler
+    roles: tuple[Role, ...] = ()
+    body: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    summary: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+# --- server side ---------------------------------------------------------------------------------------------------
+def error_response(error: ClearhouseError) -> web.Response:
+    return web.json_response(error.to_dict(), status=error.http_status)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                           ) -> web.StreamResponse:
+    """Map ClearhouseError to its JSON body and status; unknown exceptions become an opaque 500."""
+    try:
+        return await handler(request)
+    except ClearhouseError as exc:
+        return error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = "not_found" if exc.status == 404 else "http_error"
+        return web.json_response({"error": code, "message": exc.reason, "fields": {"path": request.path}},
+                                 status=exc.status)
+    except Exception:  # the HTTP edge: log the detail, never leak it
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return web.json_response({"error": "internal_error", "message": "internal error; see the service log",
+                                  "fields": {}}, status=500)
+
+
+def parse_model(model: type[BaseModel], payload: Any) -> BaseModel:
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InvalidRequest(f"request body does not match {model.__name__}: {problems}",
+                             model=model.__name__, errors=problems) from None
+
+
+async def parse_body(request: web.Request, model: type[BaseModel]) -> BaseModel:
+    try:
+        payload = await request.json()
+    except ValueError:
+        raise InvalidRequest("request body is not JSON", model=model.__name__, errors="invalid json") from None
+    return parse_model(model, payload)
+
+
+def check_role(peer: Identity, roles: tuple[Role, ...], path: str) -> None:
+    if roles and peer.role not in roles:
+        allowed = ",".join(r.name for r in roles)
+        raise WrongRole(f"{peer.member_id} has role {Role(peer.role).name}; {path} accepts {allowed}",
+                        member_id=peer.member_id, role=Role(peer.role).name, expected=allowed)
+
+
+def to_json_response(result: Any) -> web.StreamResponse:
+    if isinstance(result, web.StreamResponse):
+        return result
+    if isinstance(result, BaseModel):
+        return web.json_response(result.model_dump(mode="json"))
+    return web.json_response(result)
+
+
+def _wrap(route: Route, identify: Identify) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def endpoint(request: web.Request) -> web.StreamResponse:
+        peer = identify(request)
+        check_role(peer, route.roles, route.path)
+        request[PEER_KEY] = peer
+        body = await parse_body(request, route.body) if route.body is not None else None
+        return to_json_response(await route.handler(request, peer, body))
+
+    endpoint.__name__ = getattr(route.handler, "__name__", "endpoint")
+    return endpoint
+
+
+def add_routes(app: web.Application, routes: Iterable[Route], identify: Identify, *, title: str,
+               version: str = "1.0.0") -> None:
+    """Register `routes` plus `GET /openapi.json` (any member) on `app`; install the error middleware first."""
+    routes = list(routes)
+    document = openapi_document(title, version, routes)
+
+    async def openapi(_request: web.Request, _peer: Identity, _body: Any) -> dict[str, Any]:
+        return document
+
+    for route in [*routes, Route("GET", "/openapi.json", openapi, summary="This document")]:
+        app.router.add_route(route.method, route.path, _wrap(route, identify))
+
+
+def new_app(**state: Any) -> web.Application:
+    """An Application with the error middleware and `state` stored under string keys."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    for key, value in state.items():
+        app[key] = value
+    return app
+
+
+# --- OpenAPI -------------------------------------------------------------------------------------------------------
+def openapi_document(title: str, version: str, routes: Iterable[Route]) -> dict[str, Any]:
+    """OpenAPI 3.1 from the route table (pydantic JSON schemas; mTLS as the security scheme)."""
+    paths: dict[str, dict[str, Any]] = {}
+    schemas: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+    for route in routes:
+        operation: dict[str, Any] = {
+            "summary": route.summary or route.path,
+            "operationId": getattr(route.handler, "__name__", route.path),
+            "x-clearhouse-roles": [r.name.lower() for r in route.roles] or ["any_member"],
+            "responses": {"200": _content(route.response, schemas),
+                          "default": {"description": "error", "content": {"application/json": {
+                              "schema": {"$ref": "#/components/schemas/Error"}}}}},
+        }
+        if route.body is not None:
+            operation["requestBody"] = {"required": True, **_content(route.body, schemas)}
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
+    return {"openapi": "3.1.0", "info": {"title": title, "version": version}, "paths": paths,
+            "components": {"schemas": schemas, "securitySchemes": {"mtls": {"type": "mutualTLS"}}},
+            "security": [{"mtls": []}]}
+
+
+_ERROR_SCHEMA = {"type": "object", "required": ["error", "message", "fields"],
+                 "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                                "fields": {"type": "object"}}}
+
+
+def _content(model: type[BaseModel] | None, schemas: dict[str, Any]) -> dict[str, Any]:
+    if model is None:
+        return {"description": "JSON", "content": {"application/json": {"schema": {"type": "object"}}}}
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
+    return {"description": model.__name__,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+
+
+# --- running ---------------------------------------------------------------------------------------------------------
+async def run_app(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None, *,
+                  shutdown_timeout_s: float = 5.0, ready: Callable[[], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight requests finish and run cleanups."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True).start()
+        log.info("listening on %s:%d", host, port)
+        if ready is not None:
+            ready()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+
+
+# --- client side -----------------------------------------------------------------------------------------------------
+def _error_classes() -> dict[str, type[ClearhouseError]]:
+    found: dict[str, type[ClearhouseError]] = {}
+    pending: list[type[ClearhouseError]] = [ClearhouseError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def error_from_payload(status: int, payload: Any, url: str) -> ClearhouseError:
+    """Rebuild the named error a peer service answered with (unknown codes become TransportError)."""
+    if not isinstance(payload, dict) or "error" not in payload:
+        return errors.TransportError(f"{url} answered HTTP {status} without an error body", url=url, status=status)
+    cls = _error_classes().get(str(payload["error"]), errors.TransportError)
+    fields = payload.get("fields") if isinstance(payload.get("fields"), dict) else {}
+    error = cls(str(payload.get("message", "")), **{k: v for k, v in fields.items() if k != "message"})
+    error.fields.setdefault("remote_status", status)
+    return error
+
+
+class JsonClient:
+    """Async JSON-over-mTLS client for service-to-service calls; raises the peer's named errors."""
+
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._ssl = ssl_context
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        url = self.base_url + path
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.request(method, url, json=body, ssl=self._ssl) as response:
+                payload = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, ssl.SSLError) as exc:
+            raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
+                                     reason=type(exc).__name__) from None
+        if status >= 400:
+            raise error_from_payload(status, payload, url)
+        return payload
+
+    async def post(self, path: str, body: Any) -> Any:
+        return await self.request("POST", path, body)
+
+    async def get(self, path: str) -> Any:
+        return await self.request("GET", path)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class SyncJsonClient:
+    """Blocking JSON-over-mTLS client for operator tools and devices (CLI, demo); same error mapping."""
+
+    def __init__(self, base_url: str, cert_path: str, key_path: str, ca_path: str, *,
+                 timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._session = requests.Session()
+        self._session.cert = (str(cert_path), str(key_path))
+        self._session.verify = str(ca_path)
+        self._timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        url = self.base_url + path
+        try:
+            response = self._session.request(method, url, json=body, timeout=self._timeout_s)
+        except requests.RequestException as exc:
+            raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
+                                     reason=type(exc).__name__) from None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if response.status_code >= 400:
+            raise error_from_payload(response.status_code, payload, url)
+        return payload
+
+    def post(self, path: str, body: Any) -> Any:
+        return self.request("POST", path, body)
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+__all__ = [
+    "Route", "PEER_KEY", "add_routes", "new_app", "error_middleware", "error_response", "parse_body", "parse_model",
+    "check_role", "openapi_document", "run_app", "error_from_payload", "JsonClient", "SyncJsonClient",
+]
