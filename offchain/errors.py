@@ -176,6 +176,44 @@ class PolicyMismatch(ContainerError):
     code = "policy_mismatch"
 
 
+class InvalidPolicy(ContainerError):
+    """A content policy breaks the registration rules (payees, bps split, version); fields: field, reason."""
+
+    code = "policy_invalid"
+
+
+class SecureModuleError(ContainerError):
+    """The device's secure module (encryption processing unit) refused an operation."""
+
+    code = "secure_module_error"
+
+
+class WrongPassphrase(SecureModuleError):
+    """The keystore did not decrypt: wrong passphrase or a tampered keystore file."""
+
+    code = "keystore_wrong_passphrase"
+    http_status = 401
+
+
+class IssueLogRejected(SecureModuleError):
+    """An issue log cannot be installed on this device (fields: serial, reason)."""
+
+    code = "issue_log_rejected"
+
+
+class NoIssueLog(SecureModuleError):
+    """No open issue log is installed: request one from the clearing center first."""
+
+    code = "no_issue_log"
+
+
+class RenewalPending(SecureModuleError):
+    """A balance statement was attested: the log is frozen until the renewed issue log is installed."""
+
+    code = "renewal_pending"
+    http_status = 409
+
+
 # --- chain ----------------------------------------------------------------------------------------------------
 class ChainError(ClearhouseError):
     code = "chain_error"
