@@ -212,3 +212,12 @@ def test_verify_usage_logs_batch_and_index_of_forgery() -> None:
     assert info.value.index == 7
     with pytest.raises(InvalidSignatureLength):
         recover_many(logs, DOMAIN, signatures[:-1])
+
+
+def test_bench_verify_writes_both_rates(tmp_path: Path) -> None:
+    from offchain.bench import verify as bench_verify
+
+    out = tmp_path / "verify.json"
+    result = bench_verify.run(out_path=str(out), n=300, generic_n=100)
+    assert json.loads(out.read_text()) == result
+    assert result["fast_per_s"] > result["generic_per_s"] > 0 and result["n_generic"] == 100
