@@ -128,6 +128,10 @@ class Domain:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Domain:
+        """Parse {"name", "version", "chainId", "verifyingContract"}; name and version must be Clearhouse's."""
+        if not isinstance(data, dict) or not {"chainId", "verifyingContract"} <= set(data):
+            raise MalformedMessage("EIP-712 domain needs chainId and verifyingContract", type="EIP712Domain",
+                                   field="chainId", value=data, reason="missing members")
         if data.get("name", DOMAIN_NAME) != DOMAIN_NAME or data.get("version", DOMAIN_VERSION) != DOMAIN_VERSION:
             raise MalformedMessage("foreign EIP-712 domain", type="EIP712Domain", field="name", value=data,
                                    reason=f"expected name {DOMAIN_NAME!r} version {DOMAIN_VERSION!r}")

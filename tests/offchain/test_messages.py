@@ -206,3 +206,13 @@ def test_messages_are_frozen() -> None:
     log = usage_log()
     with pytest.raises(AttributeError):
         log.fee = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("data", [
+    {"chainId": 1}, {"name": "Other", "version": "1", "chainId": 1, "verifyingContract": RECEIVER},
+    {"name": "Clearhouse", "version": "2", "chainId": 1, "verifyingContract": RECEIVER},
+    {"chainId": 0, "verifyingContract": RECEIVER}, {"chainId": "1", "verifyingContract": RECEIVER},
+])
+def test_domain_from_json_rejects_foreign_or_malformed(data: dict[str, Any]) -> None:
+    with pytest.raises(MalformedMessage):
+        Domain.from_json(data)
