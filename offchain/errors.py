@@ -281,3 +281,12 @@ class ConfigError(ClearhouseError):
 class NotFound(ClearhouseError):
     code = "not_found"
     http_status = 404
+
+
+# --- persistence ------------------------------------------------------------------------------------------------
+class InvalidTransition(ClearhouseError):
+    """A stored record was asked to move to a status it cannot reach from its current one (fields: kind,
+    current, wanted)."""
+
+    code = "invalid_transition"
+    http_status = 409
