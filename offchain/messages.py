@@ -518,7 +518,7 @@ def recover_digest(digest: bytes, signature: bytes) -> str:
     try:
         public_key = coincurve.PublicKey.from_signature_and_message(
             bytes(signature[:64]) + bytes((signature[64] - 27,)), digest, hasher=None)
-    except Exception as exc:  # coincurve raises plain Exception/ValueError for unrecoverable signatures
+    except ValueError as exc:  # coincurve: r or s out of range, or no curve point for r
         raise SignatureError(f"signature does not recover to a public key: {exc}", digest=digest) from None
     address = address_from_public_key(public_key.format(compressed=False))
     if address == "0x" + "0" * 40:  # pragma: no cover - keccak preimage of zero; kept to mirror OZ
@@ -549,12 +549,14 @@ def recover_generic(message: Message, domain: Domain, signature: bytes) -> str:
     """eth-account's generic path (encode_typed_data + Account.recover_message), same OZ rules."""
     from eth_account import Account
     from eth_account.messages import encode_typed_data
+    from eth_keys.exceptions import BadSignature
+    from eth_utils import ValidationError
 
     check_signature_rules(signature)
     signable = encode_typed_data(full_message=full_typed_data(message, domain))
     try:
         address = Account.recover_message(signable, signature=bytes(signature))
-    except Exception as exc:  # eth-keys raises BadSignature/ValidationError on unrecoverable input
+    except (BadSignature, ValidationError, ValueError) as exc:  # eth-keys: unrecoverable r/s
         raise SignatureError(f"signature does not recover to a public key: {exc}") from None
     return to_checksum_address(address)
 

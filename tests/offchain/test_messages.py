@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from eth_abi import encode as abi_encode
 from eth_utils import keccak as eth_keccak
 
@@ -216,3 +218,15 @@ def test_messages_are_frozen() -> None:
 def test_domain_from_json_rejects_foreign_or_malformed(data: dict[str, Any]) -> None:
     with pytest.raises(MalformedMessage):
         Domain.from_json(data)
+
+
+@given(first_seq=st.integers(0, 1 << 40), rows=st.lists(
+    st.tuples(st.integers(0, 6), st.integers(0, (1 << 88) - 1), st.integers(0, (1 << 32) - 1)),
+    min_size=1, max_size=40))
+@settings(max_examples=80, deadline=None)
+def test_batch_pack_unpack_round_trip_property(first_seq: int, rows: list[tuple[int, int, int]]) -> None:
+    logs = [usage_log(seq=first_seq + i, policy_id=bytes([p]) * 32, fee=fee, used_at=used_at)
+            for i, (p, fee, used_at) in enumerate(rows)]
+    batch = UsageBatch.from_logs(logs)
+    assert batch.logs() == logs and batch.count == len(logs) and batch.total == sum(fee for _, fee, _ in rows)
+    assert len(batch.entries) == 16 * len(logs) and len(set(batch.policy_ids)) == len(batch.policy_ids)
