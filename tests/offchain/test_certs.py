@@ -1,0 +1,158 @@
+"""Certificate verification: path validation, validity window, CRL, on-chain status, role and signer binding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import datetime as dt
+import time
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from offchain.ca import CertificateAuthority
+from offchain.certs import CertificateVerifier, MemberIdentity
+from offchain.errors import (CertificateExpired, CertificateNotYetValid, CertificateRevoked, CrlUnavailable,
+                             IdentityMismatch, UntrustedCertificate, WrongRole)
+from offchain.messages import Role
+
+
+def self_signed_member_pem(address: str) -> bytes:
+    """A certificate with the right SAN URIs, but signed by its own key: no CA vouches for it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "cc-1")])
+    now = dt.datetime.now(dt.timezone.utc)
+    san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier("urn:clearhouse:member:cc-1"),
+                                       x509.UniformResourceIdentifier("urn:clearhouse:role:clearing_center"),
+                                       x509.UniformResourceIdentifier(f"urn:clearhouse:eth:{address}")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1)).add_extension(san, critical=False)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def test_verify_returns_identity_for_issued_certificate(verifier: CertificateVerifier, member: Callable[..., Any]) -> None:
+    sp = member(Role.SERVICE_PROVIDER, "sp-1")
+    identity = verifier.verify(sp.cert_pem, Role.SERVICE_PROVIDER)
+    assert identity == MemberIdentity(member_id="sp-1", role=Role.SERVICE_PROVIDER, eth_address=sp.address,
+                                      fingerprint=sp.credentials.fingerprint,
+                                      serial_number=sp.credentials.serial_number,
+                                      not_after=sp.credentials.valid_until)
+    assert verifier.verify(sp.cert_pem.decode()) == identity  # str PEM and cached path both work
+
+
+def test_verify_self_signed_certificate_is_untrusted(verifier: CertificateVerifier,
+                                                     eth_keypair: Callable[[], tuple[bytes, str]]) -> None:
+    _, address = eth_keypair()
+    with pytest.raises(UntrustedCertificate):
+        verifier.verify(self_signed_member_pem(address))
+
+
+def test_verify_certificate_from_another_ca_is_untrusted(verifier: CertificateVerifier,
+                                                         attacker_member: Callable[..., Any]) -> None:
+    forged = attacker_member(Role.CLEARING_CENTER, "cc-1")
+    with pytest.raises(UntrustedCertificate) as info:
+        verifier.verify(forged.cert_pem)
+    assert info.value.subject == "cc-1"
+
+
+def test_verify_root_certificate_as_member_is_untrusted(verifier: CertificateVerifier,
+                                                        authority: CertificateAuthority) -> None:
+    with pytest.raises(UntrustedCertificate):
+        verifier.verify(authority.root_pem)
+
+
+def test_verify_garbage_is_untrusted(verifier: CertificateVerifier) -> None:
+    with pytest.raises(UntrustedCertificate) as info:
+        verifier.verify(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    assert info.value.reason == "unparseable"
+
+
+def test_verify_not_yet_valid_certificate(verifier: CertificateVerifier, member: Callable[..., Any]) -> None:
+    later = member(Role.DEVICE, not_before=int(time.time()) + 3600)
+    with pytest.raises(CertificateNotYetValid) as info:
+        verifier.verify(later.cert_pem)
+    assert info.value.not_before == later.credentials.valid_from
+
+
+def test_verify_expired_certificate(verifier: CertificateVerifier, member: Callable[..., Any]) -> None:
+    old = member(Role.DEVICE, not_before=int(time.time()) - 10 * 86400, valid_days=1)
+    with pytest.raises(CertificateExpired) as info:
+        verifier.verify(old.cert_pem)
+    assert info.value.not_after == old.credentials.valid_until
+
+
+def test_verify_revoked_certificate_via_crl(authority: CertificateAuthority, verifier: CertificateVerifier,
+                                           member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE, "device-1")
+    verifier.verify(device.cert_pem)
+    authority.revoke("device-1")
+    with pytest.raises(CertificateRevoked) as info:
+        verifier.verify(device.cert_pem)  # the verifier reads the CRL through authority.crl_pem each time
+    assert info.value.source == "crl" and info.value.member_id == "device-1"
+
+
+def test_verify_with_static_crl_snapshot(authority: CertificateAuthority, member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE, "device-1")
+    authority.revoke("device-1")
+    snapshot = CertificateVerifier(authority.root_pem, authority.crl_pem())
+    with pytest.raises(CertificateRevoked):
+        snapshot.verify(device.cert_pem)
+
+
+def test_verify_rejects_crl_signed_by_another_ca(authority: CertificateAuthority, other_authority: CertificateAuthority,
+                                                 member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE)
+    with pytest.raises(CrlUnavailable) as info:
+        CertificateVerifier(authority.root_pem, other_authority.crl_pem()).verify(device.cert_pem)
+    assert info.value.reason == "bad_signature"
+
+
+def test_verify_rejects_stale_crl(authority: CertificateAuthority, member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE, valid_days=365)
+    later = CertificateVerifier(authority.root_pem, authority.crl_pem(), clock=lambda: time.time() + 30 * 86400)
+    with pytest.raises(CrlUnavailable):
+        later.verify(device.cert_pem)
+
+
+def test_verify_chain_status_false_is_revoked_on_chain(authority: CertificateAuthority,
+                                                       member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE, "device-1")
+    asked: list[tuple[str, Role]] = []
+
+    def chain_status(address: str, role: Role) -> bool:
+        asked.append((address, role))
+        return False
+
+    verifier = CertificateVerifier(authority.root_pem, authority.crl_pem, chain_status=chain_status)
+    with pytest.raises(CertificateRevoked) as info:
+        verifier.verify(device.cert_pem)
+    assert info.value.source == "chain"
+    assert asked == [(device.address, Role.DEVICE)]
+
+
+def test_verify_wrong_role(verifier: CertificateVerifier, member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE, "device-1")
+    with pytest.raises(WrongRole) as info:
+        verifier.verify(device.cert_pem, Role.CLEARING_CENTER)
+    assert (info.value.role, info.value.expected_role) == ("DEVICE", "CLEARING_CENTER")
+    assert info.value.http_status == 403
+
+
+def test_verify_signer_matches_certificate_address(verifier: CertificateVerifier, member: Callable[..., Any]) -> None:
+    bank = member(Role.BANK)
+    assert verifier.verify_signer(bank.cert_pem, bank.address.lower(), Role.BANK).eth_address == bank.address
+
+
+def test_verify_signer_mismatch_is_identity_mismatch(verifier: CertificateVerifier, member: Callable[..., Any],
+                                                     eth_keypair: Callable[[], tuple[bytes, str]]) -> None:
+    bank = member(Role.BANK)
+    _, someone_else = eth_keypair()
+    with pytest.raises(IdentityMismatch) as info:
+        verifier.verify_signer(bank.cert_pem, someone_else)
+    assert info.value.signer == someone_else and info.value.certificate_address == bank.address
