@@ -8,11 +8,13 @@ role, parses the body and maps every `ClearhouseError` to `{"error", "message", 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -21,8 +23,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from offchain import errors
-from offchain.errors import ClearhouseError, InvalidRequest, ServiceUnavailable, WrongRole
-from offchain.messages import Role
+from offchain.errors import ClearhouseError, ConfigError, InvalidRequest, ServiceUnavailable, WrongRole
+from offchain.messages import Domain, Role
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +198,31 @@ async def run_app(app: web.Application, host: str, port: int, ssl_context: ssl.S
             loop.remove_signal_handler(signum)
 
 
+# --- service wiring -------------------------------------------------------------------------------------------------
+def deployment_domain(deployment_path: Path) -> Domain:
+    """The EIP-712 domain named by a deployment file (docs/design.md "Deployment file")."""
+    try:
+        data = json.loads(Path(deployment_path).read_text())
+        return Domain(chain_id=int(data["chain_id"]),
+                      verifying_contract=data["contracts"]["Clearhouse"]["address"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot read the deployment file {deployment_path}: {exc!r}",
+                          path=str(deployment_path)) from None
+
+
+def file_reader(path: Path | None) -> Callable[[], bytes] | None:
+    """A callable returning the current bytes of `path` (the CA rewrites its CRL in place), or None."""
+    if path is None:
+        return None
+    return lambda: Path(path).read_bytes()
+
+
+def require_path(value: Path | None, name: str) -> Path:
+    if value is None:
+        raise ConfigError(f"setting {name} is required for this service", field=name)
+    return Path(value)
+
+
 # --- client side -----------------------------------------------------------------------------------------------------
 def _error_classes() -> dict[str, type[ClearhouseError]]:
     found: dict[str, type[ClearhouseError]] = {}
@@ -291,5 +318,5 @@ class SyncJsonClient:
 
 __all__ = [
     "Route", "PEER_KEY", "add_routes", "new_app", "error_middleware", "error_response", "parse_body", "parse_model",
-    "check_role", "openapi_document", "run_app", "error_from_payload", "JsonClient", "SyncJsonClient",
+    "check_role", "openapi_document", "run_app", "deployment_domain", "file_reader", "require_path", "error_from_payload", "JsonClient", "SyncJsonClient",
 ]
