@@ -150,6 +150,12 @@ class InsufficientFunds(LimitError):
     code = "insufficient_funds"
 
 
+class FeeMismatch(LimitError):
+    """A usage log's fee is not the price of its policy (fields: policy_id, expected, got, seq)."""
+
+    code = "fee_mismatch"
+
+
 # --- secure containers --------------------------------------------------------------------------------------
 class ContainerError(ClearhouseError):
     code = "container_invalid"
