@@ -296,3 +296,10 @@ class InvalidTransition(ClearhouseError):
 
     code = "invalid_transition"
     http_status = 409
+
+
+class UnbalancedEntry(BankError):
+    """A ledger entry whose legs do not sum to zero was about to be posted (fields: key, total); a bug."""
+
+    code = "ledger_unbalanced"
+    http_status = 500
