@@ -156,6 +156,7 @@ class BankSettings(BaseServiceSettings):
     cc_management_account: str = Field(
         "cc:management", description="Ledger account the users pay into and transfers are paid from."
     )
+    cc_url: str = Field("", description="Base URL of the clearing center, notified of deposits; empty: none.")
 
 
 class DeviceSettings(BaseServiceSettings):
