@@ -247,6 +247,13 @@ class UnknownAccount(BankError):
     http_status = 404
 
 
+class TransferMismatch(BankError):
+    """A transfer request disagrees with the chain's record of it (fields: request_id, field, on_chain, got)."""
+
+    code = "transfer_mismatch"
+    http_status = 409
+
+
 # --- transport and configuration ------------------------------------------------------------------------------
 class TransportError(ClearhouseError):
     code = "transport_error"
