@@ -1,0 +1,88 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+/// @title Issue logs: spending caps granted to a device for a user
+/// @notice The clearing center issues a cap backed by unallocated deposits and renews it against a balance
+///         statement signed by the device. A renewal with unsettled usage closes the old log at the attested
+///         totals so the outstanding usage can still settle, and nothing more.
+interface IIssueLogs {
+    /// @notice What a device attests about one of its issue logs (EIP-712 type BalanceStatement).
+    struct BalanceStatement {
+        bytes32 serial;
+        uint64 nextSeq;
+        uint96 spent;
+        uint40 attestedAt;
+    }
+
+    // ERRORS
+    /// @notice `serial` was already used by an issue log.
+    error DuplicateSerial(bytes32 serial);
+    /// @notice No issue log has `serial`.
+    error UnknownSerial(bytes32 serial);
+    /// @notice The user's unallocated deposits do not cover the wanted amount.
+    error InsufficientDeposits(bytes32 userIdHash, uint256 available, uint256 wanted);
+    /// @notice The issue log was closed by a renewal.
+    error IssueLogClosed(bytes32 serial);
+    /// @notice The balance statement is about another serial.
+    error StatementMismatch(bytes32 serial, bytes32 statementSerial);
+    /// @notice The attested spent is below what already settled.
+    error AttestationBelowSettled(bytes32 serial, uint256 settledSpent, uint256 attestedSpent);
+    /// @notice The attested next sequence number is below what already settled.
+    error AttestedSeqBelowSettled(bytes32 serial, uint64 settledSeq, uint64 attestedSeq);
+    /// @notice The attested spent is above the cap.
+    error AttestationOverCap(bytes32 serial, uint256 cap, uint256 attestedSpent);
+    /// @notice Renewal in place while attested usage is still unsettled: a new serial is required.
+    error SerialReuseWhileUnsettled(bytes32 serial, uint64 settledSeq, uint64 attestedSeq);
+    /// @notice The expiry is not in the future.
+    error ExpiryInPast(uint40 expiresAt);
+
+    // EVENTS
+    /// @notice An issue log was opened.
+    event IssueLogRecorded(
+        bytes32 indexed serial, address indexed device, bytes32 indexed userIdHash, uint256 cap, uint40 expiresAt
+    );
+    /// @notice An issue log was renewed (topped up in place, or closed and carried into `newSerial`).
+    event IssueLogRenewed(
+        bytes32 indexed oldSerial,
+        bytes32 indexed newSerial,
+        address indexed device,
+        uint256 attestedSpent,
+        uint64 attestedNextSeq,
+        uint256 carried,
+        uint256 newMoney,
+        uint256 newCap,
+        uint40 expiresAt,
+        bytes32 statementDigest
+    );
+
+    // EXTERNAL
+    /// @notice Opens an issue log with `cap` allocated from the user's deposits (ClearingCenter only).
+    function issue(bytes32 serial, address device, bytes32 userIdHash, uint96 cap, uint40 expiresAt) external;
+
+    /// @notice Renews `oldSerial` against a device-signed balance statement (ClearingCenter only).
+    /// @param newSerial equal to `oldSerial` for a top-up in place (only when everything attested settled)
+    /// @param newMoney fresh money allocated from the user's deposits
+    function renew(
+        bytes32 oldSerial,
+        BalanceStatement calldata statement,
+        bytes calldata deviceSignature,
+        bytes32 newSerial,
+        uint96 newMoney,
+        uint40 expiresAt
+    ) external;
+
+    /// @notice The stored state of an issue log; `seqLimit` is type(uint48).max while the log is open.
+    function issueLog(bytes32 serial)
+        external
+        view
+        returns (
+            address device,
+            bytes32 userIdHash,
+            uint256 cap,
+            uint256 spent,
+            uint64 nextSeq,
+            uint64 seqLimit,
+            uint40 expiresAt,
+            bool closed
+        );
+}

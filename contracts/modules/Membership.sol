@@ -1,0 +1,101 @@
+// SPDX-License-Identifier: MIT
+pragma solidity 0.8.30;
+
+import {IMembership} from "../interfaces/IMembership.sol";
+
+/// @title Membership module: members registered by the immutable authority
+/// @notice The active check reads one packed slot, so it is cheap enough for the settlement hot path.
+abstract contract Membership is IMembership {
+    uint8 internal constant ROLE_CLEARING_CENTER = 1;
+    uint8 internal constant ROLE_SERVICE_PROVIDER = 2;
+    uint8 internal constant ROLE_CONTENT_PROVIDER = 3;
+    uint8 internal constant ROLE_BANK = 4;
+    uint8 internal constant ROLE_DEVICE = 5;
+
+    // STORAGE
+    struct MemberRecord {
+        // slot 0: role (8) | revoked (8) | validFrom (40) | validUntil (40): all the active check needs
+        uint8 role;
+        bool revoked;
+        uint40 validFrom;
+        uint40 validUntil;
+        // slot 1, 2: identity, read only by views
+        bytes32 memberId;
+        bytes32 certFingerprint;
+    }
+
+    /// @inheritdoc IMembership
+    address public immutable authority;
+    mapping(address account => MemberRecord) private _members;
+
+    constructor(address authority_) {
+        authority = authority_;
+    }
+
+    // EXTERNAL
+    /// @inheritdoc IMembership
+    function registerMember(
+        address account,
+        uint8 role,
+        bytes32 memberId,
+        bytes32 certFingerprint,
+        uint40 validFrom,
+        uint40 validUntil
+    ) external {
+        if (msg.sender != authority) revert NotAuthority(msg.sender);
+        if (role == 0 || role > ROLE_DEVICE) revert InvalidRole(role);
+        if (validFrom > validUntil) revert InvalidValidity(validFrom, validUntil);
+        MemberRecord storage m = _members[account];
+        if (m.revoked) revert MemberRevoked(account);
+        m.role = role;
+        m.validFrom = validFrom;
+        m.validUntil = validUntil;
+        m.memberId = memberId;
+        m.certFingerprint = certFingerprint;
+        emit MemberRegistered(account, role, memberId, certFingerprint, validFrom, validUntil);
+    }
+
+    /// @inheritdoc IMembership
+    function revokeMember(address account) external {
+        if (msg.sender != authority) revert NotAuthority(msg.sender);
+        MemberRecord storage m = _members[account];
+        if (m.revoked) revert MemberRevoked(account);
+        uint8 role = m.role;
+        if (role == 0) revert NotActiveMember(account, 0);
+        m.revoked = true;
+        emit MemberRevocationRecorded(account, role);
+    }
+
+    /// @inheritdoc IMembership
+    function member(address account)
+        external
+        view
+        returns (
+            uint8 role,
+            bool revoked,
+            uint40 validFrom,
+            uint40 validUntil,
+            bytes32 memberId,
+            bytes32 certFingerprint
+        )
+    {
+        MemberRecord storage m = _members[account];
+        return (m.role, m.revoked, m.validFrom, m.validUntil, m.memberId, m.certFingerprint);
+    }
+
+    /// @inheritdoc IMembership
+    function isActive(address account, uint8 role) external view returns (bool) {
+        return _isActive(account, role);
+    }
+
+    // INTERNAL
+    function _isActive(address account, uint8 role) internal view returns (bool) {
+        MemberRecord storage m = _members[account];
+        return m.role == role && !m.revoked && block.timestamp >= m.validFrom && block.timestamp <= m.validUntil;
+    }
+
+    /// @notice Reverts with NotActiveMember unless `account` is active with `role`.
+    function _requireActive(address account, uint8 role) internal view {
+        if (!_isActive(account, role)) revert NotActiveMember(account, role);
+    }
+}
