@@ -29,7 +29,6 @@ from offchain.settings import load_settings as _load_settings
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
-ZERO_ADDRESS = "0x" + "0" * 40
 
 
 # --- HTTP bodies ----------------------------------------------------------------------------------------------------
@@ -74,30 +73,13 @@ def _hex(data: bytes) -> str:
     return "0x" + bytes(data).hex()
 
 
-# --- chain access (views through web3, writes through ClearhouseChain) ---------------------------------------------
-def contract_view(chain: Any, name: str, *args: Any) -> Any:
-    """Call a view of the Clearhouse contract through the chain client's web3 contract object."""
-    try:
-        return getattr(chain.contract.functions, name)(*args).call()
-    except ChainError:
-        raise
-    except Exception as exc:  # web3 raises many unrelated types for an unreachable node
-        raise ChainError(f"view {name} failed: {exc!r}", view=name) from None
-
-
-@dataclass(frozen=True)
-class OnChainTransfer:
-    payee: str
-    amount: int
-    confirmed: bool
-    bank_ref: bytes
-
-
-def transfer_on_chain(chain: Any, request_id: bytes) -> OnChainTransfer:
-    payee, amount, confirmed, bank_ref = contract_view(chain, "transferRequest", request_id)
-    if payee == ZERO_ADDRESS:
+# --- chain access ----------------------------------------------------------------------------------------------------
+def transfer_on_chain(chain: Any, request_id: bytes) -> Any:
+    """The chain's record of a transfer request (offchain.chain.TransferRequestInfo); NotFound if unknown."""
+    info = chain.transfer_request(request_id)
+    if int(info.payee, 16) == 0:
         raise NotFound("the chain has no such transfer request", request_id=request_id)
-    return OnChainTransfer(messages.to_checksum_address(payee), int(amount), bool(confirmed), bytes(bank_ref))
+    return info
 
 
 # --- the service logic ---------------------------------------------------------------------------------------------
@@ -152,7 +134,7 @@ class Bank:
 
     def _check_against_chain(self, request: TransferRequest) -> None:
         on_chain = transfer_on_chain(self.chain, request.request_id)
-        for name, expected, got in (("payee", on_chain.payee, request.payee),
+        for name, expected, got in (("payee", messages.to_checksum_address(on_chain.payee), request.payee),
                                     ("amount", on_chain.amount, request.amount)):
             if expected != got:
                 raise TransferMismatch(f"transfer request {name} differs from the chain's record",
@@ -232,8 +214,8 @@ def build_app(settings: BankSettings, *, chain: Any = None, clock: Clock = time.
     chain = chain if chain is not None else connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
     verifier = CertificateVerifier(ca_path.read_bytes(), file_reader(settings.crl_path),
-                                   chain_status=lambda address, role: bool(
-                                       contract_view(chain, "isActive", address, int(role))), clock=clock)
+                                   chain_status=lambda address, role: chain.is_active(address, int(role)),
+                                   clock=clock)
     engine = db.make_engine(settings.database_url)
     db.create_schema(engine)
     bank = Bank(ledger=Ledger(engine, cc_management_account=settings.cc_management_account, clock=clock),

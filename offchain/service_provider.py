@@ -29,6 +29,7 @@ from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.errors import (
     ClearhouseError,
     ConfigError,
+    ContractReverted,
     DuplicateMessage,
     FeeMismatch,
     IdentityMismatch,
@@ -445,8 +446,13 @@ def _background(forwarder: Forwarder, client: JsonClient) -> Callable[[web.Appli
 
 def _policy_hash_lookup(chain: Any) -> PolicyHashLookup:
     def lookup(policy_id: bytes) -> bytes | None:
-        view = chain.policy(policy_id)
-        return None if view is None else view.policy_hash
+        try:
+            view = chain.policy(policy_id)
+        except ContractReverted as exc:
+            if exc.fields.get("error_name") == "UnknownPolicy":
+                return None
+            raise
+        return None if int(view.provider, 16) == 0 else view.policy_hash
 
     return lookup
 
@@ -463,7 +469,7 @@ def serve(settings: ServiceProviderSettings) -> None:
 
 
 def _connect_chain(settings: ServiceProviderSettings) -> Any:
-    from offchain.chain import connect_chain
+    from offchain.bank import connect_chain
 
     return connect_chain(settings)
 
