@@ -1,0 +1,305 @@
+"""The clearing center's settlement worker: accepted receive logs -> `settle` transactions through an outbox.
+
+Every transaction is signed and written to `settlement_outbox` (raw tx, nonce, hash) before it is broadcast, and
+recovery trusts only the chain: a receipt by hash, else the issue logs' settled `nextSeq`. It never guesses, so a
+receive log is settled at most once; a crash (`CLEARHOUSE_CRASH_AT`, test only) loses nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+from eth_abi import decode as abi_decode
+from eth_account import Account
+from web3 import Web3
+from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound
+
+from offchain.cc_store import CcStore, read_issue_log
+from offchain.db import ReceiveLogRow, SettlementOutbox
+from offchain.messages import UsageBatch, keccak
+
+CRASH_ENV = "CLEARHOUSE_CRASH_AT"
+CRASH_POINTS = ("before_broadcast", "after_broadcast")
+GAS_HEADROOM = 1.25
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Revert:
+    """A decoded custom error (`name` is the Solidity error name, `args` its values)."""
+
+    name: str
+    args: tuple[Any, ...] = ()
+
+    def reason(self) -> str:
+        shown = ", ".join("0x" + a.hex() if isinstance(a, bytes) else str(a) for a in self.args)
+        return f"{self.name}({shown})"
+
+
+def error_selectors(abi: Sequence[dict[str, Any]]) -> dict[bytes, tuple[str, list[str]]]:
+    """selector -> (name, argument types) for every custom error of the ABI."""
+    table: dict[bytes, tuple[str, list[str]]] = {}
+    for entry in abi:
+        if entry.get("type") == "error":
+            types = [i["type"] for i in entry.get("inputs", [])]
+            table[keccak(f"{entry['name']}({','.join(types)})".encode())[:4]] = (entry["name"], types)
+    return table
+
+
+def decode_revert(selectors: dict[bytes, tuple[str, list[str]]], exc: Exception) -> Revert:
+    """The custom error behind a web3 revert exception (`Unknown` when the data has no known selector)."""
+    data = getattr(exc, "data", None)
+    if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
+        raw = bytes.fromhex(data[2:])
+        known = selectors.get(raw[:4])
+        if known is not None:
+            return Revert(known[0], tuple(abi_decode(known[1], raw[4:])))
+    return Revert("Unknown", (str(exc)[:200],))
+
+
+def settlement_item(row: ReceiveLogRow) -> tuple[Any, ...]:
+    """The `SettlementItem` ABI tuple of a stored receive log."""
+    batch = UsageBatch.from_json(row.usage_batch_json)
+    return ((batch.serial, batch.first_seq, batch.receiver, list(batch.policy_ids), batch.entries),
+            row.device_sig, row.received_at, row.receiver_sig)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """One round's plan: contiguous receive logs to send, and those the chain shows settled or unsettleable."""
+
+    to_send: tuple[ReceiveLogRow, ...]
+    already_settled: tuple[bytes, ...]
+    overlapping: tuple[bytes, ...]
+
+
+def select_contiguous(rows: Sequence[ReceiveLogRow], next_seq: dict[bytes, int], max_items: int) -> Selection:
+    """Per serial (rows sorted by serial, first_seq): logs wholly below nextSeq are settled already, a log that
+    starts exactly at the cursor extends the run, a partial overlap can never settle, a gap waits."""
+    to_send: list[ReceiveLogRow] = []
+    settled: list[bytes] = []
+    overlapping: list[bytes] = []
+    cursor: dict[bytes, int] = dict(next_seq)
+    for row in rows:
+        start = cursor[row.serial]
+        if row.first_seq + row.count <= next_seq[row.serial]:
+            settled.append(row.id)
+        elif row.first_seq < start:
+            overlapping.append(row.id)
+        elif row.first_seq == start and len(to_send) < max_items:
+            to_send.append(row)
+            cursor[row.serial] = start + row.count
+    return Selection(tuple(to_send), tuple(settled), tuple(overlapping))
+
+
+@dataclass
+class RoundReport:
+    settled: int = 0
+    rejected: dict[str, str] = field(default_factory=dict)
+    recovered: dict[int, str] = field(default_factory=dict)
+    tx_hash: str | None = None
+
+
+class SettlementWorker:
+    """Batches accepted receive logs into `settle` transactions; call `recover()` at start, then `tick()`."""
+
+    def __init__(self, store: CcStore, w3: Web3, address: str, abi: list[dict[str, Any]], private_key: bytes, *,
+                 max_items: int = 64, crash_at: str | None = None, receipt_timeout_s: float = 60.0,
+                 log: Any = None) -> None:
+        if crash_at is not None and crash_at not in CRASH_POINTS:
+            raise ValueError(f"{CRASH_ENV} must be one of {CRASH_POINTS}")
+        self.store = store
+        self.w3 = w3
+        self.contract = w3.eth.contract(address=address, abi=abi)
+        self.account = Account.from_key(private_key)
+        self.max_items = max_items
+        self.crash_at = crash_at
+        self.receipt_timeout_s = receipt_timeout_s
+        self.selectors = error_selectors(abi)
+        self.log = log or structlog.get_logger("settlement")
+
+    # --- recovery ---------------------------------------------------------------------------------------------
+    def recover(self) -> dict[int, str]:
+        """Resolve every outbox row left pending or sent, from the chain only; returns {outbox id: outcome}."""
+        outcomes: dict[int, str] = {}
+        for row in self.store.unfinished_settlements():
+            outcomes[row.id] = self._recover_one(row)
+            self.log.info("settlement.recovered", outbox_id=row.id, tx_hash=row.tx_hash, outcome=outcomes[row.id])
+        return outcomes
+
+    def _recover_one(self, row: SettlementOutbox) -> str:
+        if row.tx_hash is None:
+            return self._resolve_unknown(row, "no transaction was signed")
+        receipt = self._receipt(row.tx_hash)
+        if receipt is not None:
+            return self._record_receipt(row.id, receipt)
+        if self._in_mempool(row.tx_hash):
+            return "in_mempool"  # still pending: the next tick looks again, nothing is re-sent meanwhile
+        return self._resolve_unknown(row, f"transaction {row.tx_hash} unknown to the chain")
+
+    def _resolve_unknown(self, row: SettlementOutbox, why: str) -> str:
+        """The chain never saw the transaction: settled nextSeq decides per log (settled or re-queued)."""
+        logs = self.store.receive_logs_of(row.id)
+        next_seq = self._next_seqs({r.serial for r in logs})
+        settled = {r.id for r in logs if r.first_seq + r.count <= next_seq[r.serial]}
+        self.store.resolve_unknown_settlement(row.id, settled, why)
+        return f"unknown: {len(settled)} settled on chain, {len(logs) - len(settled)} re-queued"
+
+    def _receipt(self, tx_hash: str) -> Any:
+        try:
+            return self.w3.eth.get_transaction_receipt(tx_hash)
+        except TransactionNotFound:
+            return None
+
+    def _in_mempool(self, tx_hash: str) -> bool:
+        try:
+            tx = self.w3.eth.get_transaction(tx_hash)
+        except TransactionNotFound:
+            return False
+        return tx is not None and tx.get("blockNumber") is None
+
+    def _record_receipt(self, outbox_id: int, receipt: Any) -> str:
+        if receipt["status"] == 1:
+            self.store.update_settlement(outbox_id, "confirmed")
+            return "confirmed"
+        # A reverted batch: its logs go back to `accepted`; pre-validation finds the offender next round.
+        self.store.update_settlement(outbox_id, "failed", error=f"reverted in block {receipt['blockNumber']}")
+        return "reverted"
+
+    # --- one round --------------------------------------------------------------------------------------------
+    def tick(self) -> RoundReport:
+        """Recover, then send rounds until nothing contiguous is left (each round waits for its receipt)."""
+        report = RoundReport(recovered=self.recover())
+        if any(outcome == "in_mempool" for outcome in report.recovered.values()):
+            return report  # never build on top of a transaction whose fate is still open
+        while True:
+            sent = self._round(report)
+            if not sent:
+                return report
+
+    def _round(self, report: RoundReport) -> bool:
+        rows = self.store.accepted_receive_logs()
+        if not rows:
+            return False
+        selection = select_contiguous(rows, self._next_seqs({r.serial for r in rows}), self.max_items)
+        self.store.mark_settled_without_outbox(selection.already_settled)
+        if selection.overlapping:
+            reasons = {i: "BatchReplayed(partially settled by another batch)" for i in selection.overlapping}
+            self.store.reject_receive_logs(reasons)
+            report.rejected.update({"0x" + i.hex(): r for i, r in reasons.items()})
+        if not selection.to_send:
+            return bool(selection.already_settled or selection.overlapping)
+        items = list(selection.to_send)
+        offender = self._first_failing(items)
+        if offender is not None:
+            index, revert = offender
+            self.store.reject_receive_logs({items[index].id: revert.reason()})
+            report.rejected["0x" + items[index].id.hex()] = revert.reason()
+            self.log.warning("settlement.rejected", receive_log_id="0x" + items[index].id.hex(),
+                             error=revert.name, reason=revert.reason())
+            return True
+        self._send(items, report)
+        return True
+
+    def _next_seqs(self, serials: set[bytes]) -> dict[bytes, int]:
+        return {serial: read_issue_log(self.contract, serial).next_seq for serial in serials}
+
+    def _call(self, items: Sequence[ReceiveLogRow]) -> Revert | None:
+        try:
+            self.contract.functions.settle([settlement_item(r) for r in items]).call({"from": self.account.address})
+        except (ContractCustomError, ContractLogicError) as exc:
+            return decode_revert(self.selectors, exc)
+        return None
+
+    def _first_failing(self, items: list[ReceiveLogRow]) -> tuple[int, Revert] | None:
+        """Pre-validate with eth_call; on a revert, bisect for the longest passing prefix: the next item is the
+        offender (checks are per item and in order, so a prefix passes iff each of its items does)."""
+        revert = self._call(items)
+        if revert is None:
+            return None
+        good, bad = 0, len(items)  # invariant: items[:good] passes, items[:bad] fails
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            if self._call(items[:middle]) is None:
+                good = middle
+            else:
+                bad = middle
+        return bad - 1, self._call(items[:bad]) or revert
+
+    def _send(self, items: list[ReceiveLogRow], report: RoundReport) -> None:
+        fn = self.contract.functions.settle([settlement_item(r) for r in items])
+        sender = self.account.address
+        nonce = self.w3.eth.get_transaction_count(sender, "pending")
+        gas = int(fn.estimate_gas({"from": sender}) * GAS_HEADROOM)
+        tx = fn.build_transaction({"from": sender, "nonce": nonce, "gas": gas, "chainId": self.w3.eth.chain_id})
+        signed = self.account.sign_transaction(tx)
+        tx_hash = "0x" + bytes(signed.hash).hex()
+        outbox_id = self.store.create_settlement([r.id for r in items], tx_hash=tx_hash, nonce=nonce,
+                                                 raw_tx=bytes(signed.raw_transaction))
+        self._maybe_crash("before_broadcast")
+        self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        self._maybe_crash("after_broadcast")
+        self.store.update_settlement(outbox_id, "sent")
+        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s,
+                                                           poll_latency=0.01)
+        outcome = self._record_receipt(outbox_id, receipt)
+        report.tx_hash = tx_hash
+        if outcome == "confirmed":
+            report.settled += len(items)
+        self.log.info("settlement.sent", outbox_id=outbox_id, tx_hash=tx_hash, items=len(items), outcome=outcome,
+                      gas_used=receipt["gasUsed"])
+
+    def _maybe_crash(self, point: str) -> None:
+        if self.crash_at == point:
+            self.log.warning("settlement.crash_point", point=point)
+            os.kill(os.getpid(), signal.SIGKILL)  # test hook: die like a power cut, no cleanup at all
+
+
+# --- standalone entry (also the subprocess of the SIGKILL recovery test) ------------------------------------------
+def build_worker(settings: Any, store: CcStore, w3: Web3) -> SettlementWorker:
+    """A worker from ClearingCenterSettings (crash point from CLEARHOUSE_CRASH_AT, test only)."""
+    from offchain.chain import Deployment
+
+    deployment = Deployment.load(settings.deployment_path)
+    return SettlementWorker(store, w3, deployment.address, deployment.abi, settings.eth_private_key_bytes(),
+                            max_items=settings.settle_batch_max_items, crash_at=os.environ.get(CRASH_ENV) or None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m offchain.settlement --config cc.json [--once]`: run the worker alone (no HTTP)."""
+    from offchain.db import make_engine
+    from offchain.settings import ClearingCenterSettings, configure_logging, load_settings
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--once", action="store_true", help="one tick, then exit")
+    args = parser.parse_args(argv)
+    settings = load_settings(ClearingCenterSettings, args.config)
+    log = configure_logging(settings)
+    store = CcStore(make_engine(settings.database_url), time.time)
+    store.create_schema()
+    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 60}))
+    worker = build_worker(settings, store, w3)
+    while True:
+        report = worker.tick()
+        log.info("settlement.tick", settled=report.settled, rejected=len(report.rejected),
+                 recovered=len(report.recovered))
+        if args.once:
+            return 0
+        time.sleep(settings.settle_interval_s)
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess in the recovery test
+    raise SystemExit(main())
+
+
+__all__ = ["SettlementWorker", "Revert", "RoundReport", "Selection", "select_contiguous", "settlement_item",
+           "decode_revert", "error_selectors", "CRASH_ENV", "CRASH_POINTS", "build_worker", "main"]
