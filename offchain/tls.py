@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -27,6 +28,7 @@ __all__ = ["server_ssl_context", "client_ssl_context", "peer_identity", "mtls_mi
 
 PEER_KEY = "peer"  # request[PEER_KEY] holds the MemberIdentity set by mtls_middleware
 TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+PROBE_TIMEOUT_S = 5.0
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -187,8 +189,31 @@ class MtlsClient:
         except aiohttp.ClientConnectorError as exc:
             raise ServiceUnavailable(f"cannot connect to {url}: {exc}; is the service running?", url=url,
                                      reason=str(exc)) from None
+        except aiohttp.ServerDisconnectedError as exc:
+            raise await self._diagnose_disconnect(url, exc) from None
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise _connection_lost(url, exc) from None
+            raise ServiceUnavailable(f"connection to {url} failed: {type(exc).__name__}: {exc}; retry later",
+                                     url=url, reason=f"{type(exc).__name__}: {exc}") from None
+
+    async def _diagnose_disconnect(self, url: str, exc: BaseException) -> ClearhouseError:
+        """Tell a rejected client certificate from a dropped connection.
+
+        Under TLS 1.3 the server checks our certificate after the client's handshake already completed, and
+        asyncio servers close without sending the alert: the client only sees a disconnect. A fresh probe
+        connection that is closed again without a single byte of HTTP answer means our certificate was refused.
+        """
+        parts = urlsplit(url)
+        host, port = parts.hostname or "localhost", parts.port or 443
+        try:
+            answered = await asyncio.wait_for(_probe_answers(host, port, self._ssl), PROBE_TIMEOUT_S)
+        except (OSError, asyncio.TimeoutError) as probe_exc:
+            return ServiceUnavailable(f"connection to {url} lost ({exc}) and the probe failed: {probe_exc}",
+                                      url=url, reason=str(probe_exc))
+        if answered:
+            return ServiceUnavailable(f"connection to {url} lost: {exc}; retry later", url=url, reason=str(exc))
+        return TlsHandshakeFailed(f"{url} closed the TLS connection without answering: it refused our client "
+                                  "certificate (unknown CA, expired, or none presented)", url=url,
+                                  reason="closed after handshake")
 
 
 async def _read_json(response: aiohttp.ClientResponse) -> Any:
@@ -209,9 +234,12 @@ def _remote_error(method: str, url: str, status: int, body: Any) -> RemoteError:
                        remote_code=code, remote_message=message, remote_fields=body.get("fields", {}))
 
 
-def _connection_lost(url: str, exc: BaseException) -> ClearhouseError:
-    """After connecting: a TLS alert (TLS 1.3 rejects client certificates after the handshake) or a drop."""
-    reason = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ClientConnectionError)) and "SSL" in reason.upper():
-        return TlsHandshakeFailed(f"{url} rejected our TLS certificate: {reason}", url=url, reason=reason)
-    return ServiceUnavailable(f"connection to {url} lost: {reason}; retry later", url=url, reason=reason)
+async def _probe_answers(host: str, port: int, context: ssl.SSLContext) -> bool:
+    """Connect, send a bare HTTP request and report whether any byte comes back before the server closes."""
+    reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+    try:
+        writer.write(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        return bool(await reader.read(1))
+    finally:
+        writer.close()

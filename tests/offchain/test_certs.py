@@ -15,10 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from offchain.ca import CertificateAuthority
-from offchain.certs import CertificateVerifier, MemberIdentity
+from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.errors import (CertificateExpired, CertificateNotYetValid, CertificateRevoked, CrlUnavailable,
-                             IdentityMismatch, UntrustedCertificate, WrongRole)
-from offchain.messages import Role
+                             IdentityMismatch, MalformedMessage, SignatureError, UntrustedCertificate, WrongRole)
+from offchain.messages import Domain, ReceiveLog, Role, TransferRequest
+
+DOMAIN = Domain(chain_id=31337, verifying_contract="0x" + "11" * 20)
 
 
 def self_signed_member_pem(address: str) -> bytes:
@@ -156,3 +158,87 @@ def test_verify_signer_mismatch_is_identity_mismatch(verifier: CertificateVerifi
     with pytest.raises(IdentityMismatch) as info:
         verifier.verify_signer(bank.cert_pem, someone_else)
     assert info.value.signer == someone_else and info.value.certificate_address == bank.address
+
+
+# --- Envelope ------------------------------------------------------------------------------------------------------
+def transfer_request(payee: str, amount: int = 1_000) -> TransferRequest:
+    return TransferRequest(request_id=bytes(range(32)), payee=payee, amount=amount)
+
+
+def sealed_by(sender: Any, message: Any) -> Envelope:
+    return Envelope.seal(message, DOMAIN, sender.eth_key, sender.cert_pem)
+
+
+def test_envelope_round_trip_opens_to_message_and_identity(verifier: CertificateVerifier,
+                                                           member: Callable[..., Any]) -> None:
+    cc = member(Role.CLEARING_CENTER, "cc-1")
+    message = transfer_request(cc.address)
+    envelope = Envelope.from_json(sealed_by(cc, message).to_json())
+    opened, identity = envelope.open(verifier, DOMAIN, Role.CLEARING_CENTER)
+    assert opened == message
+    assert (identity.member_id, identity.eth_address) == ("cc-1", cc.address)
+    assert envelope.kind == "TransferRequest" and envelope.signature.startswith("0x")
+
+
+def test_envelope_tampered_message_is_identity_mismatch(verifier: CertificateVerifier,
+                                                        member: Callable[..., Any]) -> None:
+    cc = member(Role.CLEARING_CENTER)
+    envelope = sealed_by(cc, transfer_request(cc.address, amount=1_000))
+    tampered = Envelope(envelope.kind, {**envelope.message, "amount": 1_000_000}, envelope.signature,
+                        envelope.certificate)
+    with pytest.raises(IdentityMismatch) as info:
+        tampered.open(verifier, DOMAIN, Role.CLEARING_CENTER)
+    assert info.value.certificate_address == cc.address and info.value.signer != cc.address
+
+
+def test_envelope_with_certificate_of_another_member_is_identity_mismatch(
+        verifier: CertificateVerifier, member: Callable[..., Any]) -> None:
+    honest, thief = member(Role.SERVICE_PROVIDER, "sp-1"), member(Role.SERVICE_PROVIDER, "sp-2")
+    log = ReceiveLog(usage_batch=bytes(32), payer=honest.address, received_at=1_700_000_000)
+    signed_by_thief = sealed_by(thief, log)
+    wearing_honest_cert = Envelope(signed_by_thief.kind, signed_by_thief.message, signed_by_thief.signature,
+                                   honest.cert_pem.decode())
+    with pytest.raises(IdentityMismatch) as info:
+        wearing_honest_cert.open(verifier, DOMAIN, Role.SERVICE_PROVIDER)
+    assert (info.value.signer, info.value.member_id) == (thief.address, "sp-1")
+
+
+def test_envelope_other_domain_is_identity_mismatch(verifier: CertificateVerifier, member: Callable[..., Any]) -> None:
+    cc = member(Role.CLEARING_CENTER)
+    other_chain = Domain(chain_id=1, verifying_contract=DOMAIN.verifying_contract)
+    envelope = Envelope.seal(transfer_request(cc.address), other_chain, cc.eth_key, cc.cert_pem)
+    with pytest.raises(IdentityMismatch):
+        envelope.open(verifier, DOMAIN, Role.CLEARING_CENTER)
+
+
+def test_envelope_must_match_tls_peer(verifier: CertificateVerifier, member: Callable[..., Any]) -> None:
+    cc, other = member(Role.CLEARING_CENTER, "cc-1"), member(Role.CLEARING_CENTER, "cc-2")
+    envelope = sealed_by(cc, transfer_request(cc.address))
+    peer = verifier.verify(other.cert_pem)
+    with pytest.raises(IdentityMismatch) as info:
+        envelope.open(verifier, DOMAIN, Role.CLEARING_CENTER, peer=peer)
+    assert (info.value.expected_member, info.value.got_member) == ("cc-2", "cc-1")
+    assert envelope.open(verifier, DOMAIN, Role.CLEARING_CENTER, peer=verifier.verify(cc.cert_pem))[1].member_id == "cc-1"
+
+
+def test_envelope_wrong_role_and_untrusted_certificate(verifier: CertificateVerifier, member: Callable[..., Any],
+                                                      attacker_member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE)
+    with pytest.raises(WrongRole):
+        sealed_by(device, transfer_request(device.address)).open(verifier, DOMAIN, Role.CLEARING_CENTER)
+    forged = attacker_member(Role.CLEARING_CENTER)
+    with pytest.raises(UntrustedCertificate):
+        sealed_by(forged, transfer_request(forged.address)).open(verifier, DOMAIN, Role.CLEARING_CENTER)
+
+
+def test_envelope_malformed_inputs(verifier: CertificateVerifier, member: Callable[..., Any]) -> None:
+    cc = member(Role.CLEARING_CENTER)
+    good = sealed_by(cc, transfer_request(cc.address)).to_json()
+    with pytest.raises(MalformedMessage):
+        Envelope.from_json({**good, "signature": 7})
+    with pytest.raises(MalformedMessage):
+        Envelope.from_json({**good, "kind": "Bogus"}).open(verifier, DOMAIN, None)
+    with pytest.raises(SignatureError):
+        Envelope.from_json({**good, "signature": "0x" + "ab" * 64}).open(verifier, DOMAIN, None)
+    with pytest.raises(SignatureError):
+        Envelope.from_json({**good, "signature": "0xzz"}).open(verifier, DOMAIN, None)
