@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 from eth_abi import decode as abi_decode
@@ -498,6 +498,30 @@ class ClearhouseChain:
         if receipt["status"] != 1:
             raise self._replay_failure(tx, receipt, function)
         return receipt
+
+    def send_via_outbox(self, function: str, *args: Any, record: Callable[[str, int, bytes], None],
+                        gas: int | None = None) -> str:
+        """Sign `function(*args)` with the next nonce, call `record(tx_hash, nonce, raw_tx)` (an outbox write)
+        BEFORE broadcasting, then broadcast; returns the tx hash without waiting. If `record` raises, nothing is
+        sent and the nonce is not consumed. Shares the nonce (and lock) with `send`."""
+        data = self.contract.encode_abi(function, args=list(args))
+        tx: dict[str, Any] = {"from": self.sender, "to": self.address, "data": data, "value": 0}
+        if gas is None:
+            gas = self._estimate(tx, function)
+        with self._lock:
+            if self._nonce is None:
+                self._nonce = self.w3.eth.get_transaction_count(self.sender, "pending")
+            tx.update(gas=gas, nonce=self._nonce, chainId=self.deployment.chain_id, gasPrice=self._gas_price())
+            signed = self._account.sign_transaction(tx)
+            tx_hash = "0x" + bytes(signed.hash).hex()
+            record(tx_hash, self._nonce, bytes(signed.raw_transaction))
+            try:
+                self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            except Exception as exc:
+                self._nonce = None  # resync from the node on the next send
+                raise ChainError(f"{function}: sending failed: {exc}", function=function, tx_hash=tx_hash) from exc
+            self._nonce += 1
+        return tx_hash
 
     def call(self, function: str, *args: Any) -> Any:
         """eth_call `function(*args)`; reverts become ContractReverted."""
