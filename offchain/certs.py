@@ -8,6 +8,7 @@ it is given: no system trust store, no intermediates, no AIA fetching.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -86,6 +87,7 @@ class CertificateVerifier:
         self._chain_status = chain_status
         self._clock = clock
         self._path_ok: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()  # services call verify from worker threads (asyncio.to_thread)
         self._crl_cache: tuple[bytes, x509.CertificateRevocationList] | None = None
 
     def verify(self, cert_pem: bytes | str, expected_role: Role | None = None) -> MemberIdentity:
@@ -123,9 +125,10 @@ class CertificateVerifier:
     def _check_path(self, cert: x509.Certificate, der: bytes, now: int) -> None:
         """Chain to our root (signature, extensions, EKU clientAuth); successes are cached by DER hash."""
         key = sha256(der).digest()
-        if key in self._path_ok:
-            self._path_ok.move_to_end(key)
-            return
+        with self._lock:
+            if key in self._path_ok:
+                self._path_ok.move_to_end(key)
+                return
         verifier = (PolicyBuilder().store(self._store)
                     .time(dt.datetime.fromtimestamp(now, tz=dt.timezone.utc))
                     .build_client_verifier())
@@ -135,9 +138,10 @@ class CertificateVerifier:
             raise UntrustedCertificate(f"certificate of {_cn(cert)!r} does not chain to the Clearhouse root: {exc}",
                                        subject=_cn(cert), issuer=cert.issuer.rfc4514_string(),
                                        reason=str(exc)) from None
-        self._path_ok[key] = None
-        if len(self._path_ok) > PATH_CACHE_SIZE:
-            self._path_ok.popitem(last=False)
+        with self._lock:
+            self._path_ok[key] = None
+            if len(self._path_ok) > PATH_CACHE_SIZE:
+                self._path_ok.popitem(last=False)
 
     def _check_crl(self, identity: MemberIdentity, now: int) -> None:
         if self._crl_source is None:
@@ -150,8 +154,12 @@ class CertificateVerifier:
 
     def _load_crl(self, now: int) -> x509.CertificateRevocationList:
         source = self._crl_source
-        data = source() if callable(source) else source
-        assert data is not None
+        try:
+            data = source() if callable(source) else source
+        except OSError as exc:
+            raise CrlUnavailable(f"cannot read the CRL: {exc}", reason="unreadable") from None
+        if not data:
+            raise CrlUnavailable("the CRL source returned nothing", reason="empty")
         if self._crl_cache is not None and self._crl_cache[0] == data:
             crl = self._crl_cache[1]
         else:

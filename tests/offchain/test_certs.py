@@ -242,3 +242,14 @@ def test_envelope_malformed_inputs(verifier: CertificateVerifier, member: Callab
         Envelope.from_json({**good, "signature": "0x" + "ab" * 64}).open(verifier, DOMAIN, None)
     with pytest.raises(SignatureError):
         Envelope.from_json({**good, "signature": "0xzz"}).open(verifier, DOMAIN, None)
+
+
+def test_verify_unreadable_crl_is_crl_unavailable(authority: CertificateAuthority, member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE)
+
+    def missing() -> bytes:
+        raise FileNotFoundError("crl.pem")
+
+    for source in (missing, lambda: b""):
+        with pytest.raises(CrlUnavailable):
+            CertificateVerifier(authority.root_pem, source).verify(device.cert_pem)
