@@ -236,6 +236,14 @@ class ContractReverted(ChainError):
     code = "contract_reverted"
     http_status = 422
 
+    def __str__(self) -> str:  # BaseException.args was overwritten by the `args` field (a tuple of its keys)
+        return self.message
+
+    @property
+    def error_args(self) -> dict[str, Any]:
+        """The decoded custom-error arguments by name (read this, not `.args`)."""
+        return dict(self.fields.get("args") or {})
+
 
 # --- bank -----------------------------------------------------------------------------------------------------
 class BankError(ClearhouseError):

@@ -1,0 +1,169 @@
+"""Shared root fixtures: one anvil (paris) per session, the compiled contracts, and a deployed Clearhouse per test.
+
+Fixtures (all chain fixtures need the anvil binary on PATH: `source bin/env.sh`):
+- `anvil` (session): a running `offchain.chain.AnvilProcess` (`.url`); `w3` (session): Web3 on it.
+- `compiled` (session): `offchain.chain.compile_contracts(ROOT)` (cached in .build/).
+- `actors` (session): name -> `Actor(name, key, address)` for authority, deployer, clearing_center, provider (the
+  service provider), content_provider, bank, device, device2, payee2 (a non-member payee) and attacker
+  (deterministic keys, funded with anvil_setBalance).
+- `base_deployment` (session): Clearhouse deployed with every member role registered (validity 0..2**40-1);
+  devices are `device` and `device2`; `attacker` and `payee2` are not members.
+- `chain_env` (function): the chain reverted to the state right after `base_deployment` (evm_snapshot/evm_revert),
+  as a `ChainEnv` with `.client(name)` -> `ClearhouseChain` signing as that actor (fresh nonces per test).
+- actor fixtures `authority`, `clearing_center`, `provider`, `content_provider`, `bank`, `device`, `attacker`.
+Hypothesis profiles: "ci" (default, small) and "deep" (HYPOTHESIS_PROFILE=deep).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from eth_account import Account
+from eth_utils import keccak
+from hypothesis import HealthCheck, settings
+from web3 import Web3
+
+from offchain.chain import AnvilProcess, ClearhouseChain, Deployment, compile_contracts, deploy
+
+ROOT = Path(__file__).resolve().parents[1]
+
+settings.register_profile(
+    "ci", max_examples=15, stateful_step_count=20, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.register_profile(
+    "deep", max_examples=1000, stateful_step_count=100, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+ACTOR_NAMES = ("authority", "deployer", "clearing_center", "provider", "content_provider", "bank", "device",
+               "device2", "payee2", "attacker")
+MEMBER_ROLES = {"clearing_center": 1, "provider": 2, "content_provider": 3, "bank": 4, "device": 5, "device2": 5}
+VALID_UNTIL_MAX = 2**40 - 1
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A test identity: its Ethereum key and checksummed address."""
+
+    name: str
+    key: bytes
+    address: str
+
+
+@dataclass(frozen=True)
+class ChainEnv:
+    """A deployed Clearhouse on the session anvil, reset for this test; `client(name)` signs as that actor."""
+
+    w3: Web3
+    deployment: Deployment
+    actors: dict[str, Actor]
+    _clients: dict[str, ClearhouseChain] = field(default_factory=dict, repr=False)
+
+    def client(self, name: str) -> ClearhouseChain:
+        if name not in self._clients:
+            self._clients[name] = ClearhouseChain(self.w3, self.deployment, self.actors[name].key)
+        return self._clients[name]
+
+    def timestamp(self) -> int:
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+
+def make_actor(name: str) -> Actor:
+    key = keccak(text=f"clearhouse-test-actor:{name}")
+    return Actor(name, key, Account.from_key(key).address)
+
+
+@pytest.fixture(scope="session")
+def anvil() -> Iterator[AnvilProcess]:
+    with AnvilProcess(hardfork="paris") as node:
+        yield node
+
+
+@pytest.fixture(scope="session")
+def w3(anvil: AnvilProcess) -> Web3:
+    return anvil.web3()
+
+
+@pytest.fixture(scope="session")
+def compiled() -> dict[str, dict]:
+    return compile_contracts(ROOT)
+
+
+@pytest.fixture(scope="session")
+def actors(w3: Web3) -> dict[str, Actor]:
+    result = {name: make_actor(name) for name in ACTOR_NAMES}
+    for actor in result.values():
+        w3.provider.make_request("anvil_setBalance", [actor.address, hex(10**24)])
+    return result
+
+
+@pytest.fixture(scope="session")
+def base_deployment(w3: Web3, compiled: dict[str, dict], actors: dict[str, Actor]) -> Deployment:
+    """Deploys Clearhouse and registers every member once per session."""
+    deployment = deploy(w3, actors["deployer"].key, actors["authority"].address, root=ROOT)
+    authority = ClearhouseChain(w3, deployment, actors["authority"].key)
+    for name, role in MEMBER_ROLES.items():
+        authority.register_member(actors[name].address, role, keccak(text=name), keccak(text=f"cert:{name}"),
+                                  0, VALID_UNTIL_MAX)
+    return deployment
+
+
+@pytest.fixture(scope="session")
+def _base_snapshot(w3: Web3, base_deployment: Deployment) -> list[str]:
+    """A one-element box holding the snapshot id of the post-deployment state (evm_revert consumes ids)."""
+    return [w3.provider.make_request("evm_snapshot", [])["result"]]
+
+
+def revert_to(w3: Web3, box: list[str]) -> None:
+    """Revert anvil to the snapshot in `box` and store a fresh snapshot of that same state in it."""
+    if not w3.provider.make_request("evm_revert", [box[0]])["result"]:
+        raise RuntimeError(f"evm_revert({box[0]}) failed: snapshot lost")
+    box[0] = w3.provider.make_request("evm_snapshot", [])["result"]
+
+
+@pytest.fixture()
+def chain_env(w3: Web3, base_deployment: Deployment, actors: dict[str, Actor],
+              _base_snapshot: list[str]) -> Iterator[ChainEnv]:
+    yield ChainEnv(w3, base_deployment, actors)
+    revert_to(w3, _base_snapshot)
+
+
+@pytest.fixture()
+def authority(actors: dict[str, Actor]) -> Actor:
+    return actors["authority"]
+
+
+@pytest.fixture()
+def clearing_center(actors: dict[str, Actor]) -> Actor:
+    return actors["clearing_center"]
+
+
+@pytest.fixture()
+def provider(actors: dict[str, Actor]) -> Actor:
+    return actors["provider"]
+
+
+@pytest.fixture()
+def content_provider(actors: dict[str, Actor]) -> Actor:
+    return actors["content_provider"]
+
+
+@pytest.fixture()
+def bank(actors: dict[str, Actor]) -> Actor:
+    return actors["bank"]
+
+
+@pytest.fixture()
+def device(actors: dict[str, Actor]) -> Actor:
+    return actors["device"]
+
+
+@pytest.fixture()
+def attacker(actors: dict[str, Actor]) -> Actor:
+    return actors["attacker"]
