@@ -1,0 +1,149 @@
+"""The device client: the user's side around the SecureModule (issue logs from the CC, content from the SP).
+
+`use` is fully offline: it reads the downloaded container and wrapped key from local files and charges the
+wallet; only `request_issue_log`, `renew`, `catalog`, `download` and `upload` talk to the network (mTLS). Every
+issue log is checked (CC certificate, signature, role) before the secure module installs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from offchain.certs import CertificateVerifier, Envelope
+from offchain.container import WrappedKey
+from offchain.errors import NotFound
+from offchain.http import SyncJsonClient, deployment_domain, file_reader, require_path
+from offchain.messages import Domain, IssueLog, Role
+from offchain.secure_module import SecureModule, WalletBalance, cc_verify_fn
+from offchain.settings import DeviceSettings
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    batches: int
+    logs: int
+    receive_log_ids: tuple[str, ...]
+
+
+def _hex(data: bytes) -> str:
+    return "0x" + bytes(data).hex()
+
+
+class DeviceClient:
+    """One device: its secure module, its mTLS clients to the SP and CC, and a local content directory."""
+
+    def __init__(self, module: SecureModule, *, sp: SyncJsonClient, cc: SyncJsonClient, verifier: CertificateVerifier,
+                 domain: Domain, cert_pem: bytes, user_id: str, content_dir: Path, clock: Clock = time.time) -> None:
+        self.module = module
+        self._sp = sp
+        self._cc = cc
+        self._verifier = verifier
+        self.domain = domain
+        self._cert_pem = cert_pem
+        self.user_id = user_id
+        self.content_dir = Path(content_dir)
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: DeviceSettings, passphrase: str, user_id: str,
+                      clock: Clock = time.time) -> DeviceClient:
+        cert, key = require_path(settings.cert_path, "cert_path"), require_path(settings.key_path, "key_path")
+        ca = require_path(settings.ca_path, "ca_path")
+        module = SecureModule.open(settings.keystore_path, settings.wallet_path, passphrase)
+        return cls(module, sp=SyncJsonClient(settings.sp_url, str(cert), str(key), str(ca)),
+                   cc=SyncJsonClient(settings.cc_url, str(cert), str(key), str(ca)),
+                   verifier=CertificateVerifier(ca.read_bytes(), file_reader(settings.crl_path), clock=clock),
+                   domain=deployment_domain(settings.deployment_path), cert_pem=cert.read_bytes(), user_id=user_id,
+                   content_dir=settings.wallet_path.parent / "content", clock=clock)
+
+    def close(self) -> None:
+        self._sp.close()
+        self._cc.close()
+        self.module.close()
+
+    # --- issue logs ---------------------------------------------------------------------------------------------
+    def request_issue_log(self, amount: int | None = None) -> WalletBalance:
+        """Ask the CC for a first issue log (cap = `amount` or all available deposits) and install it."""
+        body: dict[str, Any] = {"request_id": _hex(os.urandom(32)), "user_id": self.user_id}
+        if amount is not None:
+            body["amount"] = amount
+        answer = self._cc.post("/v1/issue-logs", body)
+        return self._install(answer["issue_log"])
+
+    def renew(self, amount: int | None = None) -> WalletBalance:
+        """Attest the balance (freezes the current log), ask the CC for the renewed log, install it."""
+        statement, signature = self.module.balance_statement(self.domain, int(self._clock()))
+        envelope = Envelope(kind=statement.PRIMARY_TYPE, message=statement.to_json(), signature=_hex(signature),
+                            certificate=self._cert_pem.decode())
+        body: dict[str, Any] = {"request_id": _hex(os.urandom(32)), "statement": envelope.to_json()}
+        if amount is not None:
+            body["amount"] = amount
+        answer = self._cc.post("/v1/issue-logs/renew", body)
+        return self._install(answer["issue_log"])
+
+    def _install(self, envelope_json: dict[str, Any]) -> WalletBalance:
+        issue_log, cc = Envelope.from_json(envelope_json).open(self._verifier, self.domain, Role.CLEARING_CENTER)
+        assert isinstance(issue_log, IssueLog)
+        signature = Envelope.from_json(envelope_json).signature_bytes()
+        return self.module.install_issue_log(issue_log, signature, cc_verify_fn(self.domain, cc.eth_address))
+
+    # --- content ------------------------------------------------------------------------------------------------
+    def catalog(self) -> list[dict[str, Any]]:
+        return list(self._sp.get("/v1/catalog")["items"])
+
+    def download(self, content_id: bytes, version: int) -> Path:
+        """Fetch a container and its wrapped key; stores both (and the SP's address, the receiver) locally."""
+        receiver = self._sp.get("/v1/status")["address"]
+        answer = self._sp.post("/v1/downloads", {"content_id": _hex(content_id), "version": version})
+        self.content_dir.mkdir(parents=True, exist_ok=True)
+        path = self._content_path(content_id, version)
+        path.write_bytes(base64.b64decode(answer["container_b64"]))
+        self._key_path(content_id, version).write_text(json.dumps(
+            {"wrapped_key": answer["wrapped_key"], "receiver": receiver}))
+        return path
+
+    def use(self, content_id: bytes, version: int) -> bytes:
+        """Offline: pay for one use from the wallet and return the plaintext (no network call)."""
+        path, key_path = self._content_path(content_id, version), self._key_path(content_id, version)
+        if not path.exists() or not key_path.exists():
+            raise NotFound("content not downloaded on this device", content_id=content_id, version=version)
+        meta = json.loads(key_path.read_text())
+        plaintext, _signed = self.module.use(path.read_bytes(), WrappedKey.from_json(meta["wrapped_key"]),
+                                             self._verifier, self.domain, meta["receiver"], int(self._clock()))
+        return plaintext
+
+    def _content_path(self, content_id: bytes, version: int) -> Path:
+        return self.content_dir / f"{content_id.hex()}-{version}.chsc"
+
+    def _key_path(self, content_id: bytes, version: int) -> Path:
+        return self.content_dir / f"{content_id.hex()}-{version}.key.json"
+
+    # --- upload -------------------------------------------------------------------------------------------------
+    def upload(self, max_logs: int = 1024) -> UploadResult:
+        """Upload every pending usage log, batch by batch; each batch is marked only after the SP's ack."""
+        batches, logs, ids = 0, 0, []
+        while (pending := self.module.pending_batch(self.domain, max_logs)) is not None:
+            batch, signature, run = pending
+            ack = self._sp.post("/v1/usage", {
+                "batch": batch.to_json(), "batch_signature": _hex(signature),
+                "logs": [{"log": item.log.to_json(), "signature": _hex(item.signature)} for item in run],
+                "certificate": self._cert_pem.decode()})
+            self.module.mark_uploaded(batch.serial, int(ack["acked_through_seq"]))
+            batches, logs = batches + 1, logs + batch.count
+            ids.append(ack["receive_log_id"])
+        return UploadResult(batches, logs, tuple(ids))
+
+    def balance(self) -> WalletBalance:
+        return self.module.balance()
+
+
+__all__ = ["DeviceClient", "UploadResult"]
