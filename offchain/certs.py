@@ -95,8 +95,11 @@ class CertificateVerifier:
         cert = load_certificate(cert_pem)
         der = cert.public_bytes(serialization.Encoding.DER)
         now = int(self._clock())
-        _check_window(cert, now)
-        self._check_path(cert, der, now)
+        path_time = _inside_window(cert, self._root, now)
+        if path_time is None:  # the cert's window lies outside the root's: its dates are the precise failure
+            _check_window(cert, now)
+        self._check_path(cert, der, now if path_time is None else path_time)
+        _check_window(cert, now)  # after path validation so a foreign certificate is untrusted whatever its dates
         identity = _identity(cert, der)
         self._check_crl(identity, now)
         if expected_role is not None and identity.role != Role(expected_role):
@@ -124,6 +127,9 @@ class CertificateVerifier:
     # --- steps ---------------------------------------------------------------------------------------------
     def _check_path(self, cert: x509.Certificate, der: bytes, now: int) -> None:
         """Chain to our root (signature, extensions, EKU clientAuth); successes are cached by DER hash."""
+        if now > self._root.not_valid_after_utc.timestamp():
+            raise UntrustedCertificate("the Clearhouse root certificate itself has expired: re-key the consortium",
+                                       subject=_cn(cert), reason="root expired")
         key = sha256(der).digest()
         with self._lock:
             if key in self._path_ok:
@@ -185,6 +191,13 @@ class CertificateVerifier:
 def _cn(cert: x509.Certificate) -> str:
     attrs = cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else ""
+
+
+def _inside_window(cert: x509.Certificate, root: x509.Certificate, now: int) -> int | None:
+    """`now` clamped into the time both cert and root are valid (None if never), for path validation."""
+    low = int(max(cert.not_valid_before_utc, root.not_valid_before_utc).timestamp())
+    high = int(min(cert.not_valid_after_utc, root.not_valid_after_utc).timestamp())
+    return min(max(now, low), high) if low <= high else None
 
 
 def _check_window(cert: x509.Certificate, now: int) -> None:

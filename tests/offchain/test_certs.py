@@ -253,3 +253,14 @@ def test_verify_unreadable_crl_is_crl_unavailable(authority: CertificateAuthorit
     for source in (missing, lambda: b""):
         with pytest.raises(CrlUnavailable):
             CertificateVerifier(authority.root_pem, source).verify(device.cert_pem)
+
+
+def test_verify_expired_certificate_of_another_ca_is_untrusted(authority: CertificateAuthority,
+                                                               member: Callable[..., Any],
+                                                               attacker_member: Callable[..., Any]) -> None:
+    ours, forged = member(Role.DEVICE, valid_days=1), attacker_member(Role.DEVICE, valid_days=1)
+    in_two_days = CertificateVerifier(authority.root_pem, clock=lambda: time.time() + 2 * 86400)
+    with pytest.raises(UntrustedCertificate):
+        in_two_days.verify(forged.cert_pem)
+    with pytest.raises(CertificateExpired):
+        in_two_days.verify(ours.cert_pem)
