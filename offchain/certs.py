@@ -95,6 +95,9 @@ class CertificateVerifier:
         cert = load_certificate(cert_pem)
         der = cert.public_bytes(serialization.Encoding.DER)
         now = int(self._clock())
+        if now > self._root.not_valid_after_utc.timestamp():  # cached path results must not outlive the root
+            raise UntrustedCertificate("the Clearhouse root certificate itself has expired: re-key the consortium",
+                                       subject=_cn(cert), reason="root expired")
         path_time = _inside_window(cert, self._root, now)
         if path_time is None:  # the cert's window lies outside the root's: its dates are the precise failure
             _check_window(cert, now)
@@ -127,9 +130,6 @@ class CertificateVerifier:
     # --- steps ---------------------------------------------------------------------------------------------
     def _check_path(self, cert: x509.Certificate, der: bytes, now: int) -> None:
         """Chain to our root (signature, extensions, EKU clientAuth); successes are cached by DER hash."""
-        if now > self._root.not_valid_after_utc.timestamp():
-            raise UntrustedCertificate("the Clearhouse root certificate itself has expired: re-key the consortium",
-                                       subject=_cn(cert), reason="root expired")
         key = sha256(der).digest()
         with self._lock:
             if key in self._path_ok:

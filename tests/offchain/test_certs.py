@@ -264,3 +264,14 @@ def test_verify_expired_certificate_of_another_ca_is_untrusted(authority: Certif
         in_two_days.verify(forged.cert_pem)
     with pytest.raises(CertificateExpired):
         in_two_days.verify(ours.cert_pem)
+
+
+def test_verify_after_root_expiry_is_untrusted(authority: CertificateAuthority, member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE, valid_days=20 * 365)
+    now = [time.time()]
+    verifier = CertificateVerifier(authority.root_pem, clock=lambda: now[0])
+    verifier.verify(device.cert_pem)  # caches the path
+    now[0] += 11 * 365 * 86400
+    with pytest.raises(UntrustedCertificate) as info:
+        verifier.verify(device.cert_pem)
+    assert info.value.reason == "root expired"
