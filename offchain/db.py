@@ -419,6 +419,14 @@ def _insert_idempotent(session: Session, row: Any, key: dict[str, Any], what: st
     return existing, False
 
 
+def require_money(value: Any, field: str, *, positive: bool = False) -> int:
+    """Check an amount before it reaches SQL (where the Money column would wrap the error in StatementError)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0) or value > MONEY_MAX:
+        raise InvalidAmount(f"{field} must be a {'positive ' if positive else ''}int in minor units", field=field,
+                            value=repr(value))
+    return value
+
+
 def _show(key: dict[str, Any]) -> str:
     return ",".join(f"{k}={'0x' + v.hex() if isinstance(v, bytes) else v}" for k, v in key.items())
 
@@ -495,6 +503,8 @@ class IssueLogRecord:
 
 def record_issue_log(session: Session, record: IssueLogRecord, now: int) -> tuple[IssueLogRow, bool]:
     """Store an issue log idempotently by (serial, revision); returns (row, created)."""
+    for name in ("cap", "carried", "new_money"):
+        require_money(getattr(record, name), name)
     fields = {k: getattr(record, k) for k in IssueLogRecord.__dataclass_fields__}
     row = IssueLogRow(**fields, payload_hash=payload_hash(fields), status="open", created_at=now)
     return _insert_idempotent(session, row, {"serial": record.serial, "revision": record.revision}, "issue_log")
@@ -543,8 +553,7 @@ def append_balance_entry(
     """Append one user balance entry (deposit / allocation / carry) exactly once per idempotency key."""
     if kind not in BALANCE_KINDS:
         raise ValueError(f"kind must be one of {BALANCE_KINDS}")
-    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-        raise InvalidAmount("balance entry amount must be a positive int", value=repr(amount), kind=kind)
+    require_money(amount, "amount", positive=True)
     digest = payload_hash({"user_id": user_id, "kind": kind, "amount": amount, "serial": serial, "ref": reference})
     row = UserBalanceEntry(
         idempotency_key=idempotency_key, user_id=user_id, kind=kind, amount=amount, serial=serial,
@@ -584,6 +593,7 @@ class ReceiveLogRecord:
 def upsert_receive_log_idempotent(session: Session, record: ReceiveLogRecord) -> tuple[ReceiveLogRow, bool]:
     """Store a receive log once: identical replay returns (existing, False); same id, other payload raises
     DuplicateMessage (fields: kind, key, stored_hash, got_hash)."""
+    require_money(record.total, "total", positive=True)
     fields = {k: getattr(record, k) for k in ReceiveLogRecord.__dataclass_fields__}
     row = ReceiveLogRow(**fields, payload_hash=payload_hash(fields), status="accepted")
     return _insert_idempotent(session, row, {"id": record.id}, "receive_log")
@@ -659,6 +669,7 @@ def record_transfer_request(
     session: Session, request_id: bytes, payee: str, amount: int, now: int, *, tx_hash: str | None = None
 ) -> tuple[TransferRequestRow, bool]:
     """Store a transfer request (from the TransferRequested event) once; another payee/amount raises."""
+    require_money(amount, "amount", positive=True)
     row = TransferRequestRow(
         request_id=request_id, payee=payee, amount=amount, status="requested", tx_hash=tx_hash,
         created_at=now, updated_at=now,

@@ -107,7 +107,9 @@ class Ledger:
         with session_scope(self._engine) as session:
             self._ensure_account(session, account_id)
 
-    def deposit(self, deposit_id: bytes | str, user_id: str, amount: int, external_ref: str | None = None) -> PostedEntry:
+    def deposit(
+        self, deposit_id: bytes | str, user_id: str, amount: int, external_ref: str | None = None
+    ) -> PostedEntry:
         """Cash enters for `user_id` and the user pays it into the CC management account (claim 12).
 
         Exactly once per deposit id: an identical replay returns the original entry, another payload raises
@@ -207,7 +209,9 @@ class Ledger:
             if row is None:
                 return None
             legs = _legs_of(session, [row.id]).get(row.id, ())
-            return EntryView(row.id, row.idempotency_key, row.kind, row.bank_ref, row.external_ref, row.created_at, legs)
+            return EntryView(
+                row.id, row.idempotency_key, row.kind, row.bank_ref, row.external_ref, row.created_at, legs
+            )
 
     # --- internals --------------------------------------------------------------------------------------------
     def _exactly_once(

@@ -169,10 +169,12 @@ def test_catalog_content_key_encrypted_at_rest(engine: Engine) -> None:
         assert [r.version for r in db.latest_catalog_items(session)] == [1]
 
 
-def test_money_column_rejects_floats(engine: Engine) -> None:
-    with pytest.raises(Exception) as info, session_scope(engine) as session:
+def test_money_rejects_floats_and_negatives_before_sql(engine: Engine) -> None:
+    with pytest.raises(InvalidAmount) as info, session_scope(engine) as session:
         db.record_transfer_request(session, b"\x05" * 32, SP, 1.5, 1)  # type: ignore[arg-type]
-    assert isinstance(info.value, InvalidAmount) or isinstance(info.value.__cause__, InvalidAmount)
+    assert info.value.field == "amount"
+    with pytest.raises(InvalidAmount), session_scope(engine) as session:
+        db.upsert_receive_log_idempotent(session, receive_log(total=-1))
 
 
 def test_payload_hash_is_canonical() -> None:

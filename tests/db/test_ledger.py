@@ -39,7 +39,9 @@ def test_deposit_credits_cc_management_through_user_account(bank: Ledger) -> Non
     assert balances[CASH_ACCOUNT] == -1_250
     assert balances[user_account("alice")] == 0  # the user paid everything into the CC management account
     legs = bank.entries(kind="deposit")[0].postings
-    assert legs == ((CASH_ACCOUNT, -1_000), ("user:alice", 1_000), ("user:alice", -1_000), (CC_MANAGEMENT_ACCOUNT, 1_000))
+    assert legs == (
+        (CASH_ACCOUNT, -1_000), ("user:alice", 1_000), ("user:alice", -1_000), (CC_MANAGEMENT_ACCOUNT, 1_000)
+    )
 
 
 def test_deposit_replay_same_payload_posts_once(bank: Ledger) -> None:
