@@ -340,6 +340,7 @@ def decode_revert(abi: Sequence[dict[str, Any]], data: bytes | None, function: s
     if data and data[:4] in table:
         name, types, names = table[data[:4]]
         values = abi_decode(types, data[4:])
+        values = [to_checksum_address(v) if t == "address" else v for t, v in zip(types, values)]
         args = {n or f"arg{i}": v for i, (n, v) in enumerate(zip(names, values))}
         shown = ", ".join(f"{k}={_plain(v)}" for k, v in args.items())
         return ContractReverted(
