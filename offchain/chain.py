@@ -24,6 +24,7 @@ from eth_abi import decode as abi_decode
 from eth_account import Account
 from eth_utils import keccak, to_checksum_address
 from web3 import Web3
+from web3.logs import DISCARD
 from web3.types import TxReceipt
 
 from offchain.errors import ChainError, ChainUnreachable, ConfigError, ContractReverted
@@ -589,7 +590,7 @@ class ClearhouseChain:
     def request_transfers(self, policy_ids: Sequence[bytes]) -> tuple[TxReceipt, list[bytes]]:
         """Returns the receipt and the request ids, in the contract's order (from the TransferRequested events)."""
         receipt = self.send("requestTransfers", list(policy_ids))
-        events = self.contract.events.TransferRequested().process_receipt(receipt)
+        events = self.contract.events.TransferRequested().process_receipt(receipt, errors=DISCARD)
         return receipt, [bytes(e["args"]["requestId"]) for e in events]
 
     def confirm_transfer(self, request_id: bytes, bank_ref: bytes) -> TxReceipt:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from eth_utils import keccak
+from web3.logs import DISCARD
 
 from chainkit import SECP256K1_N, World, expect_revert, sign_digest, typed_digest
 
@@ -30,7 +31,7 @@ def test_settle_success_updates_log_policy_and_emits(world: World, pid: bytes, i
     log = world.c("clearing_center").issue_log(SERIAL)
     assert (log.spent, log.next_seq, log.cap) == (300, 3, 1_000)
     assert world.c("clearing_center").policy(pid).settled == 300
-    events = world.c("clearing_center").contract.events.UsageSettled().process_receipt(receipt)
+    events = world.c("clearing_center").contract.events.UsageSettled().process_receipt(receipt, errors=DISCARD)
     assert events[0]["args"]["count"] == 3 and events[0]["args"]["total"] == 300
     world.settle(world.use(SERIAL, pid, 2))
     assert world.c("clearing_center").issue_log(SERIAL).next_seq == 5
