@@ -87,7 +87,7 @@ def _hex(data: bytes) -> str:
     return "0x" + data.hex()
 
 
-# --- policy ----------------------------------------------------------------------------------------------------------
+# --- policy -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Payee:
     account: str
@@ -212,7 +212,7 @@ def _bytes32(value: Any, name: str) -> bytes:
     return _hex_bytes(value, name, 32)
 
 
-# --- header ------------------------------------------------------------------------------------------------------------
+# --- header -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ContainerHeader:
     content_id: bytes
@@ -263,7 +263,7 @@ def key_commitment(content_key: bytes, content_id: bytes) -> bytes:
     return hmac.new(content_key, COMMITMENT_LABEL + content_id, sha256).digest()
 
 
-# --- framing -----------------------------------------------------------------------------------------------------------
+# --- framing ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Frame:
     header: bytes
@@ -309,7 +309,7 @@ def signed_digest(header: bytes, ciphertext: bytes) -> bytes:
     return sha256(header + sha256(ciphertext).digest()).digest()
 
 
-# --- packaging (content provider) -------------------------------------------------------------------------------------
+# --- packaging (content provider) ---------------------------------------------------------------------------------
 def package(content: bytes, content_id: bytes, policy: Policy, provider_creds: MemberCredentials, *,
             title: str = "", media_type: str = "application/octet-stream") -> tuple[bytes, bytes]:
     """Encrypt `content` under a fresh 256-bit key and sign; returns (container blob, content key).
@@ -341,7 +341,7 @@ def seal(header_bytes: bytes, content: bytes, content_key: bytes, provider_creds
     return encode_frame(Frame(header_bytes, ciphertext, provider_creds.cert_pem, signature))
 
 
-# --- verification (device) ---------------------------------------------------------------------------------------------
+# --- verification (device) ----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Container:
     """A verified container: authentic header, ciphertext and provider identity. Decrypt needs the content key."""
@@ -380,12 +380,12 @@ def verify_container(blob: bytes, verifier: CertVerifier, expected_policy_hash: 
     header = ContainerHeader.decode(frame.header)
     if sha256(frame.cert_pem).digest() != header.provider_cert_sha256:
         raise ContainerTampered("attached certificate differs from the one the header names", reason="certificate")
-    _load_certificate(frame.cert_pem)
+    certificate = _load_certificate(frame.cert_pem)
     identity = verifier.verify(frame.cert_pem, Role.CONTENT_PROVIDER)
     if identity.member_id != header.provider_member_id or identity.eth_address != header.provider_address:
         raise IdentityMismatch("container header names another provider than its certificate",
                                header_member_id=header.provider_member_id, cert_member_id=identity.member_id)
-    _verify_signature(frame)
+    _verify_signature(frame, certificate.public_key())
     header.policy.validate()
     if header.policy.content_id != header.content_id or len(frame.ciphertext) != header.content_length + TAG_SIZE:
         raise InvalidPolicy("header content id or length disagrees with the policy/ciphertext",
@@ -404,8 +404,7 @@ def _load_certificate(cert_pem: bytes) -> x509.Certificate:
         raise ContainerTampered("attached provider certificate does not parse", reason="certificate") from None
 
 
-def _verify_signature(frame: Frame) -> None:
-    public_key = _load_certificate(frame.cert_pem).public_key()
+def _verify_signature(frame: Frame, public_key: Any) -> None:
     r = int.from_bytes(frame.signature[:32], "big")
     s = int.from_bytes(frame.signature[32:], "big")
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not (0 < r < P256_ORDER and 0 < s < P256_ORDER):
@@ -418,7 +417,7 @@ def _verify_signature(frame: Frame) -> None:
                                 reason="signature") from None
 
 
-# --- key wrapping (service provider -> device) ---------------------------------------------------------------------------
+# --- key wrapping (service provider -> device) --------------------------------------------------------------------
 @dataclass(frozen=True)
 class WrappedKey:
     """A content key wrapped to one device's P-256 key (docs/container.md section 6)."""

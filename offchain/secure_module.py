@@ -63,10 +63,11 @@ __all__ = ["KdfParams", "DeviceKeys", "create_keystore", "unlock_keystore", "Sec
 
 KEYSTORE_FORMAT = "CHKS/1"
 ZERO32 = bytes(32)
+MAX_SCRYPT_N = 2**20  # an edited keystore must not make unlocking allocate unbounded memory
 IssueLogVerifyFn = Callable[[IssueLog, bytes], object]
 
 
-# --- keystore ------------------------------------------------------------------------------------------------------------
+# --- keystore -----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class KdfParams:
     """scrypt cost; the defaults take ~0.1 s and 32 MiB. Tests pass e.g. KdfParams(n=2**4)."""
@@ -126,7 +127,7 @@ def unlock_keystore(path: Path, passphrase: str) -> DeviceKeys:
         ciphertext = bytes.fromhex(stored["ciphertext"][2:])
     except (ValueError, KeyError, TypeError, AttributeError):
         raise WrongPassphrase(f"keystore {path} is malformed", path=str(path), reason="malformed") from None
-    if stored.get("format") != KEYSTORE_FORMAT or kdf.get("name") != "scrypt":
+    if stored.get("format") != KEYSTORE_FORMAT or kdf.get("name") != "scrypt" or not 1 < params.n <= MAX_SCRYPT_N:
         raise WrongPassphrase(f"keystore {path} is not {KEYSTORE_FORMAT}", path=str(path), reason="format")
     try:
         kek = _keystore_kek(passphrase, salt, params)
@@ -138,7 +139,7 @@ def unlock_keystore(path: Path, passphrase: str) -> DeviceKeys:
                       agreement_key_pem=secret["agreement_key_pem"].encode("ascii"))
 
 
-# --- wallet ----------------------------------------------------------------------------------------------------------------
+# --- wallet -------------------------------------------------------------------------------------------------------
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS issue_logs (
     serial BLOB PRIMARY KEY, ord INTEGER NOT NULL UNIQUE, issue_log_json TEXT NOT NULL, cc_signature BLOB NOT NULL,
@@ -298,7 +299,7 @@ def cc_verify_fn(domain: Domain, cc_address: str) -> IssueLogVerifyFn:
     return check
 
 
-# --- the secure module -----------------------------------------------------------------------------------------------------
+# --- the secure module --------------------------------------------------------------------------------------------
 class SecureModule:
     """The device's encryption processing unit: the only code that holds the device keys and unwraps content keys."""
 
@@ -317,7 +318,7 @@ class SecureModule:
     def close(self) -> None:
         self._wallet.close()
 
-    # -- issue logs ------------------------------------------------------------------------------------------------------
+    # -- issue logs ------------------------------------------------------------------------------------------------
     def install_issue_log(self, issue_log: IssueLog, cc_signature: bytes,
                           verify_fn: IssueLogVerifyFn) -> WalletBalance:
         """Install a CC-signed issue log (first issue, renewal to a new serial, or top-up in place)."""
@@ -377,7 +378,7 @@ class SecureModule:
             raise NoIssueLog("no issue log is installed: request one from the clearing center")
         return row
 
-    # -- use ---------------------------------------------------------------------------------------------------------------
+    # -- use -------------------------------------------------------------------------------------------------------
     def use(self, container_blob: bytes, wrapped_key: WrappedKey, verifier: CertVerifier, domain: Domain,
             receiver: str, now: int, *, expected_policy_hash: bytes | None = None) -> tuple[bytes, SignedLog]:
         """Verify, charge the price and sign a UsageLog in one transaction, then decrypt: (plaintext, signed log).
@@ -427,7 +428,7 @@ class SecureModule:
         container.check_key(content_key)
         return content_key
 
-    # -- renewals, uploads, balance -----------------------------------------------------------------------------------------
+    # -- renewals, uploads, balance --------------------------------------------------------------------------------
     def balance_statement(self, domain: Domain, now: int) -> tuple[BalanceStatement, bytes]:
         """Sign the current log's (next_seq, spent) and freeze it until the renewed issue log is installed."""
         with self._wallet.transaction():

@@ -70,7 +70,8 @@ def forge(provider: MemberCredentials, policy_json: dict, content: bytes = CONTE
     """A provider-signed container whose policy skips `package`'s checks (what a faulty provider could ship)."""
     key = bytes(range(32))
     header = {"format": "CHSC/1", "content_id": "0x" + CONTENT_ID.hex(), "provider_member_id": provider.member_id,
-              "provider_address": provider.eth_address, "provider_cert_sha256": "0x" + sha256(provider.cert_pem).hexdigest(),
+              "provider_address": provider.eth_address,
+              "provider_cert_sha256": "0x" + sha256(provider.cert_pem).hexdigest(),
               "policy": policy_json, "title": "forged", "media_type": "text/plain", "cipher": "AES-256-GCM",
               "nonce": "0x" + "00" * 12, "content_length": len(content),
               "key_commitment": "0x" + key_commitment(key, CONTENT_ID).hex()}

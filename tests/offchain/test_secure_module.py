@@ -65,7 +65,7 @@ CAP = 1000
 CRASH_EXIT = 17
 
 
-# --- fixtures and factories -------------------------------------------------------------------------------------------
+# --- fixtures and factories ---------------------------------------------------------------------------------------
 @pytest.fixture
 def device_keys(device_member: Member) -> DeviceKeys:
     return DeviceKeys("device-1", device_member.eth_key, device_member.credentials.key_pem)
@@ -141,7 +141,7 @@ def use(module: SecureModule, content: tuple[bytes, bytes, Policy], wrapped: Any
                       expected_policy_hash=policy_hash(content[2]))
 
 
-# --- keystore ------------------------------------------------------------------------------------------------------------
+# --- keystore -----------------------------------------------------------------------------------------------------
 def test_keystore_round_trip_restores_keys(paths: tuple[Path, Path], device_keys: DeviceKeys) -> None:
     assert unlock_keystore(paths[0], PASSPHRASE) == device_keys
     text = paths[0].read_text()
@@ -163,7 +163,7 @@ def test_keystore_edited_public_field_raises(paths: tuple[Path, Path], device_me
         unlock_keystore(paths[0], PASSPHRASE)
 
 
-# --- issue logs -------------------------------------------------------------------------------------------------------
+# --- issue logs ---------------------------------------------------------------------------------------------------
 def test_install_issue_log_sets_balance(funded: SecureModule) -> None:
     balance = funded.balance()
     assert (balance.serial, balance.cap, balance.spent, balance.remaining, balance.next_seq) == (SERIAL_1, CAP, 0,
@@ -199,9 +199,10 @@ def test_install_same_issue_log_twice_idempotent_other_payload_duplicate(funded:
         funded.install_issue_log(other, other_signature, verify_fn)
 
 
-# --- use -------------------------------------------------------------------------------------------------------------------
+# --- use ----------------------------------------------------------------------------------------------------------
 def test_use_charges_signs_and_releases_plaintext(funded: SecureModule, content: Any, wrapped: Any,
-                                                  verifier: CertificateVerifier, service_provider_member: Member) -> None:
+                                                  verifier: CertificateVerifier,
+                                                  service_provider_member: Member) -> None:
     plaintext, signed = use(funded, content, wrapped, verifier, service_provider_member.address)
     assert plaintext == CONTENT
     log = signed.log
@@ -293,7 +294,7 @@ def test_use_policy_hash_differs_from_chain_mismatch(funded: SecureModule, conte
     assert dump(paths[1]) == before
 
 
-# --- atomicity --------------------------------------------------------------------------------------------------------------
+# --- atomicity ----------------------------------------------------------------------------------------------------
 def _crash_points(action: Callable[[], None]) -> dict[str, tuple[Any, str, Callable[..., Any]]]:
     """Where to inject a failure inside use(): (owner, attribute, replacement) calling `action` at that point."""
     import offchain.secure_module as sm
@@ -371,7 +372,7 @@ def test_use_process_killed_at_step_leaves_wallet_all_or_nothing(step: str, fund
         reopened.close()
 
 
-# --- renewals ------------------------------------------------------------------------------------------------------------
+# --- renewals -----------------------------------------------------------------------------------------------------
 def test_renewal_new_serial_carries_remaining_and_keeps_old_logs(funded: SecureModule, content: Any, wrapped: Any,
                                                                  verifier: CertificateVerifier,
                                                                  clearing_center_member: Member,
@@ -425,7 +426,7 @@ def test_top_up_in_place_keeps_spent_and_seq(funded: SecureModule, content: Any,
     assert (signed.log.serial, signed.log.seq) == (SERIAL_1, 1)
 
 
-# --- uploads ---------------------------------------------------------------------------------------------------------------
+# --- uploads ------------------------------------------------------------------------------------------------------
 def test_pending_batch_contiguous_one_receiver_then_mark_uploaded(funded: SecureModule, content: Any, wrapped: Any,
                                                                   verifier: CertificateVerifier,
                                                                   service_provider_member: Member,
