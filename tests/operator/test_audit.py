@@ -10,7 +10,7 @@ from eth_account import Account
 
 from offchain import audit
 from offchain.errors import NotFound
-from offchain.messages import sign
+from offchain.messages import keccak, sign
 
 from typing import Any as ChainWorld  # the `world` fixture of tests/operator/conftest.py
 
@@ -107,7 +107,7 @@ def test_verify_item_detects_tampered_entries(world: ChainWorld, index) -> None:
 def test_sync_is_incremental_and_resets_on_foreign_chain_state(world: ChainWorld, index) -> None:
     again = index.sync()
     assert again.new_events == 0 and not again.reset
-    world.send("bank", "recordDeposit", b"\x09" * 32, b"\x08" * 32, 5, b"\x07" * 32)
+    world.send("bank", "recordDeposit", b"\x09" * 32, keccak(b"alice"), 5, b"\x07" * 32)
     after = index.sync()
     assert after.new_events == 1 and after.from_block == again.to_block + 1
     index._set_meta(last_block_hash="0x" + "00" * 32)  # as if the chain were restarted or reorganized
