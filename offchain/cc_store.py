@@ -228,6 +228,20 @@ class CcStore:
             session.add(row)
             return row
 
+    def reserved(self, user_id: str) -> int:
+        """New money of planned, unfinished requests: held back from `available` until they complete or drop."""
+        with session_scope(self.engine) as session:
+            total = session.scalar(select(func.sum(IssueRequestRow.new_money)).where(
+                IssueRequestRow.user_id == user_id, IssueRequestRow.status == "planned"))
+            return db.money(total)
+
+    def drop_issue_request(self, device: str, request_id: str) -> None:
+        """Forget a planned request the chain refused (nothing was sent), so the id can be retried."""
+        with session_scope(self.engine) as session:
+            row = session.get(IssueRequestRow, (device, request_id))
+            if row is not None and row.status == "planned":
+                session.delete(row)
+
     def complete_issue_request(self, plan: IssueRequestRow, record: db.IssueLogRecord, tx_hash: str,
                                response: dict[str, Any]) -> None:
         """Record the signed issue log, the balance entries and the answer in one transaction (idempotent)."""

@@ -150,6 +150,19 @@ class InsufficientFunds(LimitError):
     code = "insufficient_funds"
 
 
+class StatementRejected(LimitError):
+    """A balance statement the CC cannot renew against (fields: serial, reason, and the values compared)."""
+
+    code = "statement_rejected"
+
+
+class DepositNotProven(LimitError):
+    """A deposit notice whose transaction does not carry the matching DepositRecorded event (fields: deposit_id,
+    tx_hash, reason): nothing is credited."""
+
+    code = "deposit_not_proven"
+
+
 class FeeMismatch(LimitError):
     """A usage log's fee is not the price of its policy (fields: policy_id, expected, got, seq)."""
 

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from eth_abi import decode as abi_decode
-from eth_account import Account
 from web3 import Web3
-from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound
+from web3.exceptions import TransactionNotFound
 
-from offchain.cc_store import CcStore, read_issue_log
+from offchain.cc_store import CcStore
+from offchain.chain import ClearhouseChain, SettlementItem, encode_settlement_item
 from offchain.db import ReceiveLogRow, SettlementOutbox
-from offchain.messages import UsageBatch, keccak
+from offchain.errors import ContractReverted
+from offchain.messages import UsageBatch
 
 CRASH_ENV = "CLEARHOUSE_CRASH_AT"
 CRASH_POINTS = ("before_broadcast", "after_broadcast")
@@ -32,44 +32,17 @@ GAS_HEADROOM = 1.25
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True)
-class Revert:
-    """A decoded custom error (`name` is the Solidity error name, `args` its values)."""
-
-    name: str
-    args: tuple[Any, ...] = ()
-
-    def reason(self) -> str:
-        shown = ", ".join("0x" + a.hex() if isinstance(a, bytes) else str(a) for a in self.args)
-        return f"{self.name}({shown})"
-
-
-def error_selectors(abi: Sequence[dict[str, Any]]) -> dict[bytes, tuple[str, list[str]]]:
-    """selector -> (name, argument types) for every custom error of the ABI."""
-    table: dict[bytes, tuple[str, list[str]]] = {}
-    for entry in abi:
-        if entry.get("type") == "error":
-            types = [i["type"] for i in entry.get("inputs", [])]
-            table[keccak(f"{entry['name']}({','.join(types)})".encode())[:4]] = (entry["name"], types)
-    return table
-
-
-def decode_revert(selectors: dict[bytes, tuple[str, list[str]]], exc: Exception) -> Revert:
-    """The custom error behind a web3 revert exception (`Unknown` when the data has no known selector)."""
-    data = getattr(exc, "data", None)
-    if isinstance(data, str) and data.startswith("0x") and len(data) >= 10:
-        raw = bytes.fromhex(data[2:])
-        known = selectors.get(raw[:4])
-        if known is not None:
-            return Revert(known[0], tuple(abi_decode(known[1], raw[4:])))
-    return Revert("Unknown", (str(exc)[:200],))
+def revert_reason(error: ContractReverted) -> str:
+    """`Name(arg=value, ...)` of a decoded revert, as stored in `receive_logs.reject_reason`."""
+    values = error.fields.get("args") or {}  # not `error.args`: BaseException turns that into a tuple of keys
+    args = ", ".join(f"{k}={'0x' + v.hex() if isinstance(v, bytes) else v}" for k, v in values.items())
+    return f"{error.error_name or 'UnknownRevert'}({args})"
 
 
 def settlement_item(row: ReceiveLogRow) -> tuple[Any, ...]:
     """The `SettlementItem` ABI tuple of a stored receive log."""
     batch = UsageBatch.from_json(row.usage_batch_json)
-    return ((batch.serial, batch.first_seq, batch.receiver, list(batch.policy_ids), batch.entries),
-            row.device_sig, row.received_at, row.receiver_sig)
+    return encode_settlement_item(SettlementItem(batch, row.device_sig, row.received_at, row.receiver_sig))
 
 
 @dataclass(frozen=True)
@@ -111,19 +84,16 @@ class RoundReport:
 class SettlementWorker:
     """Batches accepted receive logs into `settle` transactions; call `recover()` at start, then `tick()`."""
 
-    def __init__(self, store: CcStore, w3: Web3, address: str, abi: list[dict[str, Any]], private_key: bytes, *,
-                 max_items: int = 64, crash_at: str | None = None, receipt_timeout_s: float = 60.0,
-                 log: Any = None) -> None:
+    def __init__(self, store: CcStore, chain: ClearhouseChain, *, max_items: int = 64, crash_at: str | None = None,
+                 receipt_timeout_s: float = 60.0, log: Any = None) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"{CRASH_ENV} must be one of {CRASH_POINTS}")
         self.store = store
-        self.w3 = w3
-        self.contract = w3.eth.contract(address=address, abi=abi)
-        self.account = Account.from_key(private_key)
+        self.chain = chain
+        self.w3: Web3 = chain.w3
         self.max_items = max_items
         self.crash_at = crash_at
         self.receipt_timeout_s = receipt_timeout_s
-        self.selectors = error_selectors(abi)
         self.log = log or structlog.get_logger("settlement")
 
     # --- recovery ---------------------------------------------------------------------------------------------
@@ -201,25 +171,26 @@ class SettlementWorker:
         offender = self._first_failing(items)
         if offender is not None:
             index, revert = offender
-            self.store.reject_receive_logs({items[index].id: revert.reason()})
-            report.rejected["0x" + items[index].id.hex()] = revert.reason()
+            reason = revert_reason(revert)
+            self.store.reject_receive_logs({items[index].id: reason})
+            report.rejected["0x" + items[index].id.hex()] = reason
             self.log.warning("settlement.rejected", receive_log_id="0x" + items[index].id.hex(),
-                             error=revert.name, reason=revert.reason())
+                             error=revert.error_name, reason=reason)
             return True
         self._send(items, report)
         return True
 
     def _next_seqs(self, serials: set[bytes]) -> dict[bytes, int]:
-        return {serial: read_issue_log(self.contract, serial).next_seq for serial in serials}
+        return {serial: self.chain.issue_log(serial).next_seq for serial in serials}
 
-    def _call(self, items: Sequence[ReceiveLogRow]) -> Revert | None:
+    def _call(self, items: Sequence[ReceiveLogRow]) -> ContractReverted | None:
         try:
-            self.contract.functions.settle([settlement_item(r) for r in items]).call({"from": self.account.address})
-        except (ContractCustomError, ContractLogicError) as exc:
-            return decode_revert(self.selectors, exc)
+            self.chain.call("settle", [settlement_item(r) for r in items])
+        except ContractReverted as exc:
+            return exc
         return None
 
-    def _first_failing(self, items: list[ReceiveLogRow]) -> tuple[int, Revert] | None:
+    def _first_failing(self, items: list[ReceiveLogRow]) -> tuple[int, ContractReverted] | None:
         """Pre-validate with eth_call; on a revert, bisect for the longest passing prefix: the next item is the
         offender (checks are per item and in order, so a prefix passes iff each of its items does)."""
         revert = self._call(items)
@@ -235,27 +206,24 @@ class SettlementWorker:
         return bad - 1, self._call(items[:bad]) or revert
 
     def _send(self, items: list[ReceiveLogRow], report: RoundReport) -> None:
-        fn = self.contract.functions.settle([settlement_item(r) for r in items])
-        sender = self.account.address
-        nonce = self.w3.eth.get_transaction_count(sender, "pending")
-        gas = int(fn.estimate_gas({"from": sender}) * GAS_HEADROOM)
-        tx = fn.build_transaction({"from": sender, "nonce": nonce, "gas": gas, "chainId": self.w3.eth.chain_id})
-        signed = self.account.sign_transaction(tx)
-        tx_hash = "0x" + bytes(signed.hash).hex()
-        outbox_id = self.store.create_settlement([r.id for r in items], tx_hash=tx_hash, nonce=nonce,
-                                                 raw_tx=bytes(signed.raw_transaction))
-        self._maybe_crash("before_broadcast")
-        self.w3.eth.send_raw_transaction(signed.raw_transaction)
+        outbox: dict[str, int] = {}
+
+        def record(tx_hash: str, nonce: int, raw_tx: bytes) -> None:
+            outbox["id"] = self.store.create_settlement([r.id for r in items], tx_hash=tx_hash, nonce=nonce,
+                                                        raw_tx=raw_tx)
+            self._maybe_crash("before_broadcast")
+
+        tx_hash = self.chain.send_via_outbox("settle", [settlement_item(r) for r in items], record=record)
         self._maybe_crash("after_broadcast")
-        self.store.update_settlement(outbox_id, "sent")
+        self.store.update_settlement(outbox["id"], "sent")
         receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s,
                                                            poll_latency=0.01)
-        outcome = self._record_receipt(outbox_id, receipt)
+        outcome = self._record_receipt(outbox["id"], receipt)
         report.tx_hash = tx_hash
         if outcome == "confirmed":
             report.settled += len(items)
-        self.log.info("settlement.sent", outbox_id=outbox_id, tx_hash=tx_hash, items=len(items), outcome=outcome,
-                      gas_used=receipt["gasUsed"])
+        self.log.info("settlement.sent", outbox_id=outbox["id"], tx_hash=tx_hash, items=len(items),
+                      outcome=outcome, gas_used=receipt["gasUsed"])
 
     def _maybe_crash(self, point: str) -> None:
         if self.crash_at == point:
@@ -264,17 +232,15 @@ class SettlementWorker:
 
 
 # --- standalone entry (also the subprocess of the SIGKILL recovery test) ------------------------------------------
-def build_worker(settings: Any, store: CcStore, w3: Web3) -> SettlementWorker:
+def build_worker(settings: Any, store: CcStore, chain: ClearhouseChain, log: Any = None) -> SettlementWorker:
     """A worker from ClearingCenterSettings (crash point from CLEARHOUSE_CRASH_AT, test only)."""
-    from offchain.chain import Deployment
-
-    deployment = Deployment.load(settings.deployment_path)
-    return SettlementWorker(store, w3, deployment.address, deployment.abi, settings.eth_private_key_bytes(),
-                            max_items=settings.settle_batch_max_items, crash_at=os.environ.get(CRASH_ENV) or None)
+    return SettlementWorker(store, chain, max_items=settings.settle_batch_max_items,
+                            crash_at=os.environ.get(CRASH_ENV) or None, log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m offchain.settlement --config cc.json [--once]`: run the worker alone (no HTTP)."""
+    from offchain.chain import Deployment
     from offchain.db import make_engine
     from offchain.settings import ClearingCenterSettings, configure_logging, load_settings
 
@@ -287,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = CcStore(make_engine(settings.database_url), time.time)
     store.create_schema()
     w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 60}))
-    worker = build_worker(settings, store, w3)
+    chain = ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_private_key_bytes())
+    worker = build_worker(settings, store, chain, log)
     while True:
         report = worker.tick()
         log.info("settlement.tick", settled=report.settled, rejected=len(report.rejected),
@@ -301,5 +268,5 @@ if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess 
     raise SystemExit(main())
 
 
-__all__ = ["SettlementWorker", "Revert", "RoundReport", "Selection", "select_contiguous", "settlement_item",
-           "decode_revert", "error_selectors", "CRASH_ENV", "CRASH_POINTS", "build_worker", "main"]
+__all__ = ["SettlementWorker", "RoundReport", "Selection", "select_contiguous", "settlement_item", "revert_reason",
+           "CRASH_ENV", "CRASH_POINTS", "build_worker", "main"]
