@@ -35,6 +35,8 @@ ANVIL_FALLBACK = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
 EIP170_LIMIT_BYTES = 24_576
 RECEIPT_POLL_S = 0.005
 ZERO_BYTES32 = b"\x00" * 32
+FEE_CACHE_S = 2.0
+PRIORITY_FEE_WEI = 1_000_000_000
 
 
 # --- compile --------------------------------------------------------------------------------------------------
@@ -474,6 +476,8 @@ class ClearhouseChain:
         self._gas_margin = gas_margin
         self._timeout_s = receipt_timeout_s
         self._nonce: int | None = None
+        self._fees: dict[str, int] | None = None
+        self._fees_at = 0.0
         self._lock = threading.Lock()
 
     # sending ---------------------------------------------------------------------------------------------------
@@ -486,7 +490,7 @@ class ClearhouseChain:
         with self._lock:
             if self._nonce is None:
                 self._nonce = self.w3.eth.get_transaction_count(self.sender, "pending")
-            tx.update(gas=gas, nonce=self._nonce, chainId=self.deployment.chain_id, gasPrice=self._gas_price())
+            tx.update(gas=gas, nonce=self._nonce, chainId=self.deployment.chain_id, **self._fee_fields())
             signed = self._account.sign_transaction(tx)
             try:
                 tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
@@ -513,7 +517,7 @@ class ClearhouseChain:
         with self._lock:
             if self._nonce is None:
                 self._nonce = self.w3.eth.get_transaction_count(self.sender, "pending")
-            tx.update(gas=gas, nonce=self._nonce, chainId=self.deployment.chain_id, gasPrice=self._gas_price())
+            tx.update(gas=gas, nonce=self._nonce, chainId=self.deployment.chain_id, **self._fee_fields())
             signed = self._account.sign_transaction(tx)
             tx_hash = "0x" + bytes(signed.hash).hex()
             record(tx_hash, self._nonce, bytes(signed.raw_transaction))
@@ -539,8 +543,22 @@ class ClearhouseChain:
             raise self._as_revert(exc, function) from exc
         return int(estimate * self._gas_margin) + 10_000
 
-    def _gas_price(self) -> int:
-        return int(self.w3.eth.gas_price * 2)
+    def _fee_fields(self) -> dict[str, int]:
+        """EIP-1559 fees from a base fee cached for FEE_CACHE_S (3x headroom), or the node's legacy gas price.
+
+        Never derive the price from eth_gasPrice times a factor: anvil's suggestion follows recent tx prices,
+        so that feeds back and doubles every block.
+        """
+        now = time.monotonic()
+        if self._fees is None or now - self._fees_at > FEE_CACHE_S:
+            base_fee = self.w3.eth.get_block("latest").get("baseFeePerGas")
+            if base_fee is None:
+                self._fees = {"gasPrice": int(self.w3.eth.gas_price)}
+            else:
+                self._fees = {"maxFeePerGas": 3 * int(base_fee) + PRIORITY_FEE_WEI,
+                              "maxPriorityFeePerGas": PRIORITY_FEE_WEI}
+            self._fees_at = now
+        return self._fees
 
     def _as_revert(self, exc: Exception, function: str) -> ChainError:
         data = _revert_data(exc)
