@@ -12,13 +12,14 @@ import json
 import logging
 import signal
 import ssl
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import requests
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -281,30 +282,31 @@ class JsonClient:
 
 
 class SyncJsonClient:
-    """Blocking JSON-over-mTLS client for operator tools and devices (CLI, demo); same error mapping."""
+    """Blocking JSON-over-mTLS client for operator tools and devices (CLI, demo); same error mapping.
+
+    Uses the stdlib (urllib) with exactly `offchain.tls.client_ssl_context`: our CA only, no system roots."""
 
     def __init__(self, base_url: str, cert_path: str, key_path: str, ca_path: str, *,
                  timeout_s: float = 30.0) -> None:
+        from offchain import tls
+
         self.base_url = base_url.rstrip("/")
-        self._session = requests.Session()
-        self._session.cert = (str(cert_path), str(key_path))
-        self._session.verify = str(ca_path)
+        self._ssl = tls.client_ssl_context(cert_path, key_path, ca_path)
         self._timeout_s = timeout_s
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
         url = self.base_url + path
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
         try:
-            response = self._session.request(method, url, json=body, timeout=self._timeout_s)
-        except requests.RequestException as exc:
+            with urllib.request.urlopen(request, context=self._ssl, timeout=self._timeout_s) as response:
+                return _json_or_none(response.read())
+        except urllib.error.HTTPError as exc:
+            raise error_from_payload(exc.code, _json_or_none(exc.read()), url) from None
+        except (urllib.error.URLError, OSError) as exc:
             raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
                                      reason=type(exc).__name__) from None
-        try:
-            payload = response.json()
-        except ValueError:
-            payload = None
-        if response.status_code >= 400:
-            raise error_from_payload(response.status_code, payload, url)
-        return payload
 
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body)
@@ -313,7 +315,14 @@ class SyncJsonClient:
         return self.request("GET", path)
 
     def close(self) -> None:
-        self._session.close()
+        """Nothing to release: every request uses its own connection."""
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
 
 
 __all__ = [

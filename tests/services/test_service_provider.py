@@ -1,0 +1,235 @@
+"""The service provider as its own process: publish, download, verified usage intake, idempotent uploads, and
+durability (an acked upload survives kill -9 and is forwarded once a clearing center answers).
+
+The clearing center here is a stub (same mTLS, same route) that opens every receive-log Envelope and records
+it, so these tests do not depend on the real CC; test_end_to_end.py runs the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from web3 import Web3
+
+from offchain import tls
+from offchain.certs import CertificateVerifier, Envelope
+from offchain.content_provider import ContentProvider, content_id_for
+from offchain.device import DeviceClient
+from offchain.errors import DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, SequenceError
+from offchain.messages import IssueLog, ReceiveLog, Role, UsageBatch, UsageLog, keccak, sign
+from offchain.secure_module import SecureModule, cc_verify_fn
+from offchain.settings import DeviceSettings, load_settings
+
+Services = Any  # tests/services/conftest.py Services (conftest modules are not importable by name)
+
+PRICE = 250
+
+
+class StubClearingCenter:
+    """Accepts POST /v1/receive-logs over mTLS like the CC: opens each Envelope(ReceiveLog), records it."""
+
+    def __init__(self, services: Services) -> None:
+        consortium = services.consortium
+        cc = consortium.of_role(Role.CLEARING_CENTER)[0]
+        self._paths = (cc.cert_path, cc.key_path, consortium.root_path)
+        self._verifier = CertificateVerifier(consortium.root_path.read_bytes())
+        self._domain = consortium.domain
+        self._port = int(consortium.urls["cc"].rsplit(":", 1)[1])
+        self.received: dict[str, dict[str, Any]] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    async def _receive(self, request: web.Request) -> web.Response:
+        peer = tls.peer_identity(request, self._verifier)
+        body = await request.json()
+        accepted = []
+        for item in body["items"]:
+            receive_log, _sp = Envelope.from_json(item["receive_log"]).open(
+                self._verifier, self._domain, Role.SERVICE_PROVIDER, peer=peer)
+            assert isinstance(receive_log, ReceiveLog)
+            assert receive_log.usage_batch == UsageBatch.from_json(item["usage_batch"]).struct_hash()
+            receive_id = "0x" + receive_log.id(self._domain).hex()
+            self.received[receive_id] = item
+            accepted.append(receive_id)
+        return web.json_response({"accepted": accepted})
+
+    def start(self) -> None:
+        async def boot() -> None:
+            app = web.Application()
+            app.router.add_post("/v1/receive-logs", self._receive)
+            self._runner = web.AppRunner(app)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self._port,
+                              ssl_context=tls.server_ssl_context(*self._paths)).start()
+
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(boot(), self._loop).result(10)
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+@pytest.fixture(scope="module")
+def sp_running(services: Services) -> Services:
+    services.start("sp")
+    return services
+
+
+@pytest.fixture(scope="module")
+def published(sp_running: Services, w3: Web3) -> dict[str, Any]:
+    consortium = sp_running.consortium
+    studio = consortium.member("studio")
+    provider = ContentProvider(studio.credentials(), sp_running.chain("studio", w3), sp_running.client("studio", "sp"))
+    content_id = content_id_for("film-sp-test")
+    result = provider.publish(b"a film" * 1000, content_id=content_id, version=1, price=PRICE,
+                              payees=[(studio.eth_address, 10_000)], title="Film")
+    return {"content_id": content_id, "policy_id": result.policy_id}
+
+
+def open_device(services: Services, member_id: str) -> DeviceClient:
+    consortium = services.consortium
+    settings = load_settings(DeviceSettings, consortium.settings_paths[member_id])
+    return DeviceClient.from_settings(settings, consortium.passphrase, consortium.member(member_id).user_id)
+
+
+def install_test_issue_log(services: Services, device: DeviceClient, cap: int) -> None:
+    """The test plays the CC: a CC-signed issue log (the SP does not consult the chain's issue logs)."""
+    cc = services.consortium.of_role(Role.CLEARING_CENTER)[0]
+    issue_log = IssueLog(serial=keccak(device.module.eth_address.encode() + b"sp-test"), device=device.module.eth_address,
+                         user_id_hash=keccak(device.user_id.encode()), cap=cap, expires_at=int(time.time()) + 86400,
+                         previous_serial=bytes(32), carried=0)
+    signature = sign(issue_log, device.domain, cc.eth_private_key())
+    device.module.install_issue_log(issue_log, signature, cc_verify_fn(device.domain, cc.eth_address))
+
+
+@pytest.fixture(scope="module")
+def alice(sp_running: Services, published: dict[str, Any]) -> Iterator[DeviceClient]:
+    device = open_device(sp_running, "alice-phone")
+    install_test_issue_log(sp_running, device, cap=100 * PRICE)
+    device.download(published["content_id"], 1)
+    yield device
+    device.close()
+
+
+def upload_body(device: DeviceClient) -> dict[str, Any]:
+    batch, signature, run = device.module.pending_batch(device.domain)
+    return {"batch": batch.to_json(), "batch_signature": "0x" + signature.hex(),
+            "logs": [{"log": i.log.to_json(), "signature": "0x" + i.signature.hex()} for i in run],
+            "certificate": device._cert_pem.decode()}
+
+
+def test_catalog_lists_published_content_with_price(sp_running: Services, published: dict[str, Any]) -> None:
+    items = sp_running.client("alice-phone", "sp").get("/v1/catalog")["items"]
+    assert [(i["content_id"], i["price"], i["title"]) for i in items] == [
+        ("0x" + published["content_id"].hex(), PRICE, "Film")]
+
+
+def test_use_is_offline_and_decrypts_downloaded_content(alice: DeviceClient, published: dict[str, Any]) -> None:
+    before = alice.balance().spent
+    assert alice.use(published["content_id"], 1) == b"a film" * 1000
+    assert alice.balance().spent == before + PRICE
+
+
+def test_upload_replay_returns_same_receipt(sp_running: Services, alice: DeviceClient,
+                                            published: dict[str, Any]) -> None:
+    alice.use(published["content_id"], 1)
+    body = upload_body(alice)
+    client = sp_running.client("alice-phone", "sp")
+    first, again = client.post("/v1/usage", body), client.post("/v1/usage", body)
+    assert first == again
+    assert first["acked_through_seq"] == body["batch"]["firstSeq"] + len(body["logs"]) - 1
+    alice.module.mark_uploaded(bytes.fromhex(body["batch"]["serial"][2:]), first["acked_through_seq"])
+
+
+def test_upload_from_another_device_certificate_is_refused(sp_running: Services, alice: DeviceClient,
+                                                           published: dict[str, Any]) -> None:
+    alice.use(published["content_id"], 1)
+    body = upload_body(alice)
+    with pytest.raises(IdentityMismatch):
+        sp_running.client("bob-tablet", "sp").post("/v1/usage", body)
+
+
+def signed_upload(services: Services, device: DeviceClient, policy: bytes, seq: int, fee: int,
+                  used_at: int) -> dict[str, Any]:
+    """A well-signed upload of one usage log built outside the secure module (a misbehaving device)."""
+    key = services.consortium.member("alice-phone").eth_private_key()
+    serial = device.balance().serial
+    receiver = services.client("alice-phone", "sp").get("/v1/status")["address"]
+    usage = UsageLog(serial=serial, seq=seq, policy_id=policy, fee=fee, receiver=receiver, used_at=used_at)
+    batch = UsageBatch.from_logs([usage])
+    return {"batch": batch.to_json(), "batch_signature": "0x" + sign(batch, device.domain, key).hex(),
+            "logs": [{"log": usage.to_json(), "signature": "0x" + sign(usage, device.domain, key).hex()}],
+            "certificate": device._cert_pem.decode()}
+
+
+def test_upload_with_fee_below_price_is_refused(sp_running: Services, alice: DeviceClient,
+                                                published: dict[str, Any]) -> None:
+    alice.upload()
+    body = signed_upload(sp_running, alice, published["policy_id"], alice.balance().next_seq, PRICE - 1,
+                         int(time.time()))
+    with pytest.raises(FeeMismatch) as info:
+        sp_running.client("alice-phone", "sp").post("/v1/usage", body)
+    assert info.value.fields["expected"] == PRICE and info.value.fields["got"] == PRICE - 1
+
+
+def test_upload_with_edited_log_is_refused(sp_running: Services, alice: DeviceClient,
+                                           published: dict[str, Any]) -> None:
+    alice.use(published["content_id"], 1)
+    body = upload_body(alice)
+    body["logs"][0]["log"]["usedAt"] += 1  # no longer the log the batch packs, nor the one the device signed
+    with pytest.raises(InvalidRequest):
+        sp_running.client("alice-phone", "sp").post("/v1/usage", body)
+    alice.upload()
+
+
+def test_reused_seq_with_other_payload_is_duplicate(sp_running: Services, alice: DeviceClient,
+                                                    published: dict[str, Any]) -> None:
+    alice.use(published["content_id"], 1)
+    alice.upload()
+    last_seq = alice.balance().next_seq - 1
+    body = signed_upload(sp_running, alice, published["policy_id"], last_seq, PRICE, 1)
+    with pytest.raises(DuplicateMessage):
+        sp_running.client("alice-phone", "sp").post("/v1/usage", body)
+
+
+def test_batch_leaving_a_gap_is_refused(sp_running: Services, alice: DeviceClient, published: dict[str, Any]) -> None:
+    body = signed_upload(sp_running, alice, published["policy_id"], alice.balance().next_seq + 5, PRICE,
+                         int(time.time()))
+    with pytest.raises(SequenceError) as info:
+        sp_running.client("alice-phone", "sp").post("/v1/usage", body)
+    assert info.value.fields["expected"] == alice.balance().next_seq
+
+
+def test_acked_upload_survives_kill9_and_is_forwarded(sp_running: Services, alice: DeviceClient,
+                                                      published: dict[str, Any]) -> None:
+    for _ in range(3):
+        alice.use(published["content_id"], 1)
+    result = alice.upload()
+    assert result.logs >= 3
+    sp_running.kill9("sp")
+    sp_running.start("sp")
+    stub = StubClearingCenter(sp_running)
+    stub.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not set(result.receive_log_ids) <= set(stub.received) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert set(result.receive_log_ids) <= set(stub.received)
+        status = sp_running.client("studio", "sp").get("/v1/status")["batches"]
+        deadline = time.monotonic() + 10
+        while status["pending"] + status["forwarded"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = sp_running.client("studio", "sp").get("/v1/status")["batches"]
+        assert status["pending"] == status["forwarded"] == 0 and status["acked"] >= result.batches
+    finally:
+        stub.stop()
