@@ -132,3 +132,72 @@ def services(consortium: Consortium) -> Iterator[Services]:
 
 def have_clearing_center() -> bool:
     return (ROOT / "offchain" / "clearing_center.py").exists()
+
+
+# --- the settlement story, step by step (shared by the end-to-end and bank tests) -----------------------------------
+PRICE = 250
+SPLIT = (("studio", 7000), ("studio2", 3000))
+
+
+def wait_for(predicate, *, timeout_s: float = 40.0, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll `predicate` until it returns a truthy value; returns it, or fails the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@dataclass
+class Flow:
+    """Drives one consortium through deposit -> issue -> use -> upload, and reads every party's books."""
+
+    services: Services
+    w3: Web3
+
+    @property
+    def consortium(self) -> Consortium:
+        return self.services.consortium
+
+    wait_for = staticmethod(wait_for)
+
+    def deposit(self, deposit_id: str, user_id: str, amount: int) -> dict:
+        return self.services.client("bank", "bank").post(
+            "/v1/deposits", {"deposit_id": deposit_id, "user_id": user_id, "amount": amount})
+
+    def publish(self, name: str, price: int = PRICE) -> bytes:
+        from offchain.content_provider import ContentProvider, content_id_for
+
+        studio = self.consortium.member("studio")
+        payees = [(self.consortium.member(member_id).eth_address, bps) for member_id, bps in SPLIT]
+        tool = ContentProvider(studio.credentials(), self.services.chain("studio", self.w3),
+                               self.services.client("studio", "sp"))
+        return tool.publish(name.encode() * 100, content_id=content_id_for(name), version=1, price=price,
+                            payees=payees, title=name).policy_id
+
+    def device(self, member_id: str = "alice-phone"):  # type: ignore[no-untyped-def]
+        from offchain.device import DeviceClient
+        from offchain.settings import DeviceSettings, load_settings
+
+        settings = load_settings(DeviceSettings, self.consortium.settings_paths[member_id])
+        return DeviceClient.from_settings(settings, self.consortium.passphrase,
+                                          self.consortium.member(member_id).user_id)
+
+    def chain(self) -> ClearhouseChain:
+        return self.services.chain("cc", self.w3)
+
+    def transfer_requests(self) -> list[tuple[bytes, str, int]]:
+        events = self.chain().contract.events.TransferRequested().get_logs(from_block=0)
+        return [(bytes(e["args"]["requestId"]), e["args"]["payee"], int(e["args"]["amount"])) for e in events]
+
+    def ledger(self) -> dict:
+        return self.services.client("bank", "bank").get("/v1/ledger")
+
+
+@pytest.fixture(scope="module")
+def flow(services: Services, w3: Web3) -> Flow:
+    for name in ("bank", "cc", "sp"):
+        services.start(name)
+    return Flow(services, w3)
