@@ -347,7 +347,10 @@ class CcStore:
             outbox = session.get(SettlementOutbox, settlement_id)
             if outbox is None or outbox.status not in ("pending", "sent"):
                 return
-            outbox.status, outbox.error, outbox.updated_at = "failed", error, now
+            # The chain never saw this transaction; re-signing the same logs at the same nonce can produce the very
+            # same hash, so the hash moves into the error text and the unique column is freed for the new row.
+            outbox.error = f"{error} (signed tx {outbox.tx_hash}, nonce {outbox.nonce}, never mined)"
+            outbox.status, outbox.tx_hash, outbox.updated_at = "failed", None, now
             for row in session.scalars(select(ReceiveLogRow).where(ReceiveLogRow.settlement_id == settlement_id)):
                 row.status = "settled" if row.id in settled_ids else "accepted"
                 row.settlement_id = None

@@ -110,6 +110,8 @@ class SettlementWorker:
             return self._resolve_unknown(row, "no transaction was signed")
         receipt = self._receipt(row.tx_hash)
         if receipt is not None:
+            if row.status == "pending":  # killed between broadcast and marking it: the receipt proves it was sent
+                self.store.update_settlement(row.id, "sent")
             return self._record_receipt(row.id, receipt)
         if self._in_mempool(row.tx_hash):
             return "in_mempool"  # still pending: the next tick looks again, nothing is re-sent meanwhile
