@@ -94,6 +94,187 @@ def bench_verify(out: str, count: int) -> None:
     verify.run(out_path=out, n=count)
 
 
+# --- device -----------------------------------------------------------------------------------------------------
+@main.group()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Device settings file (JSON or TOML).")
+@click.option("--user", "user_id", required=True, help="The user this device belongs to.")
+@click.option("--passphrase-env", default="CLEARHOUSE_DEVICE_PASSPHRASE", show_default=True,
+              help="Environment variable holding the keystore passphrase (prompted for when unset).")
+@click.pass_context
+def device(ctx: click.Context, config_path: Path, user_id: str, passphrase_env: str) -> None:
+    """A user device: issue logs, downloads, offline use, uploads, balance."""
+    ctx.obj = {"config_path": config_path, "user_id": user_id, "passphrase_env": passphrase_env}
+
+
+def _device_client(ctx: click.Context) -> Any:
+    import os
+
+    from offchain.device import DeviceClient
+    from offchain.settings import DeviceSettings, load_settings
+
+    settings = load_settings(DeviceSettings, ctx.obj["config_path"])
+    passphrase = os.environ.get(ctx.obj["passphrase_env"]) or click.prompt("keystore passphrase", hide_input=True)
+    return DeviceClient.from_settings(settings, passphrase, ctx.obj["user_id"])
+
+
+def _show_balance(balance: Any) -> None:
+    from dataclasses import asdict
+
+    _print_json({k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in asdict(balance).items()})
+
+
+@device.command("request")
+@click.option("--amount", type=int, default=None, help="Allowable amount in minor units (default: all available).")
+@click.pass_context
+@_edge
+def device_request(ctx: click.Context, amount: int | None) -> None:
+    """Ask the clearing center for a first issue log."""
+    client = _device_client(ctx)
+    try:
+        _show_balance(client.request_issue_log(amount))
+    finally:
+        client.close()
+
+
+@device.command("renew")
+@click.option("--amount", type=int, default=None, help="New money in minor units (default: all available).")
+@click.pass_context
+@_edge
+def device_renew(ctx: click.Context, amount: int | None) -> None:
+    """Attest the balance and get a renewed issue log (new serial while spending is unsettled)."""
+    client = _device_client(ctx)
+    try:
+        _show_balance(client.renew(amount))
+    finally:
+        client.close()
+
+
+@device.command("catalog")
+@click.pass_context
+@_edge
+def device_catalog(ctx: click.Context) -> None:
+    """List the service provider's content."""
+    client = _device_client(ctx)
+    try:
+        _print_json(client.catalog())
+    finally:
+        client.close()
+
+
+@device.command("download")
+@click.argument("content_id")
+@click.option("--version", type=int, default=1, show_default=True)
+@click.pass_context
+@_edge
+def device_download(ctx: click.Context, content_id: str, version: int) -> None:
+    """Download a secure container with its key wrapped to this device."""
+    client = _device_client(ctx)
+    try:
+        click.echo(str(client.download(_content_id(content_id), version)))
+    finally:
+        client.close()
+
+
+@device.command("use")
+@click.argument("content_id")
+@click.option("--version", type=int, default=1, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the plaintext here.")
+@click.pass_context
+@_edge
+def device_use(ctx: click.Context, content_id: str, version: int, out: Path | None) -> None:
+    """Use downloaded content offline: deduct the fee and write a signed usage log (no network)."""
+    client = _device_client(ctx)
+    try:
+        plaintext = client.use(_content_id(content_id), version)
+        if out is not None:
+            out.write_bytes(plaintext)
+        click.echo(f"used {len(plaintext)} bytes; balance:")
+        _show_balance(client.balance())
+    finally:
+        client.close()
+
+
+@device.command("upload")
+@click.option("--max-logs", type=int, default=1024, show_default=True)
+@click.pass_context
+@_edge
+def device_upload(ctx: click.Context, max_logs: int) -> None:
+    """Upload pending usage logs to the service provider in batches."""
+    client = _device_client(ctx)
+    try:
+        result = client.upload(max_logs)
+        _print_json({"batches": result.batches, "logs": result.logs, "receive_log_ids": list(result.receive_log_ids)})
+    finally:
+        client.close()
+
+
+@device.command("balance")
+@click.pass_context
+@_edge
+def device_balance(ctx: click.Context) -> None:
+    """Show the wallet: serial, cap, spent, remaining, pending logs."""
+    client = _device_client(ctx)
+    try:
+        _show_balance(client.balance())
+    finally:
+        client.close()
+
+
+def _content_id(text: str) -> bytes:
+    """A bytes32 content id: 0x-hex as is, anything else hashed from the name (as `content package` does)."""
+    from offchain.content_provider import content_id_for
+
+    if text.startswith("0x") and len(text) == 66:
+        return bytes.fromhex(text[2:])
+    return content_id_for(text)
+
+
+# --- content provider -------------------------------------------------------------------------------------------
+@main.group()
+def content() -> None:
+    """Content provider: package a secure container, register its policy on chain, publish it to an SP."""
+
+
+@content.command("package")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="Content provider settings (member id, cert/key, CA, eth key, rpc_url, deployment_path).")
+@click.option("--sp-url", required=True, help="Service provider base URL (https).")
+@click.option("--file", "content_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--name", required=True, help="Content name; its keccak256 is the content id.")
+@click.option("--version", type=int, default=1, show_default=True)
+@click.option("--price", type=int, required=True, help="Price per use in minor units.")
+@click.option("--payee", "payees", multiple=True, required=True, help="ADDRESS:BPS, first one gets the remainder.")
+@click.option("--title", default="")
+@_edge
+def content_package(config_path: Path, sp_url: str, content_file: Path, name: str, version: int, price: int,
+                    payees: tuple[str, ...], title: str) -> None:
+    """Package FILE, register its policy on chain and publish the container to the SP."""
+    from offchain import bank
+    from offchain.ca import MemberCredentials
+    from offchain.content_provider import ContentProvider, content_id_for
+    from offchain.http import SyncJsonClient, require_path
+    from offchain.messages import Role
+    from offchain.settings import BaseServiceSettings, load_settings
+
+    settings = load_settings(BaseServiceSettings, config_path)
+    cert, key = require_path(settings.cert_path, "cert_path"), require_path(settings.key_path, "key_path")
+    chain = bank.connect_chain(settings)
+    creds = MemberCredentials(settings.member_id, Role.CONTENT_PROVIDER, chain.sender,
+                              cert.read_bytes(), key.read_bytes())
+    sp = SyncJsonClient(sp_url, str(cert), str(key), str(require_path(settings.ca_path, "ca_path")))
+    try:
+        split = [(p.split(":")[0], int(p.split(":")[1])) for p in payees]
+        published = ContentProvider(creds, chain, sp).publish(
+            content_file.read_bytes(), content_id=content_id_for(name), version=version, price=price,
+            payees=split, title=title or name)
+    finally:
+        sp.close()
+    _print_json({"content_id": "0x" + published.content_id.hex(), "version": published.version,
+                 "policy_id": "0x" + published.policy_id.hex(), "policy_hash": "0x" + published.policy_hash.hex(),
+                 "price": published.price})
+
+
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
