@@ -10,9 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -772,11 +773,12 @@ def gas_by_function(index: AuditIndex) -> dict[str, tuple[int, int]]:
 OUTPUT_FORMATS = ("table", "json", "csv")
 
 
+_BYTES32_RE = re.compile(r"0x([0-9a-fA-F]{8})[0-9a-fA-F]{50}([0-9a-fA-F]{6})(?![0-9a-fA-F])")
+
+
 def _short(value: Any) -> str:
-    text = str(value)
-    if text.startswith("0x") and len(text) == 66:
-        return text[:10] + "…" + text[-6:]
-    return text
+    """Tables abbreviate bytes32 hex (0x12345678…abcdef); JSON and CSV keep every digit."""
+    return _BYTES32_RE.sub(r"0x\1…\2", str(value))
 
 
 def render_table(trail: Trail, console: Any) -> None:

@@ -9,7 +9,6 @@ accounts with anvil_setBalance and keeps keys unencrypted under the workdir). Ev
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -388,9 +387,10 @@ def print_claims(state: DemoState, index: Any, console: Console) -> None:
     mode14 = modes.get((c14["old_serial"], c14["new_serial"]), "missing")
     mode13 = modes.get((c13["serial"], c13["renewed_serial"]), "missing")
     console.print(f"claim 14: {c14['device']} renewed while logs were unsettled -> {mode14}: new serial "
-                  f"{c14['new_serial']} (old {c14['old_serial']}, carried {c14['carried']}, cap {c14['cap']})")
+                  f"{c14['new_serial']} (old {c14['old_serial']}, carried {c14['carried']}, cap {c14['cap']})",
+                  soft_wrap=True)
     console.print(f"claim 13: {c13['device']} renewed after everything settled -> {mode13}: serial "
-                  f"{c13['serial']} cap {c13['cap_before']} -> {c13['cap_after']}")
+                  f"{c13['serial']} cap {c13['cap_before']} -> {c13['cap_after']}", soft_wrap=True)
     if mode14 != "new_serial" or mode13 != "top_up":
         raise DemoError(f"renewal modes on chain were {mode14} / {mode13}, expected new_serial / top_up",
                         hint="see cc.log; this is a bug in the clearing center")
@@ -428,7 +428,7 @@ def report(consortium: Any, state: DemoState, processes: Processes, console: Con
         reconcile_all(consortium, index, console)
 
 
-# --- entry point -------------------------------------------------------------------------------------------------------
+# --- entry point ----------------------------------------------------------------------------------------------------
 def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: str | None,
         anvil_port: int | None) -> None:
     """The demo's steps in order; raises DemoError (or another ClearhouseError) on the first failure."""
@@ -473,7 +473,10 @@ def main_demo(*, rpc_url: str | None = None, workdir: Path | None = None, anvil_
 
     Everything it started (anvil, services) is stopped before it returns, whatever happened.
     """
-    console = console or Console()
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or captured: wide enough for the audit tables
+            console = Console(width=160)
     state = DemoState(workdir=Path(workdir) if workdir else default_workdir())
     state.workdir.mkdir(parents=True, exist_ok=True)
     processes = Processes(state.workdir)

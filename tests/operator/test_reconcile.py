@@ -11,8 +11,15 @@ from sqlalchemy import text
 
 from offchain import audit, reconcile
 from offchain import cc_store  # noqa: F401 - registers the cc_* tables
-from offchain.db import ReceiveLogRow, add_user, append_balance_entry, create_schema, make_engine, \
-    record_transfer_request, session_scope
+from offchain.db import (
+    ReceiveLogRow,
+    add_user,
+    append_balance_entry,
+    create_schema,
+    make_engine,
+    record_transfer_request,
+    session_scope,
+)
 from offchain.ledger import Ledger
 from offchain.messages import keccak
 
