@@ -275,6 +275,141 @@ def content_package(config_path: Path, sp_url: str, content_file: Path, name: st
                  "price": published.price})
 
 
+# --- operator tools ---------------------------------------------------------------------------------------------
+@main.command()
+@click.option("--rpc", "rpc_url", default=None, help="Use this chain (anvil-compatible) instead of starting anvil.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where keys, databases and logs go (default var/demo-<timestamp>/).")
+@click.option("--anvil-port", type=int, default=None, help="Port for the anvil the demo starts (default: free port).")
+def demo(rpc_url: str | None, workdir: Path | None, anvil_port: int | None) -> None:
+    """Run the whole settlement story: chain, deploy, CA, services, deposits, uses, renewals, settlement, payouts."""
+    from offchain.demo import main_demo
+
+    sys.exit(main_demo(rpc_url=rpc_url, workdir=workdir, anvil_port=anvil_port))
+
+
+_CHAIN_OPTIONS = [
+    click.option("--rpc", "rpc_url", default="http://127.0.0.1:8545", show_default=True, help="Chain JSON-RPC URL."),
+    click.option("--deployment", "deployment_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                 default=Path("deployments/local.json"), show_default=True, help="Deployment file."),
+    click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                 help="Local event index cache (default ~/.cache/clearhouse)."),
+]
+
+
+def _chain_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_CHAIN_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--csv", "as_csv", is_flag=True, help="CSV for tools.")(fn)
+    return click.option("--json", "as_json", is_flag=True, help="JSON for tools.")(fn)
+
+
+def _output(as_json: bool, as_csv: bool) -> str:
+    return "json" if as_json else "csv" if as_csv else "table"
+
+
+@main.group()
+def audit() -> None:
+    """Audit trails read from the chain's events and settlement calldata, re-verifiable from the data alone."""
+
+
+@audit.command("serial")
+@click.argument("serial")
+@_chain_options
+@_output_option
+@click.option("--no-verify", is_flag=True, help="Skip re-verifying signatures.")
+@_edge
+def audit_serial(serial: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
+                 as_csv: bool, no_verify: bool) -> None:
+    """Everything about one serial: deposits, issue log, renewals, settled batches with decoded usage logs."""
+    from offchain.audit import main_serial
+
+    sys.exit(main_serial(rpc_url=rpc_url, deployment_path=deployment_path, serial=serial,
+                         output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir))
+
+
+@audit.command("device")
+@click.argument("device_address")
+@_chain_options
+@_output_option
+@click.option("--no-verify", is_flag=True, help="Skip re-verifying signatures.")
+@_edge
+def audit_device(device_address: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
+                 as_csv: bool, no_verify: bool) -> None:
+    """Everything one device did, across all its serials."""
+    from offchain.audit import main_device
+
+    sys.exit(main_device(rpc_url=rpc_url, deployment_path=deployment_path, device=device_address,
+                         output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir))
+
+
+@audit.command("payee")
+@click.argument("payee")
+@_chain_options
+@_output_option
+@_edge
+def audit_payee(payee: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
+                as_csv: bool) -> None:
+    """Everything paid to one payee: accruals, transfer requests, bank confirmations."""
+    from offchain.audit import main_payee
+
+    sys.exit(main_payee(rpc_url=rpc_url, deployment_path=deployment_path, payee=payee,
+                        output=_output(as_json, as_csv), cache_dir=cache_dir))
+
+
+@audit.command("content")
+@click.argument("content_id")
+@_chain_options
+@_output_option
+@_edge
+def audit_content(content_id: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
+                  as_csv: bool) -> None:
+    """Everything about one content: policy versions and splits, every use."""
+    from offchain.audit import main_content
+
+    sys.exit(main_content(rpc_url=rpc_url, deployment_path=deployment_path, content_id=content_id,
+                          output=_output(as_json, as_csv), cache_dir=cache_dir))
+
+
+@audit.command("verify")
+@_chain_options
+@_output_option
+@_edge
+def audit_verify(rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool, as_csv: bool) -> None:
+    """Re-verify every signature in the whole trail from chain data alone; exit 1 on any failure."""
+    from offchain.audit import main_verify
+
+    sys.exit(main_verify(rpc_url=rpc_url, deployment_path=deployment_path, output=_output(as_json, as_csv),
+                         cache_dir=cache_dir))
+
+
+@main.command()
+@_chain_options
+@click.option("--cc-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The CC's settings file (its database URL is read from it).")
+@click.option("--bank-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The bank's settings file (its database URL is read from it).")
+@click.option("--cc-db", "cc_db_url", default=None, help="CC database URL (instead of --cc-config).")
+@click.option("--bank-db", "bank_db_url", default=None, help="Bank database URL (instead of --bank-config).")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--grace-s", type=int, default=600, show_default=True,
+              help="How long a bank deposit may be missing on chain before it is unexplained.")
+@_edge
+def reconcile(rpc_url: str, deployment_path: Path, cache_dir: Path | None, cc_config: Path | None,
+              bank_config: Path | None, cc_db_url: str | None, bank_db_url: str | None, as_json: bool,
+              grace_s: int) -> None:
+    """Compare chain, CC database and bank ledger unit by unit; exit 1 on any unexplained difference."""
+    from offchain.reconcile import main_reconcile
+
+    sys.exit(main_reconcile(rpc_url=rpc_url, deployment_path=deployment_path, cc_db_url=cc_db_url,
+                            bank_db_url=bank_db_url, cc_config=cc_config, bank_config=bank_config,
+                            output="json" if as_json else "table", cache_dir=cache_dir, grace_s=grace_s))
+
+
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
