@@ -20,7 +20,10 @@ USERS = [keccak(text=f"inv-user-{i}") for i in range(2)]
 
 @pytest.mark.stateful
 def test_clearhouse_invariants(chain_env, w3, _base_snapshot) -> None:
-    from conftest import revert_to
+    def revert_to(w3, box: list[str]) -> None:  # tests/conftest.py's helper; conftest modules are not importable
+        if not w3.provider.make_request("evm_revert", [box[0]])["result"]:
+            raise RuntimeError(f"evm_revert({box[0]}) failed: snapshot lost")
+        box[0] = w3.provider.make_request("evm_snapshot", [])["result"]
 
     class Machine(RuleBasedStateMachine):
         @initialize()
