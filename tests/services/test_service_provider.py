@@ -23,7 +23,7 @@ from offchain.content_provider import ContentProvider, content_id_for
 from offchain.device import DeviceClient
 from offchain.errors import DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, SequenceError
 from offchain.messages import IssueLog, ReceiveLog, Role, UsageBatch, UsageLog, keccak, sign
-from offchain.secure_module import SecureModule, cc_verify_fn
+from offchain.secure_module import cc_verify_fn
 from offchain.settings import DeviceSettings, load_settings
 
 Services = Any  # tests/services/conftest.py Services (conftest modules are not importable by name)
