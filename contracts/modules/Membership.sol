@@ -89,9 +89,15 @@ abstract contract Membership is IMembership {
     }
 
     // INTERNAL
+    /// @dev The four fields are read in straight-line code (no branch in between), so the optimizer folds them
+    ///      into one SLOAD of slot 0; the short-circuit `&&` chain would re-read the slot once per field.
     function _isActive(address account, uint8 role) internal view returns (bool) {
         MemberRecord storage m = _members[account];
-        return m.role == role && !m.revoked && block.timestamp >= m.validFrom && block.timestamp <= m.validUntil;
+        uint8 memberRole = m.role;
+        bool revoked = m.revoked;
+        uint256 validFrom = m.validFrom;
+        uint256 validUntil = m.validUntil;
+        return memberRole == role && !revoked && block.timestamp >= validFrom && block.timestamp <= validUntil;
     }
 
     /// @notice Reverts with NotActiveMember unless `account` is active with `role`.

@@ -11,75 +11,200 @@ import {IssueLogs} from "./IssueLogs.sol";
 /// @notice Per item: entries format, policies, fees, expiry, device signature, receiver signature, sequence,
 ///         cap, then one write of the issue log's slot B and one write per distinct policy. No per-log storage:
 ///         uniqueness of (serial, seq) comes from the contiguous high-water mark nextSeq.
+/// @dev Gas notes (see tests/contracts/test_gas.py for the figures):
+///      - entries stay in calldata; they are read 32 bytes (two entries) per slice and never copied to memory,
+///        except once by keccak256 for the batch hash;
+///      - a batch with one policy (the common case) takes a fast path without per-policy memory arrays: an entry
+///        is valid iff `entry >> 32 == price` (policy index 0 and fee == price in one comparison) and
+///        `usedAt <= expiresAt`; its total is count * price;
+///      - every packed slot (member, issue log A and B, policy hot slot) is read in straight-line code so the
+///        optimizer folds the field reads into one SLOAD;
+///      - a failing entry is re-examined by `_rejectEntry`, which reverts with the same named error, in the same
+///        order of checks (index, fee, expiry), as a per-field check would have.
 abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
     uint256 private constant ENTRY_BYTES = 16;
+    uint256 private constant PAIR_BYTES = 32;
     uint256 private constant MAX_ENTRIES = 65_535;
     uint256 private constant FEE_MASK = type(uint88).max;
+    uint256 private constant USED_AT_MASK = type(uint32).max;
 
     // EXTERNAL
     /// @inheritdoc ISettlement
     function settle(SettlementItem[] calldata items) external {
         _requireActive(msg.sender, ROLE_CLEARING_CENTER);
         bytes32 separator = _domainSeparator();
-        for (uint256 i; i < items.length; ++i) {
+        uint256 itemCount = items.length;
+        for (uint256 i; i < itemCount;) {
             _settleItem(items[i], separator);
+            // cannot overflow: i < itemCount <= calldata size
+            unchecked {
+                ++i;
+            }
         }
     }
 
     // INTERNAL
     function _settleItem(SettlementItem calldata item, bytes32 separator) private {
         UsageBatch calldata batch = item.batch;
+        bytes32 serial = batch.serial;
         uint256 length = batch.entries.length;
         if (length == 0 || length % ENTRY_BYTES != 0 || length > MAX_ENTRIES * ENTRY_BYTES) {
             revert MalformedEntries(length);
         }
-        IssueLogRecord storage log = _issueLogs[batch.serial];
+        IssueLogRecord storage log = _issueLogs[serial];
+        // slot A, read once (straight-line field reads fold into one SLOAD)
         address device = log.device;
-        if (device == address(0)) revert UnknownSerial(batch.serial);
-        (uint256[] memory totals, uint256 total) = _checkEntries(batch, log.expiresAt);
+        uint256 expiresAt = log.expiresAt;
+        uint256 seqLimit = log.seqLimit;
+        if (device == address(0)) revert UnknownSerial(serial);
+        uint256 total = batch.policyIds.length == 1
+            ? _checkAndCreditOnePolicy(batch, expiresAt)
+            : _checkAndCreditPolicies(batch, expiresAt);
         bytes32 receiveDigest = _checkSignatures(item, device, separator);
-        uint256 count = length / ENTRY_BYTES;
-        _advance(log, batch.serial, batch.firstSeq, count, total);
-        _creditPolicies(batch.policyIds, totals);
-        emit UsageSettled(batch.serial, device, batch.receiver, batch.firstSeq, uint32(count), total, receiveDigest);
+        // cannot overflow: length <= MAX_ENTRIES * ENTRY_BYTES
+        uint256 count;
+        unchecked {
+            count = length / ENTRY_BYTES;
+        }
+        uint64 firstSeq = batch.firstSeq;
+        _advance(log, serial, firstSeq, count, total, seqLimit);
+        emit UsageSettled(serial, device, batch.receiver, firstSeq, uint32(count), total, receiveDigest);
     }
 
-    /// @notice Checks every entry against its policy and the log's expiry; returns totals per policy and overall.
-    function _checkEntries(UsageBatch calldata batch, uint256 expiresAt)
-        private
-        view
-        returns (uint256[] memory totals, uint256 total)
-    {
-        uint256[] memory prices = _loadPrices(batch.policyIds);
-        uint256 policyCount = prices.length;
-        totals = new uint256[](policyCount);
+    /// @notice Fast path for a batch with exactly one policy: checks every entry, credits the policy, returns the
+    ///         total. The credit is written before the signature, sequence and cap checks; any later failure
+    ///         reverts the whole call, so the order of writes is not observable.
+    function _checkAndCreditOnePolicy(UsageBatch calldata batch, uint256 expiresAt) private returns (uint256 total) {
+        bytes32 policyId = batch.policyIds[0];
+        PolicyRecord storage p = _policies[policyId];
+        // hot slot, read once
+        uint256 price = p.price;
+        uint256 settled = p.settled;
+        bool exists = p.exists;
+        if (!exists) revert UnknownPolicy(policyId);
+        _checkOnePolicyEntries(batch, price, expiresAt);
+        // cannot overflow: price < 2^88 and entries.length / 16 < 2^16
+        unchecked {
+            total = price * (batch.entries.length / ENTRY_BYTES);
+        }
+        p.settled = uint128(settled + total);
+    }
+
+    /// @notice Checks every entry of a one-policy batch. An entry is policyIndex (8) | fee (88) | usedAt (32);
+    ///         with one policy a valid entry has index 0 and fee == price, i.e. entry >> 32 == price. A 32-byte
+    ///         word holds two entries, high = word >> 128 and low = uint128(word), so high >> 32 == word >> 160.
+    function _checkOnePolicyEntries(UsageBatch calldata batch, uint256 price, uint256 expiresAt) private pure {
         bytes calldata entries = batch.entries;
         uint256 length = entries.length;
-        for (uint256 offset; offset < length; offset += ENTRY_BYTES) {
-            // entry: policyIndex (8) | fee (88) | usedAt (32), big-endian
-            uint128 entry = uint128(bytes16(entries[offset:offset + ENTRY_BYTES]));
-            uint256 index = entry >> 120;
-            uint256 fee = (entry >> 32) & FEE_MASK;
-            uint256 usedAt = uint32(entry);
-            if (index >= policyCount) revert PolicyIndexOutOfRange(index, policyCount);
-            uint256 price = prices[index];
-            if (fee != price) revert FeeMismatch(batch.policyIds[index], price, fee);
-            if (usedAt > expiresAt) revert UsageAfterExpiry(batch.serial, usedAt, expiresAt);
+        uint256 pairEnd = length - length % PAIR_BYTES; // cannot underflow: length % 32 <= length
+        uint256 offset;
+        while (offset < pairEnd) {
+            uint256 word = uint256(bytes32(entries[offset:offset + PAIR_BYTES]));
+            if (
+                word >> 160 != price || uint128(word) >> 32 != price || (word >> 128) & USED_AT_MASK > expiresAt
+                    || word & USED_AT_MASK > expiresAt
+            ) {
+                _rejectEntry(batch, word >> 128, _single(price), expiresAt);
+                _rejectEntry(batch, uint128(word), _single(price), expiresAt);
+            }
+            // cannot overflow: offset < pairEnd <= length <= MAX_ENTRIES * ENTRY_BYTES
             unchecked {
-                totals[index] += fee;
-                total += fee;
+                offset += PAIR_BYTES;
+            }
+        }
+        if (offset < length) {
+            // one trailing entry (odd count)
+            uint256 entry = uint128(bytes16(entries[offset:length]));
+            if (entry >> 32 != price || entry & USED_AT_MASK > expiresAt) {
+                _rejectEntry(batch, entry, _single(price), expiresAt);
+            }
+        }
+    }
+
+    /// @notice General path (zero or several policies): checks every entry against its policy and the log's
+    ///         expiry, credits each policy its total, returns the overall total.
+    function _checkAndCreditPolicies(UsageBatch calldata batch, uint256 expiresAt) private returns (uint256 total) {
+        uint256[] memory prices = _loadPrices(batch.policyIds);
+        uint256[] memory counts = _countEntries(batch, prices, expiresAt);
+        bytes32[] calldata policyIds = batch.policyIds;
+        for (uint256 i; i < prices.length;) {
+            uint256 count = counts[i];
+            if (count != 0) {
+                uint256 policyTotal;
+                // cannot overflow: price < 2^88, count < 2^16, and the sum of all policy totals < 2^104
+                unchecked {
+                    policyTotal = prices[i] * count;
+                    total += policyTotal;
+                }
+                _policies[policyIds[i]].settled += uint128(policyTotal);
+            }
+            // cannot overflow: i < prices.length
+            unchecked {
+                ++i;
             }
         }
     }
 
     /// @notice One cold read per policy: its price, or UnknownPolicy.
     function _loadPrices(bytes32[] calldata policyIds) private view returns (uint256[] memory prices) {
-        prices = new uint256[](policyIds.length);
-        for (uint256 i; i < policyIds.length; ++i) {
+        uint256 policyCount = policyIds.length;
+        prices = new uint256[](policyCount);
+        for (uint256 i; i < policyCount;) {
             PolicyRecord storage p = _policies[policyIds[i]];
-            if (!p.exists) revert UnknownPolicy(policyIds[i]);
-            prices[i] = p.price;
+            // hot slot, read once
+            uint256 price = p.price;
+            bool exists = p.exists;
+            if (!exists) revert UnknownPolicy(policyIds[i]);
+            prices[i] = price;
+            // cannot overflow: i < policyCount
+            unchecked {
+                ++i;
+            }
         }
+    }
+
+    /// @notice Checks every entry (index, fee, expiry); returns the number of entries per policy.
+    function _countEntries(UsageBatch calldata batch, uint256[] memory prices, uint256 expiresAt)
+        private
+        pure
+        returns (uint256[] memory counts)
+    {
+        uint256 policyCount = prices.length;
+        counts = new uint256[](policyCount);
+        bytes calldata entries = batch.entries;
+        uint256 length = entries.length;
+        for (uint256 offset; offset < length;) {
+            uint256 entry = uint128(bytes16(entries[offset:offset + ENTRY_BYTES]));
+            uint256 index = entry >> 120;
+            if (index >= policyCount || (entry >> 32) & FEE_MASK != prices[index] || entry & USED_AT_MASK > expiresAt) {
+                _rejectEntry(batch, entry, prices, expiresAt);
+            }
+            // cannot overflow: counts are at most 65,535 and offset < length <= MAX_ENTRIES * ENTRY_BYTES
+            unchecked {
+                ++counts[index];
+                offset += ENTRY_BYTES;
+            }
+        }
+    }
+
+    /// @notice Cold path: reverts with the first failing check of `entry` (index, fee, expiry) against the
+    ///         batch's `prices`; returns if the entry is valid.
+    function _rejectEntry(UsageBatch calldata batch, uint256 entry, uint256[] memory prices, uint256 expiresAt)
+        private
+        pure
+    {
+        uint256 index = entry >> 120;
+        uint256 fee = (entry >> 32) & FEE_MASK;
+        uint256 usedAt = entry & USED_AT_MASK;
+        if (index >= prices.length) revert PolicyIndexOutOfRange(index, prices.length);
+        if (fee != prices[index]) revert FeeMismatch(batch.policyIds[index], prices[index], fee);
+        if (usedAt > expiresAt) revert UsageAfterExpiry(batch.serial, usedAt, expiresAt);
+    }
+
+    /// @notice Cold path: the price list of a one-policy batch.
+    function _single(uint256 price) private pure returns (uint256[] memory prices) {
+        prices = new uint256[](1);
+        prices[0] = price;
     }
 
     /// @notice Device signature over the batch, receiver signature over its ReceiveLog; returns that log's digest.
@@ -89,41 +214,43 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
         returns (bytes32 receiveDigest)
     {
         UsageBatch calldata batch = item.batch;
+        address receiver = batch.receiver;
         bytes32 batchHash =
-            LogHashes.usageBatch(batch.serial, batch.firstSeq, batch.receiver, batch.policyIds, batch.entries);
+            LogHashes.usageBatch(batch.serial, batch.firstSeq, receiver, batch.policyIds, batch.entries);
         address signer = Signatures.recover(Signatures.typedDigest(separator, batchHash), item.deviceSignature);
         if (signer != device) revert SignerMismatch(device, signer);
         _requireActive(device, ROLE_DEVICE);
         receiveDigest = Signatures.typedDigest(separator, LogHashes.receiveLog(batchHash, device, item.receivedAt));
-        address receiver = batch.receiver;
         signer = Signatures.recover(receiveDigest, item.receiverSignature);
         if (signer != receiver) revert ReceiverMismatch(receiver, signer);
         _requireActive(receiver, ROLE_SERVICE_PROVIDER);
     }
 
     /// @notice Sequence and cap checks, then the one write of slot B.
-    function _advance(IssueLogRecord storage log, bytes32 serial, uint64 firstSeq, uint256 count, uint256 total)
-        private
-    {
+    function _advance(
+        IssueLogRecord storage log,
+        bytes32 serial,
+        uint64 firstSeq,
+        uint256 count,
+        uint256 total,
+        uint256 seqLimit
+    ) private {
+        // slot B, read once
+        uint256 cap = log.cap;
+        uint256 spent = log.spent;
         uint64 nextSeq = log.nextSeq;
         if (firstSeq < nextSeq) revert BatchReplayed(serial, firstSeq, nextSeq);
         if (firstSeq > nextSeq) revert SequenceGap(serial, nextSeq, firstSeq);
-        uint256 end = uint256(firstSeq) + count;
-        uint256 seqLimit = log.seqLimit;
+        uint256 end;
+        uint256 wanted;
+        // cannot overflow: firstSeq < 2^64, count < 2^16, spent < 2^96 and total < 2^104
+        unchecked {
+            end = uint256(firstSeq) + count;
+            wanted = spent + total;
+        }
         if (end > seqLimit) revert SequenceBeyondClosedLog(serial, uint64(seqLimit), uint64(end));
-        uint256 cap = log.cap;
-        uint256 wanted = log.spent + total;
         if (wanted > cap) revert CapExceeded(serial, cap, wanted);
         log.spent = uint96(wanted);
         log.nextSeq = uint64(end);
-    }
-
-    /// @notice settled += total for every policy the batch used.
-    function _creditPolicies(bytes32[] calldata policyIds, uint256[] memory totals) private {
-        for (uint256 i; i < totals.length; ++i) {
-            if (totals[i] != 0) {
-                _policies[policyIds[i]].settled += uint128(totals[i]);
-            }
-        }
     }
 }
