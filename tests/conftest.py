@@ -17,6 +17,7 @@ Hypothesis profiles: "ci" (default, small) and "deep" (HYPOTHESIS_PROFILE=deep).
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ import pytest
 from eth_account import Account
 from eth_utils import keccak
 from hypothesis import HealthCheck, settings
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
 from web3 import Web3
 
 from offchain.chain import AnvilProcess, ClearhouseChain, Deployment, compile_contracts, deploy
@@ -167,3 +170,33 @@ def device(actors: dict[str, Actor]) -> Actor:
 @pytest.fixture()
 def attacker(actors: dict[str, Actor]) -> Actor:
     return actors["attacker"]
+
+
+# --- databases: SQLite and PostgreSQL (bin/test starts PostgreSQL and sets CLEARHOUSE_TEST_PG_URL) ---------------
+PG_ENV = "CLEARHOUSE_TEST_PG_URL"
+
+
+@pytest.fixture(scope="module")
+def pg_database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test module (CREATE DATABASE t_<random>, dropped at the end)."""
+    admin_url = os.environ.get(PG_ENV)
+    if not admin_url:
+        pytest.skip(f"{PG_ENV} not set (bin/test sets it)")
+    name = "t_" + secrets.token_hex(6)
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL with no tables yet: a temp SQLite file, or the module's PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'test.db'}"
+    return str(request.getfixturevalue("pg_database_url"))

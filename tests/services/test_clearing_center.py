@@ -7,6 +7,7 @@ handlers call it, with the verified peer identity.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import asyncio
 import time
 from dataclasses import dataclass
@@ -110,8 +111,12 @@ def make_world(chain_env: Any, tmp: Path, database_url: str | None = None) -> Cc
 
 
 @pytest.fixture()
-def world(chain_env: Any, tmp_path: Path) -> CcWorld:
-    return make_world(chain_env, tmp_path)
+def world(chain_env: Any, tmp_path: Path, db_url: str) -> Iterator[CcWorld]:
+    """The CC on SQLite and on PostgreSQL (the `db_url` parameters); tables are dropped afterwards."""
+    made = make_world(chain_env, tmp_path, db_url)
+    yield made
+    db.Base.metadata.drop_all(made.store.engine)
+    made.store.engine.dispose()
 
 
 # --- deposits (claim 4) --------------------------------------------------------------------------------------------
@@ -274,7 +279,8 @@ def test_issue_over_mutual_tls(world: CcWorld, chain_env: Any) -> None:
     settings = ClearingCenterSettings(
         member_id="clearing_center", cert_path=paths["clearing_center"][0], key_path=paths["clearing_center"][1],
         ca_path=world.ca.root_path, eth_private_key="0x" + chain_env.actors["clearing_center"].key.hex(),
-        deployment_path=world.tmp / "deployment.json", database_url=f"sqlite:///{world.tmp}/cc.db", port=0)
+        deployment_path=world.tmp / "deployment.json", port=0,
+        database_url=world.store.engine.url.render_as_string(hide_password=False))
 
     async def scenario() -> tuple[dict[str, Any], str]:
         app = build_app(settings, chain=chain_env.client("clearing_center"), workers=False)
