@@ -27,6 +27,10 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
     uint256 private constant MAX_ENTRIES = 65_535;
     uint256 private constant FEE_MASK = type(uint88).max;
     uint256 private constant USED_AT_MASK = type(uint32).max;
+    /// @dev The usedAt fields of the two entries in a 32-byte word: bits 128..159 and 0..31.
+    uint256 private constant USED_AT_PAIR = (USED_AT_MASK << 128) | USED_AT_MASK;
+    /// @dev The bits a late usedAt carries into once biased (see _checkOnePolicyEntries): bits 160 and 32.
+    uint256 private constant LATE_PAIR = (1 << 160) | (1 << 32);
 
     // EXTERNAL
     /// @inheritdoc ISettlement
@@ -90,20 +94,24 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
         p.settled = uint128(settled + total);
     }
 
-    /// @notice Checks every entry of a one-policy batch. An entry is policyIndex (8) | fee (88) | usedAt (32);
-    ///         with one policy a valid entry has index 0 and fee == price, i.e. entry >> 32 == price. A 32-byte
-    ///         word holds two entries, high = word >> 128 and low = uint128(word), so high >> 32 == word >> 160.
+    /// @notice Checks every entry of a one-policy batch, two entries (one 32-byte calldata word) at a time.
+    /// @dev An entry is policyIndex (8) | fee (88) | usedAt (32). With one policy, a valid entry has index 0 and
+    ///      fee == price, so a valid word is `price << 160 | usedAtHigh << 128 | price << 32 | usedAtLow`:
+    ///      - index and fee of both entries: `word & ~USED_AT_PAIR == price << 160 | price << 32`;
+    ///      - expiry of both entries: adding `bias = 2^32 - 1 - expiresAt` to a 32-bit usedAt carries into bit 32
+    ///        iff usedAt > expiresAt; the two usedAt fields are masked first, so the carries land in bits 32 and
+    ///        160 without touching anything else (bias = 0 when expiresAt >= 2^32 - 1: nothing can be late).
+    ///      Any failing word is re-examined entry by entry by `_rejectEntry` for the named error.
     function _checkOnePolicyEntries(UsageBatch calldata batch, uint256 price, uint256 expiresAt) private pure {
         bytes calldata entries = batch.entries;
         uint256 length = entries.length;
+        uint256 expected = (price << 160) | (price << 32);
+        uint256 bias = expiresAt >= USED_AT_MASK ? 0 : USED_AT_MASK - expiresAt;
+        bias = (bias << 128) | bias;
         uint256 pairEnd = length - length % PAIR_BYTES; // cannot underflow: length % 32 <= length
-        uint256 offset;
-        while (offset < pairEnd) {
-            uint256 word = uint256(bytes32(entries[offset:offset + PAIR_BYTES]));
-            if (
-                word >> 160 != price || uint128(word) >> 32 != price || (word >> 128) & USED_AT_MASK > expiresAt
-                    || word & USED_AT_MASK > expiresAt
-            ) {
+        for (uint256 offset; offset < pairEnd;) {
+            uint256 word = uint256(bytes32(entries[offset:]));
+            if (word & ~USED_AT_PAIR != expected || ((word & USED_AT_PAIR) + bias) & LATE_PAIR != 0) {
                 _rejectEntry(batch, word >> 128, _single(price), expiresAt);
                 _rejectEntry(batch, uint128(word), _single(price), expiresAt);
             }
@@ -112,9 +120,9 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
                 offset += PAIR_BYTES;
             }
         }
-        if (offset < length) {
-            // one trailing entry (odd count)
-            uint256 entry = uint128(bytes16(entries[offset:length]));
+        if (pairEnd < length) {
+            // one trailing entry (odd count): the last 16 bytes
+            uint256 entry = uint128(bytes16(entries[pairEnd:]));
             if (entry >> 32 != price || entry & USED_AT_MASK > expiresAt) {
                 _rejectEntry(batch, entry, _single(price), expiresAt);
             }

@@ -169,3 +169,19 @@ def test_settle_failure_in_second_item_reverts_the_whole_call(world: World, pid:
     gap = world.item(world.batch(SERIAL, [pid], [(0, 100, world.now)], first_seq=7))
     expect_revert("SequenceGap", world.settle, good, gap)
     assert world.c("clearing_center").issue_log(SERIAL).next_seq == 0
+
+
+@pytest.mark.parametrize("count", [2, 3, 4])
+@pytest.mark.parametrize("bad", ["index", "fee", "late"])
+def test_settle_rejects_bad_entry_at_any_position_of_a_word(world: World, pid: bytes, count: int, bad: str) -> None:
+    """The one-policy fast path checks two entries per calldata word: every position must still be caught."""
+    world.issue(SERIAL, cap=10_000, expires_in=100)
+    expires_at = world.now + 100
+    for position in range(count):
+        entries = [(0, 100, expires_at)] * count  # usedAt == expiresAt is still valid
+        entries[position] = {"index": (1, 100, expires_at), "fee": (0, 99, expires_at),
+                             "late": (0, 100, expires_at + 1)}[bad]
+        item = world.item(world.batch(SERIAL, [pid], entries))
+        name = {"index": "PolicyIndexOutOfRange", "fee": "FeeMismatch", "late": "UsageAfterExpiry"}[bad]
+        expect_revert(name, world.settle, item)
+    world.settle(world.item(world.batch(SERIAL, [pid], [(0, 100, expires_at)] * count)))
