@@ -410,6 +410,34 @@ def reconcile(rpc_url: str, deployment_path: Path, cache_dir: Path | None, cc_co
                             output="json" if as_json else "table", cache_dir=cache_dir, grace_s=grace_s))
 
 
+# --- certificate authority --------------------------------------------------------------------------------------
+@main.group()
+def member() -> None:
+    """Membership, run by the authority (the CA's Ethereum key)."""
+
+
+@member.command("revoke")
+@click.argument("member_id")
+@click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--authority-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="File holding the authority's hex secp256k1 key.")
+@_chain_options
+@_edge
+def member_revoke(member_id: str, ca_dir: Path, authority_key_file: Path, rpc_url: str, deployment_path: Path,
+                  cache_dir: Path | None) -> None:
+    """Revoke MEMBER_ID everywhere: put its certificates on the CRL and revoke its addresses on chain."""
+    from web3 import Web3
+
+    from offchain.ca import CertificateAuthority
+    from offchain.chain import ClearhouseChain, Deployment
+    from offchain.provision import revoke_member
+
+    key = bytes.fromhex(authority_key_file.read_text().strip().removeprefix("0x"))
+    authority = ClearhouseChain(Web3(Web3.HTTPProvider(rpc_url)), Deployment.load(deployment_path), key)
+    addresses = revoke_member(CertificateAuthority.load(ca_dir), authority, member_id)
+    _print_json({"member_id": member_id, "revoked_addresses": addresses, "crl": str(ca_dir / "crl.pem")})
+
+
 def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 

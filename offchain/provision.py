@@ -197,3 +197,18 @@ def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: by
 
 
 __all__ = ["MemberSpec", "Member", "Consortium", "DEFAULT_MEMBERS", "provision", "create_member", "free_port"]
+
+
+def revoke_member(ca: CertificateAuthority, authority: ClearhouseChain, member_id: str) -> list[str]:
+    """Revoke a member everywhere at once: its certificates go on the CRL and its addresses are revoked on chain.
+
+    Returns the revoked addresses. The CRL file is rewritten by the CA; services re-read it on each handshake
+    check, and the on-chain revocation makes every contract call by or signed by the member fail at once.
+    """
+    addresses = sorted({entry["eth_address"] for entry in ca.issued if entry["member_id"] == member_id})
+    ca.revoke(member_id)  # NotFound if the CA never issued to this member
+    for address in addresses:
+        info = authority.member(address)
+        if not info.revoked and info.role != 0:
+            authority.revoke_member(address)
+    return addresses

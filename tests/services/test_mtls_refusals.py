@@ -94,3 +94,24 @@ def test_wrong_role_is_refused(running: Services, member_id: str, service: str, 
     with pytest.raises(WrongRole) as info:
         client.request(method, path, {} if method == "POST" else None)
     assert info.value.fields["remote_status"] == 403
+
+
+def test_revoke_member_updates_crl_and_chain(running: Services, actors: dict, w3: Any, tmp_path: Path) -> None:
+    from offchain.chain import ClearhouseChain, Deployment
+    from offchain.provision import MemberSpec, create_member, revoke_member
+
+    consortium = running.consortium
+    ca = consortium.ca()
+    authority = ClearhouseChain(w3, Deployment.load(consortium.deployment_path), actors["authority"].key)
+    lost = create_member(ca, authority, w3, tmp_path, MemberSpec("lost-phone", Role.DEVICE, user_id="alice"))
+    client = client_with(running, "sp", lost.cert_path.read_bytes(), lost.key_path.read_bytes(), tmp_path / "lost")
+    assert "items" in client.get("/v1/catalog")
+    assert authority.is_active(lost.eth_address, int(Role.DEVICE))
+
+    assert revoke_member(ca, authority, "lost-phone") == [lost.eth_address]
+
+    assert not authority.is_active(lost.eth_address, int(Role.DEVICE))
+    assert authority.member(lost.eth_address).revoked
+    with pytest.raises(CertificateRevoked):
+        client.get("/v1/catalog")
+    assert revoke_member(ca, authority, "lost-phone") == [lost.eth_address]  # idempotent: nothing sent twice
