@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from offchain.certs import CertificateVerifier, Envelope
-from offchain.container import WrappedKey
-from offchain.errors import NotFound
+from offchain.container import WrappedKey, verify_container
+from offchain.errors import ContractReverted, NotFound, PolicyMismatch
 from offchain.http import SyncJsonClient, deployment_domain, file_reader, require_path
+from offchain import messages
 from offchain.messages import Domain, IssueLog, Role
 from offchain.secure_module import SecureModule, WalletBalance, cc_verify_fn
 from offchain.settings import DeviceSettings
 
 Clock = Callable[[], float]
+PolicyHashOf = Callable[[bytes], "bytes | None"]  # policy id -> policy hash registered on chain (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,10 @@ class DeviceClient:
     """One device: its secure module, its mTLS clients to the SP and CC, and a local content directory."""
 
     def __init__(self, module: SecureModule, *, sp: SyncJsonClient, cc: SyncJsonClient, verifier: CertificateVerifier,
-                 domain: Domain, cert_pem: bytes, user_id: str, content_dir: Path, clock: Clock = time.time) -> None:
+                 domain: Domain, cert_pem: bytes, user_id: str, content_dir: Path, policy_hash_of: PolicyHashOf,
+                 clock: Clock = time.time) -> None:
         self.module = module
+        self._policy_hash_of = policy_hash_of
         self._sp = sp
         self._cc = cc
         self._verifier = verifier
@@ -63,7 +67,8 @@ class DeviceClient:
                    cc=SyncJsonClient(settings.cc_url, str(cert), str(key), str(ca)),
                    verifier=CertificateVerifier(ca.read_bytes(), file_reader(settings.crl_path), clock=clock),
                    domain=deployment_domain(settings.deployment_path), cert_pem=cert.read_bytes(), user_id=user_id,
-                   content_dir=settings.wallet_path.parent / "content", clock=clock)
+                   content_dir=settings.wallet_path.parent / "content",
+                   policy_hash_of=chain_policy_hash_reader(settings.rpc_url, settings.deployment_path), clock=clock)
 
     def close(self) -> None:
         self._sp.close()
@@ -101,14 +106,21 @@ class DeviceClient:
         return list(self._sp.get("/v1/catalog")["items"])
 
     def download(self, content_id: bytes, version: int) -> Path:
-        """Fetch a container and its wrapped key; stores both (and the SP's address, the receiver) locally."""
+        """Fetch a container and its wrapped key, check the container against the policy hash on chain, and store
+        both (with the SP's address, the receiver, and the on-chain policy hash for offline checks) locally."""
         receiver = self._sp.get("/v1/status")["address"]
         answer = self._sp.post("/v1/downloads", {"content_id": _hex(content_id), "version": version})
+        blob = base64.b64decode(answer["container_b64"])
+        policy_id = messages.policy_id(content_id, version)
+        registered = self._policy_hash_of(policy_id)
+        if registered is None:
+            raise PolicyMismatch("no policy is registered on chain for this content version", policy_id=policy_id)
+        verify_container(blob, self._verifier, registered)  # tampered, uncertified or off-policy: refused here
         self.content_dir.mkdir(parents=True, exist_ok=True)
         path = self._content_path(content_id, version)
-        path.write_bytes(base64.b64decode(answer["container_b64"]))
+        path.write_bytes(blob)
         self._key_path(content_id, version).write_text(json.dumps(
-            {"wrapped_key": answer["wrapped_key"], "receiver": receiver}))
+            {"wrapped_key": answer["wrapped_key"], "receiver": receiver, "policy_hash": _hex(registered)}))
         return path
 
     def use(self, content_id: bytes, version: int) -> bytes:
@@ -118,7 +130,8 @@ class DeviceClient:
             raise NotFound("content not downloaded on this device", content_id=content_id, version=version)
         meta = json.loads(key_path.read_text())
         plaintext, _signed = self.module.use(path.read_bytes(), WrappedKey.from_json(meta["wrapped_key"]),
-                                             self._verifier, self.domain, meta["receiver"], int(self._clock()))
+                                             self._verifier, self.domain, meta["receiver"], int(self._clock()),
+                                             expected_policy_hash=bytes.fromhex(meta["policy_hash"][2:]))
         return plaintext
 
     def _content_path(self, content_id: bytes, version: int) -> Path:
@@ -146,4 +159,25 @@ class DeviceClient:
         return self.module.balance()
 
 
-__all__ = ["DeviceClient", "UploadResult"]
+def chain_policy_hash_reader(rpc_url: str, deployment_path: Path) -> PolicyHashOf:
+    """Read-only lookup of a policy's registered hash; the device's own key never leaves its secure module."""
+    from web3 import Web3
+
+    from offchain.chain import ClearhouseChain, Deployment
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    reader = ClearhouseChain(w3, Deployment.load(deployment_path), os.urandom(32))  # eth_call only: never signs
+
+    def policy_hash_of(policy_id: bytes) -> bytes | None:
+        try:
+            view = reader.policy(policy_id)
+        except ContractReverted as exc:
+            if exc.fields.get("error_name") == "UnknownPolicy":
+                return None
+            raise
+        return None if int(view.provider, 16) == 0 else view.policy_hash
+
+    return policy_hash_of
+
+
+__all__ = ["DeviceClient", "UploadResult", "chain_policy_hash_reader"]

@@ -233,3 +233,43 @@ def test_acked_upload_survives_kill9_and_is_forwarded(sp_running: Services, alic
         assert status["pending"] == status["forwarded"] == 0 and status["acked"] >= result.batches
     finally:
         stub.stop()
+
+
+class RogueServiceProvider:
+    """Answers like the SP but serves a container whose provider-signed policy is not the one on chain."""
+
+    def __init__(self, real: Any, blob: bytes) -> None:
+        self._real, self._blob = real, blob
+
+    def get(self, path: str) -> Any:
+        return self._real.get(path)
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        import base64
+
+        answer = dict(self._real.post(path, body))
+        if path == "/v1/downloads":
+            answer["container_b64"] = base64.b64encode(self._blob).decode()
+        return answer
+
+    def close(self) -> None:
+        self._real.close()
+
+
+def test_device_refuses_container_whose_policy_is_not_on_chain(sp_running: Services,
+                                                                published: dict[str, Any]) -> None:
+    from offchain import container
+    from offchain.errors import PolicyMismatch
+
+    studio = sp_running.consortium.member("studio")
+    cheaper = container.Policy(content_id=published["content_id"], version=1, price=PRICE - 1,
+                               payees=(container.Payee(studio.eth_address, 10_000),))
+    blob, _key = container.package(b"a film" * 1000, published["content_id"], cheaper, studio.credentials())
+    device = open_device(sp_running, "bob-tablet")
+    try:
+        device._sp = RogueServiceProvider(device._sp, blob)
+        with pytest.raises(PolicyMismatch):
+            device.download(published["content_id"], 1)
+        assert not device._content_path(published["content_id"], 1).exists()  # nothing stored
+    finally:
+        device.close()
