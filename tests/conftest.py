@@ -16,6 +16,7 @@ Hypothesis profiles: "ci" (default, small) and "deep" (HYPOTHESIS_PROFILE=deep).
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import structlog
 from eth_account import Account
 from eth_utils import keccak
 from hypothesis import HealthCheck, settings
@@ -200,3 +202,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'test.db'}"
     return str(request.getfixturevalue("pg_database_url"))
+
+
+# --- logging: `configure_logging` binds structlog and the root logger to the stream of the moment -----------------
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    """Undo a test's `configure_logging`: its stream (pytest's capture) is closed once the test ends."""
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+        root.removeHandler(handler)
