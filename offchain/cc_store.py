@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, String, func, select
+from sqlalchemy import BigInteger, Engine, LargeBinary, String, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import JSON
 
@@ -70,6 +70,11 @@ class IssueRequestRow(Base):
     status: Mapped[str] = mapped_column(String(16), default="planned")  # planned | done
     response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # The signed chain call, written before it is broadcast (NULL: nothing was ever sent for this plan). A retry
+    # trusts only this transaction's receipt, never the issue log's cap, so a top-up can never apply twice.
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    tx_nonce: Mapped[int | None] = mapped_column(BigInteger)
+    raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
 class TransferReceiptRow(Base):
@@ -236,11 +241,28 @@ class CcStore:
             return db.money(total)
 
     def drop_issue_request(self, device: str, request_id: str) -> None:
-        """Forget a planned request the chain refused (nothing was sent), so the id can be retried."""
+        """Forget a planned request the chain refused (a revert before sending, or its transaction reverted),
+        so the id can be retried."""
         with session_scope(self.engine) as session:
             row = session.get(IssueRequestRow, (device, request_id))
             if row is not None and row.status == "planned":
                 session.delete(row)
+
+    def record_issue_tx(self, device: str, request_id: str, tx_hash: str, nonce: int, raw_tx: bytes) -> None:
+        """Keep the signed transaction of a planned request before it is broadcast (the outbox write)."""
+        with session_scope(self.engine) as session:
+            row = session.get(IssueRequestRow, (device, request_id))
+            if row is None or row.status != "planned":
+                raise NotFound("no planned issue request to attach a transaction to", device=device,
+                               request_id=request_id, tx_hash=tx_hash)
+            row.tx_hash, row.tx_nonce, row.raw_tx = tx_hash, nonce, raw_tx
+
+    def forget_issue_tx(self, device: str, request_id: str, tx_hash: str) -> None:
+        """Detach a transaction that can never be mined (its nonce went to another one), so the plan resends."""
+        with session_scope(self.engine) as session:
+            row = session.get(IssueRequestRow, (device, request_id))
+            if row is not None and row.status == "planned" and row.tx_hash == tx_hash:
+                row.tx_hash, row.tx_nonce, row.raw_tx = None, None, None
 
     def complete_issue_request(self, plan: IssueRequestRow, record: db.IssueLogRecord, tx_hash: str,
                                response: dict[str, Any]) -> None:

@@ -19,14 +19,15 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, Field
 from web3 import Web3
-from web3.exceptions import TransactionNotFound
+from web3.exceptions import TimeExhausted, TransactionNotFound, Web3RPCError
 
 from offchain import db, messages
 from offchain.cc_store import CcStore, IssueRequestRow, TransferReceiptRow, hex32, user_id_hash
 from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.chain import ClearhouseChain, Deployment, IssueLogInfo
+from offchain.chain import RECEIPT_POLL_S, ClearhouseChain, Deployment, IssueLogInfo, encode_balance_statement
 from offchain.errors import (
     AllowanceExceeded,
+    ChainError,
     ClearhouseError,
     ContractReverted,
     DepositNotProven,
@@ -101,7 +102,8 @@ class ClearingCenter:
     """The CC's decisions; HTTP handlers call these in a worker thread. Money decisions are serialized by a lock."""
 
     def __init__(self, store: CcStore, chain: ClearhouseChain, verifier: CertificateVerifier, private_key: bytes,
-                 cert_pem: bytes, *, issue_expiry_s: int, clock: Clock = time.time, log: Any = None) -> None:
+                 cert_pem: bytes, *, issue_expiry_s: int, clock: Clock = time.time, receipt_timeout_s: float = 60.0,
+                 log: Any = None) -> None:
         self.store = store
         self.chain = chain
         self.domain = chain.domain
@@ -110,6 +112,7 @@ class ClearingCenter:
         self._cert_pem = cert_pem
         self.issue_expiry_s = issue_expiry_s
         self.clock = clock
+        self.receipt_timeout_s = receipt_timeout_s
         self.log = log or structlog.get_logger("clearing_center")
         self._money_lock = threading.Lock()
         self._receive_lock = threading.Lock()
@@ -172,16 +175,9 @@ class ClearingCenter:
                     expires_at=now + self.issue_expiry_s, mode="issue", status="planned", created_at=now))
             elif plan.status == "done":
                 return dict(plan.response or {})
-            tx_hash = self._anchored(plan, lambda: self._anchor_issue(plan))
+            tx_hash = self._anchored(plan, "issue", plan.serial, plan.device, user_id_hash(plan.user_id), plan.cap,
+                                     plan.expires_at)
             return self._finish(plan, tx_hash, revision=0)
-
-    def _anchored(self, plan: IssueRequestRow, anchor: Callable[[], str]) -> str:
-        """Run the chain call; a revert (decoded before anything is sent) drops the plan so nothing stays reserved."""
-        try:
-            return anchor()
-        except ContractReverted:
-            self.store.drop_issue_request(plan.device, plan.request_id)
-            raise
 
     def _replay(self, device: str, request_id: str, fingerprint: bytes) -> IssueRequestRow | None:
         plan = self.store.issue_request(device, request_id)
@@ -200,27 +196,6 @@ class ClearingCenter:
             raise InsufficientFunds(f"user {user_id!r} has {available} unallocated; deposit at the bank first",
                                     user_id=user_id, available=available, wanted=amount)
         return amount
-
-    def _anchor_issue(self, plan: IssueRequestRow) -> str:
-        on_chain = self.chain.issue_log(plan.serial)
-        if on_chain.exists:  # anchored before an interruption: the serial is ours, check it is this plan
-            self._check_applied(plan, on_chain)
-            return self._event_tx("IssueLogRecorded", {"serial": plan.serial})
-        receipt = self.chain.issue(plan.serial, plan.device, user_id_hash(plan.user_id), plan.cap, plan.expires_at)
-        return "0x" + bytes(receipt["transactionHash"]).hex()
-
-    def _check_applied(self, plan: IssueRequestRow, on_chain: IssueLogInfo) -> None:
-        if (on_chain.device, on_chain.cap, on_chain.expires_at) != (plan.device, plan.cap, plan.expires_at):
-            raise DuplicateMessage("serial on chain differs from the planned issue log", kind="issue_log",
-                                   key=hex32(plan.serial), cap=on_chain.cap, planned_cap=plan.cap)
-
-    def _event_tx(self, event: str, filters: dict[str, Any]) -> str:
-        """Hash of the latest transaction that emitted `event` with `filters` (recovery of an anchored request)."""
-        logs = getattr(self.chain.contract.events, event)().get_logs(
-            argument_filters=filters, from_block=self.chain.deployment.deploy_block)
-        if not logs:
-            raise NotFound(f"no {event} event on chain for {filters}", event=event)
-        return "0x" + bytes(logs[-1]["transactionHash"]).hex()
 
     def _finish(self, plan: IssueRequestRow, tx_hash: str, *, revision: int) -> dict[str, Any]:
         """Sign the IssueLog (CC eth key), seal it with the CC certificate, record it and the balance entries."""
@@ -257,7 +232,8 @@ class ClearingCenter:
                 plan = self._plan_renewal(body, peer, statement, fingerprint)
             elif plan.status == "done":
                 return dict(plan.response or {})
-            tx_hash = self._anchored(plan, lambda: self._anchor_renewal(plan, statement, envelope.signature_bytes()))
+            tx_hash = self._anchored(plan, "renew", plan.previous_serial, encode_balance_statement(statement),
+                                     envelope.signature_bytes(), plan.serial, plan.new_money, plan.expires_at)
             revision = self.store.next_revision(plan.serial) if plan.mode == "top_up" else 0
             return self._finish(plan, tx_hash, revision=revision)
 
@@ -298,17 +274,79 @@ class ClearingCenter:
                                         attested_spent=statement.spent, attested_next_seq=statement.next_seq)
         return old
 
-    def _anchor_renewal(self, plan: IssueRequestRow, statement: BalanceStatement, signature: bytes) -> str:
-        on_chain = self.chain.issue_log(plan.serial)
-        if plan.mode == "new_serial":
-            applied = on_chain.exists
-        else:  # a top-up changes the cap; with no new money, repeating it is harmless (same cap and expiry)
-            applied = on_chain.cap == plan.cap and plan.cap != plan.old_cap
-        if applied:
-            return self._event_tx("IssueLogRenewed", {"oldSerial": plan.previous_serial, "newSerial": plan.serial})
-        receipt = self.chain.renew(plan.previous_serial, statement, signature, plan.serial, plan.new_money,
-                                   plan.expires_at)
-        return "0x" + bytes(receipt["transactionHash"]).hex()
+    # chain anchoring: the plan row is the outbox ------------------------------------------------------------------
+    def _anchored(self, plan: IssueRequestRow, function: str, *args: Any) -> str:
+        """Apply the plan's chain call exactly once; returns the hash of the transaction that applied it.
+
+        The signed transaction is stored in the plan before it is broadcast, so a retry resumes that very
+        transaction and never reads caps or balances to guess. A revert (decoded before sending, or a mined
+        transaction that reverted) drops the plan, so nothing stays reserved."""
+        try:
+            if plan.tx_hash is not None:
+                resumed = self._resume(plan, function)
+                if resumed is not None:
+                    return resumed
+            return self._send(plan, function, args)
+        except ContractReverted:
+            self.store.drop_issue_request(plan.device, plan.request_id)
+            raise
+
+    def _send(self, plan: IssueRequestRow, function: str, args: Sequence[Any]) -> str:
+        def record(tx_hash: str, nonce: int, raw_tx: bytes) -> None:
+            self.store.record_issue_tx(plan.device, plan.request_id, tx_hash, nonce, raw_tx)
+
+        tx_hash = self.chain.send_via_outbox(function, *args, record=record)
+        self.log.info("issue_request.sent", request_id=plan.request_id, function=function, tx_hash=tx_hash)
+        return self._applied(plan, function, tx_hash, self._wait_receipt(tx_hash))
+
+    def _resume(self, plan: IssueRequestRow, function: str) -> str | None:
+        """The recorded transaction's fate: mined (applied or reverted), pending (wait for it), dropped (the same
+        raw transaction again: same nonce, so it can never apply twice) or superseded (its nonce went to another
+        transaction, so it can never be mined: returns None and the plan is sent anew)."""
+        tx_hash, nonce = str(plan.tx_hash), int(plan.tx_nonce or 0)
+        receipt = _receipt_or_none(self.chain.w3, tx_hash)
+        if receipt is None and not _in_mempool(self.chain.w3, tx_hash):
+            if self.chain.w3.eth.get_transaction_count(self.chain.sender, "latest") > nonce:
+                receipt = _receipt_or_none(self.chain.w3, tx_hash)  # mined between the reads above?
+                if receipt is None:
+                    self.store.forget_issue_tx(plan.device, plan.request_id, tx_hash)
+                    self.log.warning("issue_request.superseded", request_id=plan.request_id, tx_hash=tx_hash,
+                                     nonce=nonce)
+                    return None
+            else:
+                self._rebroadcast(plan, tx_hash, nonce)
+        if receipt is None:
+            receipt = self._wait_receipt(tx_hash)
+        self.log.info("issue_request.resumed", request_id=plan.request_id, tx_hash=tx_hash, status=receipt["status"])
+        return self._applied(plan, function, tx_hash, receipt)
+
+    def _rebroadcast(self, plan: IssueRequestRow, tx_hash: str, nonce: int) -> None:
+        try:
+            self.chain.w3.eth.send_raw_transaction(bytes(plan.raw_tx or b""))
+        except Web3RPCError as exc:  # e.g. another pending transaction holds the nonce: it decides on a later retry
+            raise ChainError(f"the request's transaction {tx_hash} could not be re-broadcast ({exc}); retry later",
+                             tx_hash=tx_hash, nonce=nonce, request_id=plan.request_id,
+                             reason="rebroadcast_refused") from None
+        self.log.warning("issue_request.rebroadcast", request_id=plan.request_id, tx_hash=tx_hash, nonce=nonce)
+
+    def _wait_receipt(self, tx_hash: str) -> Any:
+        """The receipt (fast polling); still pending after `receipt_timeout_s` is a ChainError to retry later."""
+        try:
+            return self.chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s,
+                                                                  poll_latency=RECEIPT_POLL_S)
+        except TimeExhausted:
+            raise ChainError(f"transaction {tx_hash} is still pending; retry the request (it resumes this "
+                             "transaction, nothing is sent twice)", tx_hash=tx_hash, reason="pending",
+                             timeout_s=self.receipt_timeout_s) from None
+
+    def _applied(self, plan: IssueRequestRow, function: str, tx_hash: str, receipt: Any) -> str:
+        """A successful receipt applied the plan; a reverted one drops it and raises the decoded error."""
+        if receipt["status"] == 1:
+            return tx_hash
+        self.store.drop_issue_request(plan.device, plan.request_id)
+        tx = self.chain.w3.eth.get_transaction(tx_hash)
+        call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
+        raise self.chain._replay_failure(call, receipt, function)  # chain.py's decoder, as `send()` uses it
 
     # receive logs ------------------------------------------------------------------------------------------------
     def receive_logs(self, items: Sequence[ReceiveItem], peer: MemberIdentity) -> dict[str, Any]:
@@ -406,6 +444,21 @@ class ClearingCenter:
             raise WrongRole("a device may only read its own user's balance", member_id=peer.member_id,
                             role=peer.role.name, expected="the user's device")
         return self.store.user_view(user_id)
+
+
+def _receipt_or_none(w3: Web3, tx_hash: str) -> Any:
+    try:
+        return w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+    except TransactionNotFound:
+        return None
+
+
+def _in_mempool(w3: Web3, tx_hash: str) -> bool:
+    try:
+        tx = w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+    except TransactionNotFound:
+        return False
+    return tx is not None and tx.get("blockNumber") is None
 
 
 # --- transfer requests ------------------------------------------------------------------------------------------------

@@ -7,9 +7,10 @@ handlers call it, with the verified peer identity.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from offchain.ca import CertificateAuthority, MemberCredentials
 from offchain.cc_store import CcStore, user_id_hash
 from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.clearing_center import ClearingCenter, DepositNotice, IssueBody, ReceiveItem, RenewBody, build_app
-from offchain.errors import (AllowanceExceeded, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,
+from offchain.errors import (AllowanceExceeded, ChainError, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,
                              StatementRejected)
 from offchain.http import JsonClient
 from offchain.messages import BalanceStatement, IssueLog, ReceiveLog, Role, UsageBatch, UsageLog
@@ -201,6 +202,114 @@ def test_renew_refuses_statement_signed_by_another_device(world: CcWorld) -> Non
     forged = world.statement(log.serial, 0, 0, device="device2")
     with pytest.raises(IdentityMismatch):
         world.cc.renew(RenewBody(request_id="n1", statement=forged), world.peers["device"])
+
+
+# --- crash-safe renewals: the plan row is the outbox -------------------------------------------------------------
+class SimulatedCrash(Exception):
+    """The CC dies after broadcasting its transaction and before it records the receipt."""
+
+
+def crash_before_receipt(_tx_hash: str) -> Any:
+    raise SimulatedCrash()
+
+
+@contextmanager
+def manual_mining(w3: Any) -> Iterator[None]:
+    """Transactions stay pending until `evm_mine`; automine is back on afterwards (pending ones mined first)."""
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        yield
+    finally:
+        w3.provider.make_request("evm_mine", [])
+        w3.provider.make_request("evm_setAutomine", [True])
+
+
+def top_up_request(world: CcWorld) -> tuple[IssueLog, RenewBody]:
+    """Alice holds a 500 cap and 300 new deposits; the request tops the log up by 300."""
+    world.deposit("alice", 1_000)
+    log, _ = world.issue("r1", amount=500)
+    world.deposit("alice", 300, tag="d2")
+    return log, RenewBody(request_id="n1", statement=world.statement(log.serial, 0, 0), amount=300)
+
+
+def crashed_top_up(world: CcWorld, body: RenewBody, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The top-up is broadcast, then the CC crashes while it is pending (call inside `manual_mining`); returns
+    the stored plan."""
+    with monkeypatch.context() as patch:
+        patch.setattr(world.cc, "_wait_receipt", crash_before_receipt)
+        with pytest.raises(SimulatedCrash):
+            world.cc.renew(body, world.peers["device"])
+    plan = world.store.issue_request(world.peers["device"].eth_address, "n1")
+    assert plan is not None and plan.status == "planned" and plan.tx_hash is not None and plan.raw_tx
+    return plan
+
+
+def assert_topped_up_once(world: CcWorld, serial: bytes) -> None:
+    chain = world.env.client("clearing_center")
+    assert chain.issue_log(serial).cap == 800  # 500 + the 300 new money, once
+    assert chain.user_funds(user_id_hash("alice")).allocated == 800
+    renewals = chain.contract.events.IssueLogRenewed().get_logs(from_block=world.env.deployment.deploy_block)
+    assert len(renewals) == 1
+    allocations = [e["amount"] for e in world.store.user_view("alice")["entries"] if e["kind"] == "allocation"]
+    assert sorted(allocations) == [300, 500] and world.store.balance("alice").available == 500
+
+
+def test_renew_top_up_replayed_while_pending_waits_for_the_recorded_tx(world: CcWorld,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    w3 = world.env.w3
+    log, body = top_up_request(world)
+    with manual_mining(w3):
+        plan = crashed_top_up(world, body, monkeypatch)
+        world.cc.receipt_timeout_s = 0.3
+        with pytest.raises(ChainError) as pending:  # the cap still reads 500: the CC must not send again
+            world.cc.renew(body, world.peers["device"])
+        assert pending.value.fields["reason"] == "pending" and pending.value.fields["tx_hash"] == plan.tx_hash
+        assert w3.provider.make_request("txpool_status", [])["result"]["pending"] in (1, "0x1")
+        w3.provider.make_request("evm_mine", [])
+    answer = world.cc.renew(body, world.peers["device"])
+    assert answer["mode"] == "top_up" and answer["tx_hash"] == plan.tx_hash
+    assert world.cc.renew(body, world.peers["device"]) == answer
+    assert_topped_up_once(world, log.serial)
+
+
+def test_renew_top_up_dropped_after_crash_rebroadcasts_same_tx(world: CcWorld,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    log, body = top_up_request(world)
+    with manual_mining(world.env.w3):
+        plan = crashed_top_up(world, body, monkeypatch)
+        world.env.w3.provider.make_request("anvil_dropTransaction", [plan.tx_hash])
+    answer = world.cc.renew(body, world.peers["device"])
+    assert answer["tx_hash"] == plan.tx_hash  # the same signed bytes, same nonce
+    assert_topped_up_once(world, log.serial)
+
+
+def test_renew_top_up_superseded_nonce_sends_anew_once(world: CcWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+    log, body = top_up_request(world)
+    with manual_mining(world.env.w3):
+        plan = crashed_top_up(world, body, monkeypatch)
+        world.env.w3.provider.make_request("anvil_dropTransaction", [plan.tx_hash])
+    world.env.client("clearing_center")._nonce = None  # a restarted CC reads its nonce from the node
+    world.issue("r2", amount=100)  # another transaction takes the dropped one's nonce
+    answer = world.cc.renew(body, world.peers["device"])
+    assert answer["tx_hash"] != plan.tx_hash
+    chain = world.env.client("clearing_center")
+    assert chain.issue_log(log.serial).cap == 800 and chain.user_funds(user_id_hash("alice")).allocated == 900
+    assert len(chain.contract.events.IssueLogRenewed().get_logs(from_block=world.env.deployment.deploy_block)) == 1
+
+
+def test_renew_recorded_tx_reverted_drops_plan_with_decoded_error(world: CcWorld,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _log, body = top_up_request(world)
+    with manual_mining(world.env.w3):
+        plan = crashed_top_up(world, body, monkeypatch)
+        world.env.w3.provider.make_request("anvil_dropTransaction", [plan.tx_hash])
+    world.env.client("authority").revoke_member(world.peers["device"].eth_address)
+    with pytest.raises(ContractReverted) as reverted:  # re-broadcast as signed, mined, reverted
+        world.cc.renew(body, world.peers["device"])
+    assert reverted.value.fields["error_name"] == "NotActiveMember"
+    assert world.env.w3.eth.get_transaction_receipt(plan.tx_hash)["status"] == 0
+    assert world.store.issue_request(world.peers["device"].eth_address, "n1") is None
+    assert world.store.reserved("alice") == 0
 
 
 # --- receive logs and settlement -----------------------------------------------------------------------------------
