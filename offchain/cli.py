@@ -94,6 +94,18 @@ def bench_verify(out: str, count: int) -> None:
     verify.run(out_path=out, n=count)
 
 
+@bench.command("pipeline")
+@click.option("--out", default="bench/results/pipeline.json", show_default=True)
+@click.option("--logs", default=65_536, show_default=True, help="Usage logs uploaded in total.")
+@click.option("--devices", default=8, show_default=True, help="Devices uploading concurrently.")
+@_edge
+def bench_pipeline(out: str, logs: int, devices: int) -> None:
+    """End-to-end usage-log throughput: devices -> SP (mTLS) -> CC -> settled on anvil."""
+    from offchain.bench import pipeline
+
+    pipeline.run(out_path=out, logs=logs, devices=devices)
+
+
 # --- device -----------------------------------------------------------------------------------------------------
 @main.group()
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
