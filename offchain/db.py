@@ -310,7 +310,7 @@ class SpUsageLog(Base):
     received_at: Mapped[int] = mapped_column(BigInteger)
 
 
-SP_BATCH_STATUSES = ("pending", "forwarded", "acked")
+SP_BATCH_STATUSES = ("pending", "forwarded", "acked", "rejected")  # rejected: the CC refused it for good
 
 
 class SpBatch(Base):
@@ -333,6 +333,8 @@ class SpBatch(Base):
     payload_hash: Mapped[bytes] = mapped_column(Bytes32)
     created_at: Mapped[int] = mapped_column(BigInteger)
     updated_at: Mapped[int] = mapped_column(BigInteger)
+    reject_error: Mapped[str | None] = mapped_column(String(64))  # the CC's error code, when `rejected`
+    reject_message: Mapped[str | None] = mapped_column(Text)
 
 
 class SpCatalogItem(Base):
@@ -757,7 +759,7 @@ def attach_receive_log(
     return row
 
 
-_SP_BATCH_FLOW = {"pending": ("forwarded", "acked"), "forwarded": ("acked", "pending")}
+_SP_BATCH_FLOW = {"pending": ("forwarded", "acked", "rejected"), "forwarded": ("acked", "pending", "rejected")}
 
 
 def sp_batches_with_status(session: Session, status: str, limit: int) -> list[SpBatch]:

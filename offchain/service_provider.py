@@ -2,7 +2,7 @@
 
 Usage uploads are verified (mTLS peer == attached certificate == batch and log signer, fees == catalog price,
 seq continuity) and committed before the answer, so nothing acked is lost; a background forwarder retries the
-CC until it accepts. Content keys are AES-256-GCM encrypted at rest with `catalog_key`; the SP never decrypts content.
+CC until it accepts, except a batch the CC refuses for good, which it keeps as `rejected` for the operator. Content keys are AES-256-GCM encrypted at rest with `catalog_key`; the SP never decrypts content.
 """
 
 from __future__ import annotations
@@ -27,16 +27,23 @@ from offchain import container as containers
 from offchain import db, messages
 from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.errors import (
+    ChainError,
+    ChainUnreachable,
     ClearhouseError,
     ConfigError,
     ContractReverted,
+    CrlUnavailable,
     DuplicateMessage,
     FeeMismatch,
     IdentityMismatch,
     InvalidRequest,
     NotFound,
     PolicyMismatch,
+    RemoteError,
     SequenceError,
+    ServiceUnavailable,
+    TlsHandshakeFailed,
+    TransportError,
 )
 from offchain.http import JsonClient, Route, add_routes, deployment_domain, file_reader, new_app, require_path, run_app
 from offchain.messages import Domain, ReceiveLog, Role, UsageBatch, UsageLog
@@ -45,6 +52,14 @@ from offchain.settings import load_settings as _load_settings
 
 log = logging.getLogger(__name__)
 Clock = Callable[[], float]
+# Per-item refusals that may pass on a later round (the CC, its chain node or its CRL was unreachable, or it
+# failed internally): the batch stays pending. Any other error code the CC reports for a batch is final for it.
+TRANSIENT_ERROR_CODES = frozenset({
+    TransportError.code, TlsHandshakeFailed.code, RemoteError.code, ServiceUnavailable.code,
+    ChainError.code, ChainUnreachable.code, CrlUnavailable.code, ConfigError.code, "internal_error",
+})
+REJECT_MESSAGE_MAX = 2_000
+STATUS_REJECTED_MAX = 100
 PolicyHashLookup = Callable[[bytes], bytes | None]  # policy id -> on-chain policyHash (None: unknown policy)
 
 
@@ -109,6 +124,30 @@ class VerifiedUpload:
     signatures: tuple[bytes, ...]
     device: MemberIdentity
     device_certificate: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The CC refused one forwarded batch for good: its error code and message."""
+
+    batch_id: bytes
+    error: str
+    message: str
+
+
+def permanent_rejections(batch_ids: Sequence[bytes], rejected: Sequence[Any]) -> list[Rejection]:
+    """The CC's per-item refusals (`index` into the posted items) that are final; transient or malformed entries
+    are left out, so those batches are simply forwarded again."""
+    final: list[Rejection] = []
+    for entry in rejected:
+        if not isinstance(entry, dict):
+            continue
+        index, code = entry.get("index"), entry.get("error")
+        if not isinstance(index, int) or not 0 <= index < len(batch_ids) or not isinstance(code, str):
+            continue
+        if code not in TRANSIENT_ERROR_CODES:
+            final.append(Rejection(batch_ids[index], code, str(entry.get("message", ""))[:REJECT_MESSAGE_MAX]))
+    return final
 
 
 def _hex(data: bytes) -> str:
@@ -284,30 +323,53 @@ class ServiceProvider:
                                 serial=batch.serial, expected=highest + 1, got=batch.first_seq)
 
     # --- forwarding to the CC -----------------------------------------------------------------------------------
-    def unforwarded(self, limit: int) -> list[dict[str, Any]]:
-        """Receive-log items not yet accepted by the CC, oldest first, in the CC's wire format."""
+    def unforwarded(self, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
+        """(batch id, receive-log item in the CC's wire format) of batches neither accepted nor rejected by the CC,
+        oldest first."""
         with db.session_scope(self.engine) as session:
-            rows = session.scalars(select(db.SpBatch).where(db.SpBatch.status != "acked")
+            rows = session.scalars(select(db.SpBatch).where(db.SpBatch.status.in_(_OPEN_BATCH_STATUSES))
                                    .order_by(db.SpBatch.created_at, db.SpBatch.serial, db.SpBatch.first_seq)
                                    .limit(limit)).all()
-            return [{"receive_log": r.receive_log_json["envelope"], "usage_batch": r.batch_json["usage_batch"],
-                     "device_signature": _hex(r.device_sig), "device_certificate": r.batch_json["device_certificate"]}
-                    for r in rows]
+            return [(r.id, {"receive_log": r.receive_log_json["envelope"], "usage_batch": r.batch_json["usage_batch"],
+                            "device_signature": _hex(r.device_sig),
+                            "device_certificate": r.batch_json["device_certificate"]}) for r in rows]
 
     def mark_acked(self, receive_log_ids: Sequence[str]) -> int:
         wanted = set(receive_log_ids)
         now = int(self._clock())
         with db.session_scope(self.engine) as session:
-            rows = session.scalars(select(db.SpBatch).where(db.SpBatch.status != "acked")).all()
+            rows = session.scalars(select(db.SpBatch).where(db.SpBatch.status.in_(_OPEN_BATCH_STATUSES))).all()
             done = [r for r in rows if r.receive_log_json["id"] in wanted]
             for row in done:
                 row.status, row.updated_at = "acked", now
         return len(done)
 
+    def mark_rejected(self, rejections: Sequence[Rejection]) -> int:
+        """Park batches the CC refused for good (status `rejected`, its error kept); they are not forwarded again."""
+        now = int(self._clock())
+        with db.session_scope(self.engine) as session:
+            for rejection in rejections:
+                db.set_sp_batch_status(session, [rejection.batch_id], "rejected", now)
+                row = session.get(db.SpBatch, rejection.batch_id)
+                row.reject_error, row.reject_message = rejection.error, rejection.message
+        return len(rejections)
+
     def forwarding_status(self) -> dict[str, int]:
         with db.session_scope(self.engine) as session:
             statuses = session.scalars(select(db.SpBatch.status)).all()
         return {status: statuses.count(status) for status in db.SP_BATCH_STATUSES}
+
+    def rejected_batches(self, limit: int = STATUS_REJECTED_MAX) -> list[dict[str, Any]]:
+        """The latest batches the CC refused for good, with its error: what an operator has to look at."""
+        with db.session_scope(self.engine) as session:
+            rows = session.scalars(select(db.SpBatch).where(db.SpBatch.status == "rejected")
+                                   .order_by(db.SpBatch.updated_at.desc()).limit(limit)).all()
+            return [{"receive_log_id": r.receive_log_json["id"], "serial": _hex(r.serial), "first_seq": r.first_seq,
+                     "count": r.count, "error": r.reject_error, "message": r.reject_message,
+                     "rejected_at": r.updated_at} for r in rows]
+
+
+_OPEN_BATCH_STATUSES = ("pending", "forwarded")
 
 
 def _log_rows(upload: VerifiedUpload, now: int) -> list[db.SpUsageLog]:
@@ -333,17 +395,25 @@ class Forwarder:
         self.last_error: ClearhouseError | None = None
 
     async def forward_once(self) -> int:
-        """One round; returns how many receive logs the CC accepted. Errors are kept in `last_error`."""
-        items = await asyncio.to_thread(self._provider.unforwarded, self._batch_max)
-        if not items:
+        """One round; returns how many receive logs the CC accepted. A batch the CC refuses for good is parked as
+        `rejected`; a failed request or a transient refusal is retried next round (kept in `last_error`)."""
+        pending = await asyncio.to_thread(self._provider.unforwarded, self._batch_max)
+        if not pending:
             return 0
         try:
-            answer = await self._client.post("/v1/receive-logs", {"items": items})
+            answer = await self._client.post("/v1/receive-logs", {"items": [item for _id, item in pending]})
         except ClearhouseError as exc:
             self.last_error = exc
-            log.warning("forwarding %d receive logs failed: %s (%s); will retry", len(items), exc.code, exc.message)
+            log.warning("forwarding %d receive logs failed: %s (%s); will retry", len(pending), exc.code,
+                        exc.message)
             return 0
         self.last_error = None
+        rejections = permanent_rejections([batch_id for batch_id, _item in pending], answer.get("rejected") or [])
+        if rejections:
+            await asyncio.to_thread(self._provider.mark_rejected, rejections)
+            for rejection in rejections:
+                log.warning("the CC rejected usage batch %s for good: %s (%s)", _hex(rejection.batch_id),
+                            rejection.error, rejection.message)
         return await asyncio.to_thread(self._provider.mark_acked, answer.get("accepted", []))
 
     async def run(self) -> None:
@@ -379,7 +449,8 @@ def routes(provider: ServiceProvider) -> list[Route]:
         return await asyncio.to_thread(provider.accept_usage, upload)
 
     async def status(_request: web.Request, _peer: MemberIdentity, _body: None) -> dict[str, Any]:
-        return {"address": provider.address, "batches": await asyncio.to_thread(provider.forwarding_status)}
+        return {"address": provider.address, "batches": await asyncio.to_thread(provider.forwarding_status),
+                "rejected": await asyncio.to_thread(provider.rejected_batches)}
 
     return [
         Route("POST", "/v1/catalog", publish, (Role.CONTENT_PROVIDER,), PublishBody, PublishResponse,
@@ -390,7 +461,8 @@ def routes(provider: ServiceProvider) -> list[Route]:
               "Download a container with its key wrapped to the calling device"),
         Route("POST", "/v1/usage", usage, (Role.DEVICE,), UsageUploadBody, UsageAck,
               "Upload signed usage logs (persisted before the answer)"),
-        Route("GET", "/v1/status", status, (), None, None, "Forwarding status (any member)"),
+        Route("GET", "/v1/status", status, (), None, None,
+              "Forwarding status (any member): batch counts per status and the batches the CC rejected"),
     ]
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -32,7 +33,8 @@ PRICE = 250
 
 
 class StubClearingCenter:
-    """Accepts POST /v1/receive-logs over mTLS like the CC: opens each Envelope(ReceiveLog), records it."""
+    """Accepts POST /v1/receive-logs over mTLS like the CC: opens each Envelope(ReceiveLog), records it. A receive
+    log id in `refuse` is answered in `rejected` with that (error code, message) instead; `posted` counts posts."""
 
     def __init__(self, services: Services) -> None:
         consortium = services.consortium
@@ -42,6 +44,8 @@ class StubClearingCenter:
         self._domain = consortium.domain
         self._port = int(consortium.urls["cc"].rsplit(":", 1)[1])
         self.received: dict[str, dict[str, Any]] = {}
+        self.refuse: dict[str, tuple[str, str]] = {}
+        self.posted: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
@@ -49,16 +53,22 @@ class StubClearingCenter:
     async def _receive(self, request: web.Request) -> web.Response:
         peer = tls.peer_identity(request, self._verifier)
         body = await request.json()
-        accepted = []
-        for item in body["items"]:
+        accepted: list[str] = []
+        rejected: list[dict[str, Any]] = []
+        for index, item in enumerate(body["items"]):
             receive_log, _sp = Envelope.from_json(item["receive_log"]).open(
                 self._verifier, self._domain, Role.SERVICE_PROVIDER, peer=peer)
             assert isinstance(receive_log, ReceiveLog)
             assert receive_log.usage_batch == UsageBatch.from_json(item["usage_batch"]).struct_hash()
             receive_id = "0x" + receive_log.id(self._domain).hex()
+            self.posted[receive_id] += 1
+            if receive_id in self.refuse:
+                code, message = self.refuse[receive_id]
+                rejected.append({"index": index, "error": code, "message": message, "fields": {}})
+                continue
             self.received[receive_id] = item
             accepted.append(receive_id)
-        return web.json_response({"accepted": accepted})
+        return web.json_response({"accepted": accepted, "rejected": rejected})
 
     def start(self) -> None:
         async def boot() -> None:
@@ -273,3 +283,40 @@ def test_device_refuses_container_whose_policy_is_not_on_chain(sp_running: Servi
         assert not device._content_path(published["content_id"], 1).exists()  # nothing stored
     finally:
         device.close()
+
+
+def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_batch_rejected_for_good_is_parked_and_not_reposted(sp_running: Services, alice: DeviceClient,
+                                                            published: dict[str, Any]) -> None:
+    alice.use(published["content_id"], 1)
+    doomed = alice.upload().receive_log_ids
+    alice.use(published["content_id"], 1)
+    flaky = alice.upload().receive_log_ids
+    assert len(doomed) == len(flaky) == 1
+    stub = StubClearingCenter(sp_running)
+    stub.refuse = {doomed[0]: ("signature_invalid", "the device signature does not verify"),
+                   flaky[0]: ("chain_unreachable", "the CC's chain node did not answer")}
+    status = sp_running.client("studio", "sp")
+    stub.start()
+    try:
+        wait_until(lambda: stub.posted[flaky[0]] >= 3, "the transiently refused batch to be retried")
+        assert stub.posted[doomed[0]] == 1  # refused for good: posted once, never again
+        answer = status.get("/v1/status")
+        assert answer["batches"]["rejected"] >= 1
+        parked = {r["receive_log_id"]: r for r in answer["rejected"]}
+        assert parked[doomed[0]]["error"] == "signature_invalid"
+        assert parked[doomed[0]]["message"] == "the device signature does not verify"
+        assert flaky[0] not in parked
+        stub.refuse.pop(flaky[0])  # the CC's chain node is back
+        wait_until(lambda: flaky[0] in stub.received, "the transiently refused batch to be accepted")
+        wait_until(lambda: status.get("/v1/status")["batches"]["pending"] == 0, "nothing left to forward")
+        assert stub.posted[doomed[0]] == 1 and doomed[0] not in stub.received
+    finally:
+        stub.stop()
