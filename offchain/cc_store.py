@@ -1,7 +1,8 @@
 """The clearing center's state: the user balance database (claim 4), issue requests, receive logs, the settlement
 outbox and transfer requests, on the shared models of `offchain.db`, plus the two CC-only tables defined here.
 
-It stores what the CC decided and reads the contract's views; it verifies no signature and sends no transaction.
+It stores what the CC decided; it reads no chain view (`offchain.chain.ClearhouseChain` does), verifies no signature
+and sends no transaction.
 Balances are derived from append-only `user_balance_entries` rows (deposit / allocation / carry), never updated.
 """
 
@@ -14,8 +15,6 @@ from typing import Any
 from sqlalchemy import BigInteger, Engine, LargeBinary, String, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import JSON
-
-from web3.exceptions import ContractLogicError
 
 from offchain import db
 from offchain.db import (
@@ -88,54 +87,6 @@ class TransferReceiptRow(Base):
     bank_member_id: Mapped[str] = mapped_column(String(128))
     envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[int] = mapped_column(BigInteger)
-
-
-# --- chain views ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ChainIssueLog:
-    """The contract's `issueLog(serial)` view; `exists` is False for an unknown serial (device == zero)."""
-
-    serial: bytes
-    device: str
-    user_id_hash: bytes
-    cap: int
-    spent: int
-    next_seq: int
-    seq_limit: int
-    expires_at: int
-    closed: bool
-
-    @property
-    def exists(self) -> bool:
-        return int(self.device, 16) != 0
-
-
-def read_issue_log(contract: Any, serial: bytes) -> ChainIssueLog:
-    device, uid, cap, spent, next_seq, seq_limit, expires_at, closed = contract.functions.issueLog(serial).call()
-    return ChainIssueLog(serial, device, bytes(uid), cap, spent, next_seq, seq_limit, expires_at, closed)
-
-
-@dataclass(frozen=True)
-class ChainPolicy:
-    policy_id: bytes
-    price: int
-    settled: int
-    requested: int
-    exists: bool
-
-    @property
-    def accrued(self) -> int:
-        return self.settled - self.requested
-
-
-def read_policy(contract: Any, policy_id: bytes) -> ChainPolicy:
-    """The contract's `policy(policyId)` view; `exists` is False when the policy was never registered."""
-    try:
-        result = contract.functions.policy(policy_id).call()
-    except ContractLogicError:  # the view reverts with UnknownPolicy(policyId) for an unknown policy
-        return ChainPolicy(policy_id, 0, 0, 0, False)
-    _content_id, version, _provider, price, _policy_hash, settled, requested = result[:7]
-    return ChainPolicy(policy_id, price, settled, requested, version != 0)
 
 
 # --- balances --------------------------------------------------------------------------------------------------------
@@ -410,6 +361,6 @@ class CcStore:
 
 
 __all__ = [
-    "CcStore", "Balance", "ChainIssueLog", "ChainPolicy", "IssueRequestRow", "TransferReceiptRow", "OPEN_SEQ_LIMIT",
-    "read_issue_log", "read_policy", "user_id_hash", "hex32",
+    "CcStore", "Balance", "IssueRequestRow", "TransferReceiptRow", "OPEN_SEQ_LIMIT",
+    "user_id_hash", "hex32",
 ]
