@@ -566,6 +566,21 @@ class ClearhouseChain:
             return ChainUnreachable(f"{function}: node error: {exc}", function=function)
         return decode_revert(self.deployment.abi, data, function)
 
+    def revert_reason(self, receipt: TxReceipt, function: str) -> ChainError:
+        """The decoded error of a mined transaction that reverted (`receipt["status"] == 0`), to raise.
+
+        For transactions this client did not wait for itself (`send_via_outbox`, a resumed raw transaction):
+        fetches the transaction and replays its call at the parent block. Returns ContractReverted with
+        `error_name`/`args` of the custom error, ContractReverted with `error_name=None` when the replay passes
+        (out of gas, or the state changed earlier in the block), or ChainUnreachable when the node fails.
+        Usage: `raise chain.revert_reason(receipt, "renew")`. A successful receipt is a caller bug: ValueError.
+        """
+        if receipt["status"] == 1:
+            raise ValueError(f"{function}: transaction {receipt['transactionHash'].hex()} succeeded; no revert")
+        tx = self.w3.eth.get_transaction(receipt["transactionHash"])
+        call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
+        return self._replay_failure(call, receipt, function)
+
     def _replay_failure(self, tx: dict[str, Any], receipt: TxReceipt, function: str) -> ChainError:
         call = {k: tx[k] for k in ("from", "to", "data", "gas")}
         try:

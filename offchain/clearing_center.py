@@ -27,7 +27,6 @@ from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.chain import RECEIPT_POLL_S, ClearhouseChain, Deployment, IssueLogInfo, encode_balance_statement
 from offchain.errors import (
     AllowanceExceeded,
-    ChainError,
     ClearhouseError,
     ContractReverted,
     DepositNotProven,
@@ -38,8 +37,10 @@ from offchain.errors import (
     IssueLogExpired,
     MalformedMessage,
     NotFound,
+    RebroadcastRefused,
     SequenceError,
     StatementRejected,
+    TransactionPending,
     WrongRole,
 )
 from offchain.http import JsonClient, Route, add_routes, error_from_payload, file_reader, new_app, require_path, run_app
@@ -324,29 +325,27 @@ class ClearingCenter:
         try:
             self.chain.w3.eth.send_raw_transaction(bytes(plan.raw_tx or b""))
         except Web3RPCError as exc:  # e.g. another pending transaction holds the nonce: it decides on a later retry
-            raise ChainError(f"the request's transaction {tx_hash} could not be re-broadcast ({exc}); retry later",
-                             tx_hash=tx_hash, nonce=nonce, request_id=plan.request_id,
-                             reason="rebroadcast_refused") from None
+            raise RebroadcastRefused(f"the request's transaction {tx_hash} could not be re-broadcast ({exc}); "
+                                     "retry later", tx_hash=tx_hash, nonce=nonce, request_id=plan.request_id,
+                                     node_message=str(exc)) from None
         self.log.warning("issue_request.rebroadcast", request_id=plan.request_id, tx_hash=tx_hash, nonce=nonce)
 
     def _wait_receipt(self, tx_hash: str) -> Any:
-        """The receipt (fast polling); still pending after `receipt_timeout_s` is a ChainError to retry later."""
+        """The receipt (fast polling); still pending after `receipt_timeout_s` is TransactionPending (retry later)."""
         try:
             return self.chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s,
                                                                   poll_latency=RECEIPT_POLL_S)
         except TimeExhausted:
-            raise ChainError(f"transaction {tx_hash} is still pending; retry the request (it resumes this "
-                             "transaction, nothing is sent twice)", tx_hash=tx_hash, reason="pending",
-                             timeout_s=self.receipt_timeout_s) from None
+            raise TransactionPending(f"transaction {tx_hash} is still pending after {self.receipt_timeout_s} s; "
+                                     "retry the request (it resumes this transaction, nothing is sent twice)",
+                                     tx_hash=tx_hash, waited_s=self.receipt_timeout_s) from None
 
     def _applied(self, plan: IssueRequestRow, function: str, tx_hash: str, receipt: Any) -> str:
         """A successful receipt applied the plan; a reverted one drops it and raises the decoded error."""
         if receipt["status"] == 1:
             return tx_hash
         self.store.drop_issue_request(plan.device, plan.request_id)
-        tx = self.chain.w3.eth.get_transaction(tx_hash)
-        call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "gas": tx["gas"]}
-        raise self.chain._replay_failure(call, receipt, function)  # chain.py's decoder, as `send()` uses it
+        raise self.chain.revert_reason(receipt, function)
 
     # receive logs ------------------------------------------------------------------------------------------------
     def receive_logs(self, items: Sequence[ReceiveItem], peer: MemberIdentity) -> dict[str, Any]:

@@ -258,6 +258,20 @@ class ContractReverted(ChainError):
         return dict(self.fields.get("args") or {})
 
 
+class TransactionPending(ChainError):
+    """A broadcast transaction has no receipt after `waited_s` (fields: tx_hash, waited_s): retry the request
+    later; it resumes this very transaction, so nothing is sent twice."""
+
+    code = "transaction_pending"
+
+
+class RebroadcastRefused(ChainError):
+    """The node refused to re-broadcast a recorded raw transaction, e.g. another pending transaction holds its
+    nonce (fields: tx_hash, nonce, request_id, node_message): retry later, the pending one decides."""
+
+    code = "rebroadcast_refused"
+
+
 # --- bank -----------------------------------------------------------------------------------------------------
 class BankError(ClearhouseError):
     code = "bank_error"

@@ -23,8 +23,8 @@ from offchain.ca import CertificateAuthority, MemberCredentials
 from offchain.cc_store import CcStore, user_id_hash
 from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.clearing_center import ClearingCenter, DepositNotice, IssueBody, ReceiveItem, RenewBody, build_app
-from offchain.errors import (AllowanceExceeded, ChainError, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,
-                             StatementRejected)
+from offchain.errors import (AllowanceExceeded, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,
+                             StatementRejected, TransactionPending)
 from offchain.http import JsonClient
 from offchain.messages import BalanceStatement, IssueLog, ReceiveLog, Role, UsageBatch, UsageLog
 from offchain.settings import ClearingCenterSettings
@@ -261,9 +261,9 @@ def test_renew_top_up_replayed_while_pending_waits_for_the_recorded_tx(world: Cc
     with manual_mining(w3):
         plan = crashed_top_up(world, body, monkeypatch)
         world.cc.receipt_timeout_s = 0.3
-        with pytest.raises(ChainError) as pending:  # the cap still reads 500: the CC must not send again
+        with pytest.raises(TransactionPending) as pending:  # the cap still reads 500: the CC must not send again
             world.cc.renew(body, world.peers["device"])
-        assert pending.value.fields["reason"] == "pending" and pending.value.fields["tx_hash"] == plan.tx_hash
+        assert pending.value.tx_hash == plan.tx_hash and pending.value.waited_s == 0.3
         assert w3.provider.make_request("txpool_status", [])["result"]["pending"] in (1, "0x1")
         w3.provider.make_request("evm_mine", [])
     answer = world.cc.renew(body, world.peers["device"])
