@@ -293,11 +293,17 @@ def content_package(config_path: Path, sp_url: str, content_file: Path, name: st
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where keys, databases and logs go (default var/demo-<timestamp>/).")
 @click.option("--anvil-port", type=int, default=None, help="Port for the anvil the demo starts (default: free port).")
-def demo(rpc_url: str | None, workdir: Path | None, anvil_port: int | None) -> None:
+@click.option("--keep", is_flag=True, help="Leave the chain and the services running after the report (Ctrl-C stops).")
+@click.pass_context
+def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_port: int | None, keep: bool) -> None:
     """Run the whole settlement story: chain, deploy, CA, services, deposits, uses, renewals, settlement, payouts."""
+    import os
+
     from offchain.demo import main_demo
 
-    sys.exit(main_demo(rpc_url=rpc_url, workdir=workdir, anvil_port=anvil_port))
+    if ctx.find_root().params.get("debug"):
+        os.environ["CLEARHOUSE_DEBUG"] = "1"  # the demo handles its own errors; this makes it re-raise them
+    sys.exit(main_demo(rpc_url=rpc_url, workdir=workdir, anvil_port=anvil_port, keep=keep))
 
 
 _CHAIN_OPTIONS = [

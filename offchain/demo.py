@@ -430,7 +430,7 @@ def report(consortium: Any, state: DemoState, processes: Processes, console: Con
 
 # --- entry point ----------------------------------------------------------------------------------------------------
 def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: str | None,
-        anvil_port: int | None) -> None:
+        anvil_port: int | None, keep: bool = False) -> None:
     """The demo's steps in order; raises DemoError (or another ClearhouseError) on the first failure."""
     from offchain import audit
 
@@ -458,9 +458,32 @@ def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: st
             with steps.step("settlement on chain, transfer requests, bank payments and confirmations"):
                 wait_for_payments(state, index, processes)
         report(consortium, state, processes, console)
+        if keep:
+            start_services(consortium, processes)
+            hold(consortium, state, console)
     finally:
         processes.stop_all()
         chain.__exit__(None, None, None)
+
+
+def hold(consortium: Any, state: DemoState, console: Console) -> None:
+    """--keep: leave the chain and the services up, say how to use them, and wait for Ctrl-C."""
+    device = next(m for m in consortium.members.values() if m.user_id)
+    chain_args = f"--rpc {state.rpc_url} --deployment {consortium.deployment_path}"
+    console.rule("Still running (--keep): Ctrl-C stops everything")
+    console.print(f"chain  {state.rpc_url}   services  " + "  ".join(f"{k} {v}" for k, v in consortium.urls.items()))
+    console.print(f"export CLEARHOUSE_DEVICE_PASSPHRASE={PASSPHRASE}")
+    console.print(f"clearhouse device --config {consortium.settings_paths[device.member_id]} --user {device.user_id} "
+                  "balance")
+    console.print(f"clearhouse audit device {device.eth_address} {chain_args}")
+    console.print(f"clearhouse audit verify {chain_args}")
+    console.print(f"clearhouse reconcile {chain_args} --cc-config {consortium.settings_paths['cc']} "
+                  f"--bank-config {consortium.settings_paths['bank']}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("[yellow]stopping")
 
 
 def default_workdir() -> Path:
@@ -468,7 +491,7 @@ def default_workdir() -> Path:
 
 
 def main_demo(*, rpc_url: str | None = None, workdir: Path | None = None, anvil_port: int | None = None,
-              console: Console | None = None) -> int:
+              console: Console | None = None, keep: bool = False) -> int:
     """`clearhouse demo`: 0 on success; 1 with what failed and what to do; 130 when interrupted (Ctrl-C/SIGTERM).
 
     Everything it started (anvil, services) is stopped before it returns, whatever happened.
@@ -482,7 +505,7 @@ def main_demo(*, rpc_url: str | None = None, workdir: Path | None = None, anvil_
     processes = Processes(state.workdir)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        run(state, processes, console, rpc_url=rpc_url, anvil_port=anvil_port)
+        run(state, processes, console, rpc_url=rpc_url, anvil_port=anvil_port, keep=keep)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopped every process the demo started")
         return 130
