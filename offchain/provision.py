@@ -181,6 +181,8 @@ def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: by
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ca = CertificateAuthority.create(workdir / "ca")
+    # The authority is the CA's Ethereum key: kept beside the CA's root key (file permissions only, like it).
+    _write_private(ca.directory / "authority-eth.key", authority_key.hex())
     deployment_path = deployment.write(workdir / "deployment.json")
     authority = ClearhouseChain(w3, deployment, authority_key)
     created = {spec.member_id: create_member(ca, authority, w3, workdir, spec) for spec in members}
@@ -196,7 +198,8 @@ def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: by
                       urls=urls, settings_paths=settings_paths, passphrase=passphrase)
 
 
-__all__ = ["MemberSpec", "Member", "Consortium", "DEFAULT_MEMBERS", "provision", "create_member", "free_port"]
+__all__ = ["MemberSpec", "Member", "Consortium", "DEFAULT_MEMBERS", "provision", "create_member", "free_port",
+           "revoke_member"]
 
 
 def revoke_member(ca: CertificateAuthority, authority: ClearhouseChain, member_id: str) -> list[str]:
