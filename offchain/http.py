@@ -18,13 +18,15 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from offchain import errors
-from offchain.errors import ClearhouseError, ConfigError, InvalidRequest, ServiceUnavailable, WrongRole
+from offchain.errors import (ClearhouseError, ConfigError, InvalidRequest, ServiceUnavailable, TlsHandshakeFailed,
+                             WrongRole)
 from offchain.messages import Domain, Role
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ Identity = Any  # offchain.certs.MemberIdentity (kept loose so this module does 
 Handler = Callable[[web.Request, Identity, Any], Awaitable[Any]]
 Identify = Callable[[web.Request], Identity]
 PEER_KEY = "clearhouse.peer"
+PROBE_TIMEOUT_S = 5.0  # JsonClient: the probe that tells a refused certificate from a dropped connection
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def check_role(peer: Identity, roles: tuple[Role, ...], path: str) -> None:
     if roles and peer.role not in roles:
         allowed = ",".join(r.name for r in roles)
         raise WrongRole(f"{peer.member_id} has role {Role(peer.role).name}; {path} accepts {allowed}",
-                        member_id=peer.member_id, role=Role(peer.role).name, expected=allowed)
+                        member_id=peer.member_id, role=Role(peer.role).name, expected_role=allowed)
 
 
 def to_json_response(result: Any) -> web.StreamResponse:
@@ -247,7 +250,12 @@ def error_from_payload(status: int, payload: Any, url: str) -> ClearhouseError:
 
 
 class JsonClient:
-    """Async JSON-over-mTLS client for service-to-service calls; raises the peer's named errors."""
+    """Async JSON-over-mTLS client for service-to-service calls; raises the peer's named errors.
+
+    A failed call raises one of three kinds: the peer's named error (it answered non-2xx), TlsHandshakeFailed
+    (one side refused the other's certificate: a configuration problem, retrying does not help) or
+    ServiceUnavailable (refused, dropped or timed out: retry later).
+    """
 
     def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, timeout_s: float = 30.0) -> None:
         self.base_url = base_url.rstrip("/")
@@ -263,7 +271,11 @@ class JsonClient:
             async with self._session.request(method, url, json=body, ssl=self._ssl) as response:
                 payload = await response.json(content_type=None)
                 status = response.status
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            raise TlsHandshakeFailed(f"TLS handshake with {url} failed: {exc}", url=url, reason=str(exc)) from None
+        except aiohttp.ServerDisconnectedError as exc:
+            raise await _diagnose_disconnect(method, url, self._ssl, exc) from None
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
             raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
                                      reason=type(exc).__name__) from None
         if status >= 400:
@@ -279,6 +291,40 @@ class JsonClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _diagnose_disconnect(method: str, url: str, context: ssl.SSLContext, exc: BaseException
+                               ) -> ClearhouseError:
+    """Tell a refused client certificate (TlsHandshakeFailed) from a dropped connection (ServiceUnavailable).
+
+    Under TLS 1.3 the server checks our certificate after our side of the handshake has completed, and asyncio
+    servers close without sending the alert: the request only sees a disconnect. A fresh probe connection that is
+    closed again without a single byte of HTTP answer means the server refused our certificate.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or 443
+    try:
+        answered = await asyncio.wait_for(_probe_answers(host, port, context), PROBE_TIMEOUT_S)
+    except (OSError, asyncio.TimeoutError) as probe_exc:  # ssl.SSLError is an OSError
+        return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}) and the probe failed "
+                                  f"({probe_exc!r}); retry later", url=url, reason=type(probe_exc).__name__)
+    if answered:
+        return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}); retry later", url=url,
+                                  reason=type(exc).__name__)
+    return TlsHandshakeFailed(f"{url} closed the TLS connection without answering: it refused our client "
+                              "certificate (another CA, expired, or none presented)", url=url,
+                              reason="closed after handshake")
+
+
+async def _probe_answers(host: str, port: int, context: ssl.SSLContext) -> bool:
+    """Connect, send a bare HTTP request and report whether any byte comes back before the server closes."""
+    reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+    try:
+        writer.write(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        return bool(await reader.read(1))
+    finally:
+        writer.close()
 
 
 class SyncJsonClient:

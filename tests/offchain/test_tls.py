@@ -1,4 +1,5 @@
-"""Mutual TLS on loopback: real aiohttp servers and clients, handshake failures and application-layer checks."""
+"""Mutual TLS on loopback: real aiohttp servers built like the services (`offchain.http` routes with
+`offchain.tls.peer_identity`) and `offchain.http.JsonClient`: handshake failures and application-layer checks."""
 
 from __future__ import annotations
 
@@ -13,43 +14,46 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from offchain import http
 from offchain.ca import CertificateAuthority
-from offchain.certs import CertificateVerifier
-from offchain.errors import InsufficientFunds, RemoteError, ServiceUnavailable, TlsHandshakeFailed
+from offchain.certs import CertificateVerifier, MemberIdentity
+from offchain.errors import (CertificateError, CertificateRevoked, InsufficientFunds, NotFound, ServiceUnavailable,
+                             TlsHandshakeFailed, WrongRole)
 from offchain.messages import Role
-from offchain.tls import (PEER_KEY, MtlsClient, client_ssl_context, mtls_middleware, require_role,
-                          server_ssl_context)
+from offchain.tls import client_ssl_context, peer_identity, server_ssl_context
 
 Factory = Callable[..., Any]
-# request["peer"] is the documented string key other services read; aiohttp prefers typed RequestKeys.
-pytestmark = pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning")
 
 
 def run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def whoami(request: web.Request) -> web.Response:
+async def whoami(request: web.Request, peer: MemberIdentity, _body: Any) -> dict[str, Any]:
     tls_version = request.transport.get_extra_info("ssl_object").version() if request.transport else None
-    return web.json_response({**request[PEER_KEY].to_json(), "tls_version": tls_version})
+    return {**peer.to_json(), "tls_version": tls_version}
 
 
-async def bank_only(request: web.Request) -> web.Response:
-    identity = require_role(request, Role.BANK)
-    return web.json_response({"bank": identity.member_id})
-
-
-async def broke(_request: web.Request) -> web.Response:
+async def broke(_request: web.Request, _peer: MemberIdentity, _body: Any) -> dict[str, Any]:
     raise InsufficientFunds("user u1 has 5, wants 7", user_id="u1", available=5, wanted=7)
 
 
+async def hang_up(request: web.Request, _peer: MemberIdentity, _body: Any) -> dict[str, Any]:
+    assert request.transport is not None
+    request.transport.close()  # a dropped connection: the certificate was accepted, no answer comes
+    await asyncio.sleep(1)
+    return {}
+
+
 def build_app(verifier: CertificateVerifier) -> web.Application:
-    roles = {"POST /v1/settle": {Role.CLEARING_CENTER}}
-    app = web.Application(middlewares=[mtls_middleware(verifier, roles)])
-    app.router.add_get("/v1/whoami", whoami)
-    app.router.add_post("/v1/settle", whoami)
-    app.router.add_get("/v1/bank", bank_only)
-    app.router.add_get("/v1/broke", broke)
+    app = http.new_app()
+    http.add_routes(app, [
+        http.Route("GET", "/v1/whoami", whoami),
+        http.Route("POST", "/v1/settle", whoami, roles=(Role.CLEARING_CENTER,)),
+        http.Route("GET", "/v1/ledger", whoami, roles=(Role.BANK, Role.CLEARING_CENTER)),
+        http.Route("GET", "/v1/broke", broke),
+        http.Route("GET", "/v1/hang-up", hang_up),
+    ], lambda request: peer_identity(request, verifier), title="tls test")
     return app
 
 
@@ -68,8 +72,12 @@ async def serving(app: web.Application, server: Any) -> AsyncIterator[str]:
 
 
 async def call(app: web.Application, server: Any, context: ssl.SSLContext, method: str, path: str) -> Any:
-    async with serving(app, server) as url, MtlsClient(url, context, timeout_s=10) as client:
-        return await client.request_json(method, path, json={} if method == "POST" else None)
+    async with serving(app, server) as url:
+        client = http.JsonClient(url, context, timeout_s=10)
+        try:
+            return await client.request(method, path, {} if method == "POST" else None)
+        finally:
+            await client.close()
 
 
 def context_of(member: Any) -> ssl.SSLContext:
@@ -135,54 +143,62 @@ def test_revoked_certificate_refused_at_application_layer(app: web.Application, 
                                                           authority: CertificateAuthority) -> None:
     bank = member(Role.BANK, "bank-1")
     authority.revoke("bank-1")
-    with pytest.raises(RemoteError) as info:
+    with pytest.raises(CertificateRevoked) as info:
         run(call(app, server, context_of(bank), "GET", "/v1/whoami"))
-    assert (info.value.status, info.value.remote_code) == (401, "certificate_revoked")
-    assert info.value.remote_fields["member_id"] == "bank-1"
+    assert (info.value.fields["remote_status"], info.value.code) == (401, "certificate_revoked")
+    assert info.value.fields["member_id"] == "bank-1"
 
 
 def test_chain_status_inactive_refused(authority: CertificateAuthority, server: Any, member: Factory) -> None:
     bank = member(Role.BANK, "bank-1")
     verifier = CertificateVerifier(authority.root_pem, authority.crl_pem,
                                    chain_status=lambda address, role: address != bank.address)
-    with pytest.raises(RemoteError) as info:
+    with pytest.raises(CertificateError) as info:
         run(call(build_app(verifier), server, context_of(bank), "GET", "/v1/whoami"))
-    assert (info.value.status, info.value.remote_fields["source"]) == (401, "chain")
+    assert (info.value.fields["remote_status"], info.value.fields["source"]) == (401, "chain")
 
 
-def test_wrong_role_for_route_table_is_403(app: web.Application, server: Any, member: Factory) -> None:
+def test_wrong_role_for_route_is_403(app: web.Application, server: Any, member: Factory) -> None:
     device = member(Role.DEVICE)
-    with pytest.raises(RemoteError) as info:
+    with pytest.raises(WrongRole) as info:
         run(call(app, server, context_of(device), "POST", "/v1/settle"))
-    assert (info.value.status, info.value.remote_code) == (403, "wrong_role")
-    assert info.value.remote_fields["expected_role"] == "CLEARING_CENTER"
+    assert (info.value.fields["remote_status"], info.value.code) == (403, "wrong_role")
+    assert info.value.fields["expected_role"] == "CLEARING_CENTER"
 
 
-def test_right_role_for_route_table_passes(app: web.Application, server: Any, member: Factory) -> None:
+def test_right_role_for_route_passes(app: web.Application, server: Any, member: Factory) -> None:
     cc = member(Role.CLEARING_CENTER, "cc-2")
     assert run(call(app, server, context_of(cc), "POST", "/v1/settle"))["member_id"] == "cc-2"
 
 
-def test_require_role_in_handler_is_403(app: web.Application, server: Any, member: Factory) -> None:
+def test_wrong_role_for_route_of_several_roles_is_403(app: web.Application, server: Any, member: Factory) -> None:
     sp = member(Role.SERVICE_PROVIDER)
-    with pytest.raises(RemoteError) as info:
-        run(call(app, server, context_of(sp), "GET", "/v1/bank"))
-    assert (info.value.status, info.value.remote_code) == (403, "wrong_role")
+    with pytest.raises(WrongRole) as info:
+        run(call(app, server, context_of(sp), "GET", "/v1/ledger"))
+    assert (info.value.fields["remote_status"], info.value.code) == (403, "wrong_role")
+    assert info.value.fields["expected_role"] == "BANK,CLEARING_CENTER"
 
 
 def test_handler_error_travels_as_json(app: web.Application, server: Any, member: Factory) -> None:
     bank = member(Role.BANK)
-    with pytest.raises(RemoteError) as info:
+    with pytest.raises(InsufficientFunds) as info:
         run(call(app, server, context_of(bank), "GET", "/v1/broke"))
-    assert (info.value.status, info.value.remote_code) == (422, "insufficient_funds")
-    assert info.value.remote_fields == {"user_id": "u1", "available": 5, "wanted": 7}
+    assert (info.value.fields["remote_status"], info.value.code) == (422, "insufficient_funds")
+    assert info.value.fields == {"user_id": "u1", "available": 5, "wanted": 7, "remote_status": 422}
 
 
 def test_unknown_route_is_json_404(app: web.Application, server: Any, member: Factory) -> None:
     bank = member(Role.BANK)
-    with pytest.raises(RemoteError) as info:
+    with pytest.raises(NotFound) as info:
         run(call(app, server, context_of(bank), "GET", "/v1/nothing"))
-    assert (info.value.status, info.value.remote_code) == (404, "not_found")
+    assert (info.value.fields["remote_status"], info.value.code) == (404, "not_found")
+
+
+def test_dropped_connection_is_service_unavailable(app: web.Application, server: Any, member: Factory) -> None:
+    bank = member(Role.BANK)  # accepted certificate, then the server hangs up: not a TLS refusal
+    with pytest.raises(ServiceUnavailable) as info:
+        run(call(app, server, context_of(bank), "GET", "/v1/hang-up"))
+    assert info.value.url.endswith("/v1/hang-up")
 
 
 def test_connection_refused_is_service_unavailable(member: Factory) -> None:
@@ -192,8 +208,11 @@ def test_connection_refused_is_service_unavailable(member: Factory) -> None:
         port = sock.getsockname()[1]  # closed again before the client connects: nobody listens there
 
     async def attempt() -> None:
-        async with MtlsClient(f"https://127.0.0.1:{port}", context_of(bank), timeout_s=5) as client:
-            await client.get_json("/v1/whoami")
+        client = http.JsonClient(f"https://127.0.0.1:{port}", context_of(bank), timeout_s=5)
+        try:
+            await client.get("/v1/whoami")
+        finally:
+            await client.close()
 
     with pytest.raises(ServiceUnavailable) as info:
         run(attempt())
