@@ -1,7 +1,8 @@
 """The service provider (SP): sells secure containers, receives signed usage logs, signs receive logs for the CC.
 
 Usage uploads are verified (mTLS peer == attached certificate == batch and log signer, fees == catalog price,
-seq continuity) and committed before the answer, so nothing acked is lost; a background forwarder retries the
+seq continuity; signature checks run in a thread pool, off the event loop) and committed, log rows in one bulk
+insert, before the answer, so nothing acked is lost; a background forwarder retries the
 CC until it accepts, except a batch the CC refuses for good, which it keeps as `rejected` for the operator. Content keys are AES-256-GCM encrypted at rest with `catalog_key`; the SP never decrypts content.
 """
 
@@ -10,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from aiohttp import web
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, insert, select
 
 from offchain import container as containers
 from offchain import db, messages
@@ -60,6 +63,7 @@ TRANSIENT_ERROR_CODES = frozenset({
 })
 REJECT_MESSAGE_MAX = 2_000
 STATUS_REJECTED_MAX = 100
+VERIFY_THREADS = 4  # usage uploads checked at once in thread mode (devices upload concurrently)
 PolicyHashLookup = Callable[[bytes], bytes | None]  # policy id -> on-chain policyHash (None: unknown policy)
 
 
@@ -115,6 +119,19 @@ class UsageAck(BaseModel):
 
 # --- value objects -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class CheckedUsage:
+    """The signatures of one upload, checked: the batch, the logs it packs (each one's own signature verified
+    against its digest), each log's canonical JSON and payload hash (what its row stores). Picklable."""
+
+    batch: UsageBatch
+    batch_signature: bytes
+    logs: tuple[UsageLog, ...]
+    signatures: tuple[bytes, ...]
+    log_json: tuple[dict[str, Any], ...]
+    payload_hashes: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class VerifiedUpload:
     """A usage upload whose every signature and certificate has been checked (not yet checked against the store)."""
 
@@ -124,6 +141,8 @@ class VerifiedUpload:
     signatures: tuple[bytes, ...]
     device: MemberIdentity
     device_certificate: str
+    log_json: tuple[dict[str, Any], ...] = ()
+    payload_hashes: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,6 +185,36 @@ def _b64(value: str, name: str) -> bytes:
         return base64.b64decode(value, validate=True)
     except ValueError:
         raise InvalidRequest(f"{name} is not base64", model=name, errors="not base64") from None
+
+
+def check_usage_signatures(batch_json: dict[str, Any], batch_signature_hex: str,
+                           signed_logs: Sequence[tuple[dict[str, Any], str]], domain: Domain,
+                           signer: str) -> CheckedUsage:
+    """The posted logs must be exactly the logs the batch packs, and the batch and every log signed by `signer`.
+
+    CPU-bound and free of I/O and shared state, so the SP runs it off its event loop (threads or processes). The
+    logs are built once, from the batch; a posted log is compared as canonical JSON and parsed only when that
+    differs (so a non-canonical but equal spelling is still accepted, and a different log still refused). Each
+    log's own signature is then checked against the digest of its batch-derived twin, which it equals.
+    """
+    batch = UsageBatch.from_json(batch_json)
+    logs = tuple(batch.logs())
+    log_json = tuple(item.to_json() for item in logs)
+    if len(signed_logs) != len(logs) or not all(
+            posted == wanted or _parsed_log(posted) == item
+            for (posted, _sig), wanted, item in zip(signed_logs, log_json, logs)):
+        raise InvalidRequest("the signed usage logs are not exactly the logs the batch packs",
+                             model="UsageUploadBody", errors="logs differ from batch")
+    signatures = tuple(_unhex(sig, "log signature") for _log, sig in signed_logs)
+    batch_signature = _unhex(batch_signature_hex, "batch_signature")
+    messages.verify(batch, domain, batch_signature, signer)
+    messages.verify_usage_logs(logs, signatures, domain, signer)
+    return CheckedUsage(batch, batch_signature, logs, signatures, log_json,
+                        tuple(db.payload_hash(item) for item in log_json))
+
+
+def _parsed_log(data: Any) -> UsageLog:
+    return UsageLog.from_json(data)  # MalformedMessage on a bad field, as before
 
 
 # --- the service logic ---------------------------------------------------------------------------------------------
@@ -252,22 +301,19 @@ class ServiceProvider:
         return {pid: by_id[pid] for pid in policy_ids if pid in by_id}
 
     # --- usage intake -------------------------------------------------------------------------------------------
-    def verify_upload(self, body: UsageUploadBody, peer: MemberIdentity) -> VerifiedUpload:
-        """Certificate == TLS peer == signer of the batch and of every log; logs == the batch's logs."""
+    def verify_device(self, body: UsageUploadBody, peer: MemberIdentity) -> MemberIdentity:
+        """The attached certificate is a valid device certificate and the TLS peer's."""
         device = self._verifier.verify(body.certificate, Role.DEVICE)
         if device.fingerprint != peer.fingerprint:
             raise IdentityMismatch("the attached certificate is not the TLS peer's", expected=peer.member_id,
                                    got=device.member_id)
-        batch = UsageBatch.from_json(body.batch)
-        logs = tuple(UsageLog.from_json(item.log) for item in body.logs)
-        signatures = tuple(_unhex(item.signature, "log signature") for item in body.logs)
-        if list(logs) != batch.logs():
-            raise InvalidRequest("the signed usage logs are not exactly the logs the batch packs",
-                                 model="UsageUploadBody", errors="logs differ from batch")
-        batch_signature = _unhex(body.batch_signature, "batch_signature")
-        messages.verify(batch, self.domain, batch_signature, device.eth_address)
-        messages.verify_usage_logs(logs, signatures, self.domain, device.eth_address)
-        return VerifiedUpload(batch, batch_signature, logs, signatures, device, body.certificate)
+        return device
+
+    def verify_upload(self, body: UsageUploadBody, peer: MemberIdentity) -> VerifiedUpload:
+        """Certificate == TLS peer == signer of the batch and of every log; logs == the batch's logs."""
+        device = self.verify_device(body, peer)
+        checked = check_usage_signatures(*upload_signature_args(body, self.domain, device))
+        return verified_upload(checked, device, body.certificate)
 
     def check_terms(self, upload: VerifiedUpload) -> None:
         """This SP is the receiver, and every fee is the catalog price of its policy."""
@@ -299,7 +345,8 @@ class ServiceProvider:
             envelope = Envelope.seal(ReceiveLog(usage_batch=batch.struct_hash(), payer=upload.device.eth_address,
                                                 received_at=now), self.domain, self._private_key, self._cert_pem)
             receive_id = _hex(envelope.decode().id(self.domain))
-            session.add_all(_log_rows(upload, now))
+            if upload.logs:
+                session.execute(insert(db.SpUsageLog), _log_rows(upload, now))  # one bulk INSERT, same transaction
             session.add(db.SpBatch(
                 id=batch_id, serial=batch.serial, first_seq=batch.first_seq, count=batch.count,
                 # batch_json carries the device certificate too: the CC needs it with the batch (claim 8)
@@ -372,10 +419,27 @@ class ServiceProvider:
 _OPEN_BATCH_STATUSES = ("pending", "forwarded")
 
 
-def _log_rows(upload: VerifiedUpload, now: int) -> list[db.SpUsageLog]:
-    return [db.SpUsageLog(device=upload.device.eth_address, serial=item.serial, seq=item.seq, log_json=item.to_json(),
-                          signature=sig, payload_hash=db.payload_hash(item.to_json()), received_at=now)
-            for item, sig in zip(upload.logs, upload.signatures)]
+def upload_signature_args(body: UsageUploadBody, domain: Domain,
+                          device: MemberIdentity) -> tuple[dict[str, Any], str, list[tuple[dict[str, Any], str]],
+                                                           Domain, str]:
+    """The arguments of `check_usage_signatures` for one upload: plain data, cheap to send to another process."""
+    return (body.batch, body.batch_signature, [(item.log, item.signature) for item in body.logs], domain,
+            device.eth_address)
+
+
+def verified_upload(checked: CheckedUsage, device: MemberIdentity, certificate: str) -> VerifiedUpload:
+    return VerifiedUpload(checked.batch, checked.batch_signature, checked.logs, checked.signatures, device,
+                          certificate, checked.log_json, checked.payload_hashes)
+
+
+def _log_rows(upload: VerifiedUpload, now: int) -> list[dict[str, Any]]:
+    """Column values of every log row (for one bulk insert); JSON and hash precomputed off the loop if present."""
+    log_json = upload.log_json or tuple(item.to_json() for item in upload.logs)
+    hashes = upload.payload_hashes or tuple(db.payload_hash(item) for item in log_json)
+    device = upload.device.eth_address
+    return [{"device": device, "serial": item.serial, "seq": item.seq, "log_json": data, "signature": sig,
+             "payload_hash": digest, "received_at": now}
+            for item, sig, data, digest in zip(upload.logs, upload.signatures, log_json, hashes)]
 
 
 def _public_key(private_key: bytes) -> bytes:
@@ -428,7 +492,9 @@ class Forwarder:
 
 
 # --- HTTP ------------------------------------------------------------------------------------------------------------
-def routes(provider: ServiceProvider) -> list[Route]:
+def routes(provider: ServiceProvider, verify_pool: Executor | None = None) -> list[Route]:
+    """The SP's routes; usage signature checks run in `verify_pool` (None: the default thread pool)."""
+
     async def publish(_request: web.Request, peer: MemberIdentity, body: PublishBody) -> PublishResponse:
         content_id, version = await asyncio.to_thread(
             provider.publish, _b64(body.container_b64, "container_b64"), _b64(body.content_key_b64, "content_key_b64"),
@@ -445,8 +511,11 @@ def routes(provider: ServiceProvider) -> list[Route]:
         return DownloadResponse(container_b64=base64.b64encode(blob).decode(), wrapped_key=wrapped)
 
     async def usage(_request: web.Request, peer: MemberIdentity, body: UsageUploadBody) -> UsageAck:
-        upload = provider.verify_upload(body, peer)
-        return await asyncio.to_thread(provider.accept_usage, upload)
+        device = provider.verify_device(body, peer)
+        # Off the event loop: other uploads are parsed, checked and persisted meanwhile.
+        checked = await asyncio.get_running_loop().run_in_executor(
+            verify_pool, check_usage_signatures, *upload_signature_args(body, provider.domain, device))
+        return await asyncio.to_thread(provider.accept_usage, verified_upload(checked, device, body.certificate))
 
     async def status(_request: web.Request, _peer: MemberIdentity, _body: None) -> dict[str, Any]:
         return {"address": provider.address, "batches": await asyncio.to_thread(provider.forwarding_status),
@@ -498,20 +567,30 @@ def build_app(settings: ServiceProviderSettings, *, chain: Any = None, clock: Cl
     client = JsonClient(settings.cc_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
     forwarder = Forwarder(provider, client, batch_max=settings.forward_batch_max,
                           interval_s=settings.forward_interval_s)
+    verify_pool = usage_verify_pool(settings.usage_verify_processes)
     app = new_app(provider=provider, forwarder=forwarder)
-    add_routes(app, routes(provider), lambda request: tls.peer_identity(request, verifier),
+    add_routes(app, routes(provider, verify_pool), lambda request: tls.peer_identity(request, verifier),
                title="Clearhouse service provider")
-    app.cleanup_ctx.append(_background(forwarder, client))
+    app.cleanup_ctx.append(_background(forwarder, client, verify_pool))
     return app
 
 
-def _background(forwarder: Forwarder, client: JsonClient) -> Callable[[web.Application], Any]:
+def usage_verify_pool(processes: int) -> Executor:
+    """Where usage signatures are checked. Threads by default: coincurve releases the GIL during recovery, the
+    rest (hashing, JSON) holds it. N > 0: N spawned processes (fork is unsafe in a threaded server)."""
+    if processes > 0:
+        return ProcessPoolExecutor(max_workers=processes, mp_context=multiprocessing.get_context("spawn"))
+    return ThreadPoolExecutor(max_workers=VERIFY_THREADS, thread_name_prefix="usage-verify")
+
+
+def _background(forwarder: Forwarder, client: JsonClient, verify_pool: Executor) -> Callable[[web.Application], Any]:
     async def context(_app: web.Application) -> Any:
         task = asyncio.create_task(forwarder.run())
         yield
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await client.close()
+        verify_pool.shutdown(wait=False, cancel_futures=True)
 
     return context
 

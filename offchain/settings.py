@@ -113,6 +113,10 @@ class ClearingCenterSettings(BaseServiceSettings):
 
     bank_url: str = Field("https://127.0.0.1:8443", description="Base URL of the bank service (mutual TLS).")
     settle_batch_max_items: int = Field(64, ge=1, le=1024, description="Receive logs per settle() transaction.")
+    settle_gas_budget: int = Field(
+        12_000_000, ge=100_000, le=30_000_000,
+        description="Estimated gas per settle() transaction (offchain.settlement gas model); below the block limit.",
+    )
     settle_interval_s: float = Field(2.0, gt=0, description="Seconds between settlement rounds.")
     transfer_interval_s: float = Field(60.0, gt=0, description="Seconds between transfer request rounds.")
     transfer_threshold_minor: int = Field(
@@ -130,6 +134,9 @@ class ServiceProviderSettings(BaseServiceSettings):
     cc_url: str = Field("https://127.0.0.1:8441", description="Base URL of the clearing center (mutual TLS).")
     forward_batch_max: int = Field(64, ge=1, le=1024, description="Usage batches forwarded per request.")
     forward_interval_s: float = Field(1.0, gt=0, description="Seconds between forwarding rounds.")
+    usage_verify_processes: int = Field(
+        0, ge=0, le=64, description="Usage signature checks: 0 runs them in a thread pool, N in N worker processes."
+    )
     catalog_key: SecretStr | None = Field(
         None, description="Hex 32-byte AES-256-GCM key encrypting content keys at rest in sp_catalog."
     )

@@ -31,6 +31,18 @@ CRASH_POINTS = ("before_broadcast", "after_broadcast")
 GAS_HEADROOM = 1.25
 Clock = Callable[[], float]
 
+# Linear gas model of one `settle` transaction, an upper bound fitted to `clearhouse bench gas` (README, paris):
+# N=1/D=1 64,610; N=16/D=1 69,466; N=16/D=16 177,804; N=256/D=1 150,692; N=256/D=16 360,998 gas per tx, and the
+# pipeline's ~27,000 gas per extra 512-log item. Per item: two signatures, the batch calldata head, member,
+# issue-log and policy reads and writes, the event (43,300 measured for the first item, less for later ones);
+# per usage log: 16 bytes of calldata (256 gas) and its checks (~340 one-policy, ~760 with many policies); per
+# further distinct policy of the item: a cold policy slot read and write (~7,200 measured at N=16).
+GAS_PER_SETTLE_TX = 21_000
+GAS_PER_SETTLE_ITEM = 45_000
+GAS_PER_USAGE_LOG = 800
+GAS_PER_EXTRA_POLICY = 7_500
+DEFAULT_GAS_BUDGET = 12_000_000  # per settle transaction: well below anvil's and mainnet's 30M block gas limit
+
 
 def revert_reason(error: ContractReverted) -> str:
     """`Name(arg=value, ...)` of a decoded revert, as stored in `receive_logs.reject_reason`."""
@@ -54,22 +66,42 @@ class Selection:
     overlapping: tuple[bytes, ...]
 
 
-def select_contiguous(rows: Sequence[ReceiveLogRow], next_seq: dict[bytes, int], max_items: int) -> Selection:
+def estimated_item_gas(usage_logs: int, policies: int) -> int:
+    """Upper-bound gas one settlement item adds to a `settle` transaction (the linear model above)."""
+    return GAS_PER_SETTLE_ITEM + usage_logs * GAS_PER_USAGE_LOG + max(policies - 1, 0) * GAS_PER_EXTRA_POLICY
+
+
+def row_gas(row: ReceiveLogRow) -> int:
+    return estimated_item_gas(row.count, len(row.usage_batch_json.get("policyIds") or ()))
+
+
+def select_contiguous(rows: Sequence[ReceiveLogRow], next_seq: dict[bytes, int], max_items: int,
+                      gas_budget: int | None = None) -> Selection:
     """Per serial (rows sorted by serial, first_seq): logs wholly below nextSeq are settled already, a log that
-    starts exactly at the cursor extends the run, a partial overlap can never settle, a gap waits."""
+    starts exactly at the cursor extends the run, a partial overlap can never settle, a gap waits.
+
+    The transaction closes at `max_items` items, or before the item whose estimated gas would take it over
+    `gas_budget`; an item over the budget on its own still goes, alone (the pre-check then has the last word)."""
     to_send: list[ReceiveLogRow] = []
     settled: list[bytes] = []
     overlapping: list[bytes] = []
     cursor: dict[bytes, int] = dict(next_seq)
+    gas, closed = GAS_PER_SETTLE_TX, False
     for row in rows:
         start = cursor[row.serial]
         if row.first_seq + row.count <= next_seq[row.serial]:
             settled.append(row.id)
         elif row.first_seq < start:
             overlapping.append(row.id)
-        elif row.first_seq == start and len(to_send) < max_items:
+        elif row.first_seq == start and not closed:
+            item_gas = row_gas(row)
+            if to_send and gas_budget is not None and gas + item_gas > gas_budget:
+                closed = True  # full by gas: this row and all after it wait for the next transaction
+                continue
             to_send.append(row)
             cursor[row.serial] = start + row.count
+            gas += item_gas
+            closed = len(to_send) >= max_items
     return Selection(tuple(to_send), tuple(settled), tuple(overlapping))
 
 
@@ -84,7 +116,8 @@ class RoundReport:
 class SettlementWorker:
     """Batches accepted receive logs into `settle` transactions; call `recover()` at start, then `tick()`."""
 
-    def __init__(self, store: CcStore, chain: ClearhouseChain, *, max_items: int = 64, crash_at: str | None = None,
+    def __init__(self, store: CcStore, chain: ClearhouseChain, *, max_items: int = 64,
+                 gas_budget: int | None = DEFAULT_GAS_BUDGET, crash_at: str | None = None,
                  receipt_timeout_s: float = 60.0, log: Any = None) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"{CRASH_ENV} must be one of {CRASH_POINTS}")
@@ -92,6 +125,7 @@ class SettlementWorker:
         self.chain = chain
         self.w3: Web3 = chain.w3
         self.max_items = max_items
+        self.gas_budget = gas_budget  # estimated gas per settle transaction (None: by item count only)
         self.crash_at = crash_at
         self.receipt_timeout_s = receipt_timeout_s
         self.log = log or structlog.get_logger("settlement")
@@ -161,7 +195,8 @@ class SettlementWorker:
         rows = self.store.accepted_receive_logs()
         if not rows:
             return False
-        selection = select_contiguous(rows, self._next_seqs({r.serial for r in rows}), self.max_items)
+        selection = select_contiguous(rows, self._next_seqs({r.serial for r in rows}), self.max_items,
+                                      self.gas_budget)
         self.store.mark_settled_without_outbox(selection.already_settled)
         if selection.overlapping:
             reasons = {i: "BatchReplayed(partially settled by another batch)" for i in selection.overlapping}
@@ -237,7 +272,8 @@ class SettlementWorker:
 def build_worker(settings: Any, store: CcStore, chain: ClearhouseChain, log: Any = None) -> SettlementWorker:
     """A worker from ClearingCenterSettings (crash point from CLEARHOUSE_CRASH_AT, test only)."""
     return SettlementWorker(store, chain, max_items=settings.settle_batch_max_items,
-                            crash_at=os.environ.get(CRASH_ENV) or None, log=log)
+                            gas_budget=settings.settle_gas_budget, crash_at=os.environ.get(CRASH_ENV) or None,
+                            log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -271,4 +307,4 @@ if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess 
 
 
 __all__ = ["SettlementWorker", "RoundReport", "Selection", "select_contiguous", "settlement_item", "revert_reason",
-           "CRASH_ENV", "CRASH_POINTS", "build_worker", "main"]
+           "estimated_item_gas", "DEFAULT_GAS_BUDGET", "CRASH_ENV", "CRASH_POINTS", "build_worker", "main"]

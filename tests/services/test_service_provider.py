@@ -320,3 +320,61 @@ def test_batch_rejected_for_good_is_parked_and_not_reposted(sp_running: Services
         assert stub.posted[doomed[0]] == 1 and doomed[0] not in stub.received
     finally:
         stub.stop()
+
+
+# --- usage signature check (pure, no service) -----------------------------------------------------------------------
+def signed_run(count: int = 3) -> tuple[Any, str, dict[str, Any], list[tuple[dict[str, Any], str]]]:
+    """(domain, device address, batch JSON + signature, [(log JSON, signature)]) of one device's run."""
+    import coincurve
+
+    from offchain.messages import Domain, address_from_public_key
+
+    domain = Domain(chain_id=31337, verifying_contract="0x" + "11" * 20)
+    key = keccak(b"test device key")
+    device = address_from_public_key(coincurve.PrivateKey(key).public_key.format(compressed=False))
+    logs = [UsageLog(serial=keccak(b"serial"), seq=seq, policy_id=keccak(b"policy"), fee=PRICE,
+                     receiver="0x" + "22" * 20, used_at=1_700_000_000) for seq in range(count)]
+    batch = UsageBatch.from_logs(logs)
+    signed = {"batch": batch.to_json(), "batch_signature": "0x" + sign(batch, domain, key).hex()}
+    return domain, device, signed, [(item.to_json(), "0x" + sign(item, domain, key).hex()) for item in logs]
+
+
+def test_usage_check_accepts_equal_log_in_other_spelling() -> None:
+    from offchain.service_provider import check_usage_signatures
+
+    domain, device, signed, logs = signed_run()
+    logs[1][0]["receiver"] = logs[1][0]["receiver"].lower()  # same log, not the canonical JSON
+    checked = check_usage_signatures(signed["batch"], signed["batch_signature"], logs, domain, device)
+    assert [item["receiver"] for item in checked.log_json] == ["0x" + "22" * 20] * 3  # rows store canonical JSON
+    assert len(checked.payload_hashes) == 3
+
+
+def test_usage_check_refuses_log_signed_for_another_log() -> None:
+    from offchain.errors import SignerMismatch
+    from offchain.service_provider import check_usage_signatures
+
+    domain, device, signed, logs = signed_run()
+    logs[0], logs[1] = (logs[0][0], logs[1][1]), (logs[1][0], logs[0][1])  # each log carries the other's signature
+    with pytest.raises(SignerMismatch) as info:
+        check_usage_signatures(signed["batch"], signed["batch_signature"], logs, domain, device)
+    assert info.value.fields["index"] == 0
+
+
+def test_usage_check_refuses_missing_log() -> None:
+    from offchain.service_provider import check_usage_signatures
+
+    domain, device, signed, logs = signed_run()
+    with pytest.raises(InvalidRequest):
+        check_usage_signatures(signed["batch"], signed["batch_signature"], logs[:-1], domain, device)
+
+
+def test_usage_check_in_worker_process_equals_in_thread() -> None:
+    from offchain.service_provider import check_usage_signatures, usage_verify_pool
+
+    domain, device, signed, logs = signed_run()
+    args = (signed["batch"], signed["batch_signature"], logs, domain, device)
+    pool = usage_verify_pool(1)
+    try:
+        assert pool.submit(check_usage_signatures, *args).result(60) == check_usage_signatures(*args)
+    finally:
+        pool.shutdown()
