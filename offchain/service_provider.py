@@ -65,6 +65,7 @@ REJECT_MESSAGE_MAX = 2_000
 STATUS_REJECTED_MAX = 100
 VERIFY_THREADS = 4  # usage uploads checked at once in thread mode (devices upload concurrently)
 PolicyHashLookup = Callable[[bytes], bytes | None]  # policy id -> on-chain policyHash (None: unknown policy)
+SerialOwnerLookup = Callable[[bytes], str | None]  # serial -> its device on chain (None: not on chain)
 
 
 # --- HTTP bodies ----------------------------------------------------------------------------------------------------
@@ -223,7 +224,8 @@ class ServiceProvider:
 
     def __init__(self, *, engine: Engine, domain: Domain, private_key: bytes, cert_pem: bytes,
                  verifier: CertificateVerifier, catalog_key: bytes, clock: Clock = time.time,
-                 policy_hash_lookup: PolicyHashLookup | None = None) -> None:
+                 policy_hash_lookup: PolicyHashLookup | None = None,
+                 serial_owner_lookup: SerialOwnerLookup | None = None) -> None:
         self.engine = engine
         self.domain = domain
         self.address = messages.address_from_public_key(_public_key(private_key))
@@ -233,6 +235,7 @@ class ServiceProvider:
         self._catalog_aead = AESGCM(catalog_key)
         self._clock = clock
         self._policy_hash_lookup = policy_hash_lookup
+        self._serial_owner_lookup = serial_owner_lookup
 
     # --- catalog ------------------------------------------------------------------------------------------------
     def publish(self, blob: bytes, content_key: bytes, provider: MemberIdentity) -> tuple[bytes, int]:
@@ -316,10 +319,15 @@ class ServiceProvider:
         return verified_upload(checked, device, body.certificate)
 
     def check_terms(self, upload: VerifiedUpload) -> None:
-        """This SP is the receiver, and every fee is the catalog price of its policy."""
+        """This SP is the receiver, the serial is not another device's on chain, and every fee is the catalog price
+        of its policy."""
         batch = upload.batch
         if batch.receiver != self.address:
             raise IdentityMismatch("usage batch names another receiver", expected=self.address, got=batch.receiver)
+        owner = None if self._serial_owner_lookup is None else self._serial_owner_lookup(batch.serial)
+        if owner is not None and owner != upload.device.eth_address:
+            raise IdentityMismatch("usage batch for a serial issued to another device", serial=batch.serial,
+                                   expected=owner, got=upload.device.eth_address)
         prices = self.prices(batch.policy_ids)
         for item in upload.logs:
             expected = prices.get(item.policy_id)
@@ -341,7 +349,7 @@ class ServiceProvider:
             existing = session.get(db.SpBatch, batch_id)
             if existing is not None:
                 return UsageAck(receive_log_id=existing.receive_log_json["id"], acked_through_seq=last_seq)
-            self._check_continuity(session, batch)
+            self._check_continuity(session, batch, upload.device.eth_address)
             envelope = Envelope.seal(ReceiveLog(usage_batch=batch.struct_hash(), payer=upload.device.eth_address,
                                                 received_at=now), self.domain, self._private_key, self._cert_pem)
             receive_id = _hex(envelope.decode().id(self.domain))
@@ -356,12 +364,15 @@ class ServiceProvider:
                 created_at=now, updated_at=now))
         return UsageAck(receive_log_id=receive_id, acked_through_seq=last_seq)
 
-    def _check_continuity(self, session: Any, batch: UsageBatch) -> None:
+    def _check_continuity(self, session: Any, batch: UsageBatch, uploader: str) -> None:
         rows = session.execute(select(db.SpUsageLog.seq, db.SpUsageLog.device).where(
             db.SpUsageLog.serial == batch.serial).order_by(db.SpUsageLog.seq.desc()).limit(1)).first()
         if rows is None:
             return
-        highest = rows[0]
+        highest, device = rows
+        if device != uploader:  # another device's rows would block the owner's own logs of this serial
+            raise IdentityMismatch("usage logs of this serial were received from another device",
+                                   serial=batch.serial, expected=device, got=uploader)
         if batch.first_seq <= highest:
             raise DuplicateMessage("usage logs with these sequence numbers were already received in another batch",
                                    serial=batch.serial, first_seq=batch.first_seq, highest_received=highest)
@@ -563,7 +574,8 @@ def build_app(settings: ServiceProviderSettings, *, chain: Any = None, clock: Cl
         engine=engine, domain=deployment_domain(settings.deployment_path),
         private_key=settings.eth_private_key_bytes(), cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(),
         verifier=verifier, catalog_key=settings.catalog_key_bytes(), clock=clock,
-        policy_hash_lookup=_policy_hash_lookup(chain) if chain is not None else None)
+        policy_hash_lookup=_policy_hash_lookup(chain) if chain is not None else None,
+        serial_owner_lookup=_serial_owner_lookup(chain) if chain is not None else None)
     client = JsonClient(settings.cc_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
     forwarder = Forwarder(provider, client, batch_max=settings.forward_batch_max,
                           interval_s=settings.forward_interval_s)
@@ -604,6 +616,14 @@ def _policy_hash_lookup(chain: Any) -> PolicyHashLookup:
                 return None
             raise
         return None if int(view.provider, 16) == 0 else view.policy_hash
+
+    return lookup
+
+
+def _serial_owner_lookup(chain: Any) -> SerialOwnerLookup:
+    def lookup(serial: bytes) -> str | None:
+        view = chain.issue_log(serial)
+        return view.device if view.exists else None  # not on chain: the CC refuses it when forwarded
 
     return lookup
 

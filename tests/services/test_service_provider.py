@@ -378,3 +378,41 @@ def test_usage_check_in_worker_process_equals_in_thread() -> None:
         assert pool.submit(check_usage_signatures, *args).result(60) == check_usage_signatures(*args)
     finally:
         pool.shutdown()
+
+
+def test_upload_for_a_serial_of_another_device_is_refused_when_serial_is_on_chain(
+        sp_running: Services, published: dict[str, Any], w3: Web3) -> None:
+    """bob's device must not squat alice's serial at the SP (its rows would block alice's real upload)."""
+    alice_address = sp_running.consortium.member("alice-phone").eth_address
+    serial, user_hash = keccak(b"alice-serial-on-chain"), keccak(b"alice")
+    sp_running.chain("bank", w3).record_deposit(keccak(b"squat-deposit"), user_hash, 10 * PRICE, keccak(b"ref"))
+    sp_running.chain("cc", w3).issue(serial, alice_address, user_hash, 10 * PRICE, int(time.time()) + 86400)
+    bob = sp_running.consortium.member("bob-tablet")
+    receiver = sp_running.client("bob-tablet", "sp").get("/v1/status")["address"]
+    usage = UsageLog(serial=serial, seq=0, policy_id=published["policy_id"], fee=PRICE, receiver=receiver,
+                     used_at=int(time.time()))
+    batch = UsageBatch.from_logs([usage])
+    domain, key = sp_running.consortium.domain, bob.eth_private_key()
+    body = {"batch": batch.to_json(), "batch_signature": "0x" + sign(batch, domain, key).hex(),
+            "logs": [{"log": usage.to_json(), "signature": "0x" + sign(usage, domain, key).hex()}],
+            "certificate": bob.cert_path.read_text()}
+    with pytest.raises(IdentityMismatch) as info:
+        sp_running.client("bob-tablet", "sp").post("/v1/usage", body)
+    assert info.value.fields["expected"] == alice_address
+
+
+def test_upload_for_a_serial_another_device_already_uploaded_is_refused(
+        sp_running: Services, alice: DeviceClient, published: dict[str, Any]) -> None:
+    alice.use(published["content_id"], 1)
+    alice.upload()
+    bob = sp_running.consortium.member("bob-tablet")
+    receiver = sp_running.client("bob-tablet", "sp").get("/v1/status")["address"]
+    usage = UsageLog(serial=alice.balance().serial, seq=alice.balance().next_seq, policy_id=published["policy_id"],
+                     fee=PRICE, receiver=receiver, used_at=int(time.time()))
+    batch = UsageBatch.from_logs([usage])
+    domain, key = sp_running.consortium.domain, bob.eth_private_key()
+    body = {"batch": batch.to_json(), "batch_signature": "0x" + sign(batch, domain, key).hex(),
+            "logs": [{"log": usage.to_json(), "signature": "0x" + sign(usage, domain, key).hex()}],
+            "certificate": bob.cert_path.read_text()}
+    with pytest.raises(IdentityMismatch):
+        sp_running.client("bob-tablet", "sp").post("/v1/usage", body)
