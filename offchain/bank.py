@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from offchain import messages
 from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.errors import ChainError, ContractReverted, NotFound, TransferMismatch
+from offchain.errors import ChainError, ContractReverted, DuplicateMessage, NotFound, TransferMismatch
 from offchain.http import JsonClient, Route, add_routes, deployment_domain, file_reader, new_app, require_path, run_app
 from offchain.ledger import Ledger
 from offchain.messages import Domain, Role, TransferReceipt, TransferRequest, keccak
@@ -132,7 +132,11 @@ class Bank:
         return Envelope.seal(receipt, self.domain, self._private_key, self._cert_pem)
 
     def _check_against_chain(self, request: TransferRequest) -> None:
+        """Before a first payment: the chain has this request with this payee and amount, and nobody paid it yet."""
         on_chain = transfer_on_chain(self.chain, request.request_id)
+        if on_chain.confirmed:  # paid already, yet not in this ledger (restored backup, another bank): never twice
+            raise DuplicateMessage("the chain shows this transfer request already paid and confirmed",
+                                   kind="transfer_request", key=request.request_id, bank_ref=on_chain.bank_ref)
         for name, expected, got in (("payee", messages.to_checksum_address(on_chain.payee), request.payee),
                                     ("amount", on_chain.amount, request.amount)):
             if expected != got:
