@@ -18,7 +18,7 @@ from typing import Any
 
 from offchain.certs import CertificateVerifier, Envelope
 from offchain.container import WrappedKey, verify_container
-from offchain.errors import ContractReverted, NotFound, PolicyMismatch
+from offchain.errors import ContractReverted, NotFound, PolicyMismatch, SequenceError
 from offchain.http import SyncJsonClient, deployment_domain, file_reader, require_path
 from offchain import messages
 from offchain.messages import Domain, IssueLog, Role
@@ -150,7 +150,11 @@ class DeviceClient:
                 "batch": batch.to_json(), "batch_signature": _hex(signature),
                 "logs": [{"log": item.log.to_json(), "signature": _hex(item.signature)} for item in run],
                 "certificate": self._cert_pem.decode()})
-            self.module.mark_uploaded(batch.serial, int(ack["acked_through_seq"]))
+            acked, last_seq = int(ack["acked_through_seq"]), batch.first_seq + batch.count - 1
+            if not batch.first_seq <= acked <= last_seq:  # marking more would drop logs the SP never received
+                raise SequenceError("the service provider acknowledged seqs outside the batch it was sent",
+                                    serial=batch.serial, expected=last_seq, got=acked, first_seq=batch.first_seq)
+            self.module.mark_uploaded(batch.serial, acked)
             batches, logs = batches + 1, logs + batch.count
             ids.append(ack["receive_log_id"])
         return UploadResult(batches, logs, tuple(ids))

@@ -416,3 +416,34 @@ def test_upload_for_a_serial_another_device_already_uploaded_is_refused(
             "certificate": bob.cert_path.read_text()}
     with pytest.raises(IdentityMismatch):
         sp_running.client("bob-tablet", "sp").post("/v1/usage", body)
+
+
+class OverAckingServiceProvider(RogueServiceProvider):
+    """Answers usage uploads with an acked_through_seq beyond the batch it was sent."""
+
+    def __init__(self, real: Any, extra: int) -> None:
+        super().__init__(real, b"")
+        self._extra = extra
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        answer = dict(self._real.post(path, body))
+        if path == "/v1/usage":
+            answer["acked_through_seq"] = int(answer["acked_through_seq"]) + self._extra
+        return answer
+
+
+def test_upload_ack_beyond_the_sent_batch_does_not_mark_unsent_logs(sp_running: Services, alice: DeviceClient,
+                                                                     published: dict[str, Any]) -> None:
+    """An SP acking seqs it never received must not make the device drop them (they may be another SP's)."""
+    alice.upload()
+    for _ in range(3):
+        alice.use(published["content_id"], 1)
+    real = alice._sp
+    alice._sp = OverAckingServiceProvider(real, extra=2)
+    try:
+        with pytest.raises(SequenceError):
+            alice.upload(max_logs=1)
+    finally:
+        alice._sp = real
+    assert alice.balance().pending_count == 3  # nothing marked: the answer did not match the batch
+    assert alice.upload(max_logs=1).logs == 3  # the same one-log batch again first: the SP's same answer
