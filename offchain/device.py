@@ -18,7 +18,7 @@ from typing import Any
 
 from offchain.certs import CertificateVerifier, Envelope
 from offchain.container import WrappedKey, verify_container
-from offchain.errors import ContractReverted, NotFound, PolicyMismatch, SequenceError
+from offchain.errors import ContractReverted, DuplicateMessage, NotFound, PolicyMismatch, SequenceError
 from offchain.http import SyncJsonClient, deployment_domain, file_reader, require_path
 from offchain import messages
 from offchain.messages import Domain, IssueLog, Role
@@ -146,11 +146,19 @@ class DeviceClient:
         batches, logs, ids = 0, 0, []
         while (pending := self.module.pending_batch(self.domain, max_logs)) is not None:
             batch, signature, run = pending
-            ack = self._sp.post("/v1/usage", {
-                "batch": batch.to_json(), "batch_signature": _hex(signature),
-                "logs": [{"log": item.log.to_json(), "signature": _hex(item.signature)} for item in run],
-                "certificate": self._cert_pem.decode()})
-            acked, last_seq = int(ack["acked_through_seq"]), batch.first_seq + batch.count - 1
+            last_seq = batch.first_seq + batch.count - 1
+            try:
+                ack = self._sp.post("/v1/usage", {
+                    "batch": batch.to_json(), "batch_signature": _hex(signature),
+                    "logs": [{"log": item.log.to_json(), "signature": _hex(item.signature)} for item in run],
+                    "certificate": self._cert_pem.decode()})
+            except DuplicateMessage as exc:  # an earlier batch from these seqs reached the SP, its ack was lost
+                held = exc.fields.get("highest_received")
+                if not isinstance(held, int) or held < batch.first_seq:
+                    raise
+                self.module.mark_uploaded(batch.serial, min(held, last_seq))  # only this device signs its seqs
+                continue
+            acked = int(ack["acked_through_seq"])
             if not batch.first_seq <= acked <= last_seq:  # marking more would drop logs the SP never received
                 raise SequenceError("the service provider acknowledged seqs outside the batch it was sent",
                                     serial=batch.serial, expected=last_seq, got=acked, first_seq=batch.first_seq)

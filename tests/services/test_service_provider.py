@@ -447,3 +447,40 @@ def test_upload_ack_beyond_the_sent_batch_does_not_mark_unsent_logs(sp_running: 
         alice._sp = real
     assert alice.balance().pending_count == 3  # nothing marked: the answer did not match the batch
     assert alice.upload(max_logs=1).logs == 3  # the same one-log batch again first: the SP's same answer
+
+
+class AckLosingServiceProvider(RogueServiceProvider):
+    """Delivers the first usage upload to the SP, then loses its answer (the connection dropped)."""
+
+    def __init__(self, real: Any) -> None:
+        super().__init__(real, b"")
+        self.lost = 0
+
+    def post(self, path: str, body: dict[str, Any]) -> Any:
+        answer = self._real.post(path, body)
+        if path == "/v1/usage" and not self.lost:
+            self.lost += 1
+            from offchain.errors import ServiceUnavailable
+
+            raise ServiceUnavailable("connection dropped before the answer", url=path, reason="test")
+        return answer
+
+
+def test_upload_after_lost_ack_and_further_use_is_not_stuck(sp_running: Services, alice: DeviceClient,
+                                                            published: dict[str, Any]) -> None:
+    """The SP kept a batch whose ack was lost; the device, having used content since, re-batches from the same
+    seq: that must not block its uploads for good."""
+    from offchain.errors import ServiceUnavailable
+
+    alice.upload()
+    alice.use(published["content_id"], 1)
+    real = alice._sp
+    alice._sp = AckLosingServiceProvider(real)
+    try:
+        with pytest.raises(ServiceUnavailable):
+            alice.upload()
+    finally:
+        alice._sp = real
+    alice.use(published["content_id"], 1)
+    assert alice.upload().logs >= 1
+    assert alice.balance().pending_count == 0
