@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from offchain.certs import ETH_URN, MEMBER_URN, ROLE_URN, MemberIdentity, role_urn_name
+from offchain.certs import ETH_URN, MEMBER_URN, ROLE_URN, USER_URN, MemberIdentity, role_urn_name
 from offchain.errors import ConfigError, NotFound
 from offchain.messages import Role, to_checksum_address
 
@@ -35,6 +35,7 @@ CRL_FILE = "crl.pem"
 INDEX_FILE = "index.json"
 ROOT_VALID_DAYS = 3650
 CRL_VALID_S = 7 * 24 * 3600
+MAX_USER_ID_LEN = 128  # the CC's HTTP bodies accept user ids of this length
 BACKDATE_S = 300  # tolerate small clock skew between the CA and the verifiers
 Clock = Callable[[], float]
 
@@ -155,16 +156,19 @@ class CertificateAuthority:
     # --- issuing -------------------------------------------------------------------------------------------
     def issue_member(self, member_id: str, role: Role, eth_address: str, *, valid_days: int = 365,
                      not_before: int | None = None, hostnames: Sequence[str] = ("localhost",),
-                     ips: Sequence[str] = ("127.0.0.1",)) -> MemberCredentials:
-        """Issue a fresh P-256 key and certificate naming member id, role and Ethereum address in its SAN."""
+                     ips: Sequence[str] = ("127.0.0.1",), user_id: str | None = None) -> MemberCredentials:
+        """Issue a fresh P-256 key and certificate naming member id, role and Ethereum address in its SAN, and for
+        a device the user it belongs to (`user_id`, required for devices, refused for every other role): the CC
+        spends only that user's deposits for the device."""
         role = Role(role)
         if role == Role.NONE or not member_id or ":" in member_id:
             raise ConfigError(f"cannot issue a certificate for member {member_id!r} with role {role.name}",
                               member_id=member_id, role=int(role))
+        _check_user_id(member_id, role, user_id)
         eth_address = to_checksum_address(eth_address)
         start = int(self._clock()) - BACKDATE_S if not_before is None else int(not_before)
         key = ec.generate_private_key(ec.SECP256R1())
-        san = _member_san(member_id, role, eth_address, hostnames, ips)
+        san = _member_san(member_id, role, eth_address, hostnames, ips, user_id)
         cert = _build_member(self._key, self._root, key.public_key(), member_id, san, start,
                              start + valid_days * 86400)
         credentials = MemberCredentials(member_id, role, eth_address,
@@ -173,6 +177,7 @@ class CertificateAuthority:
             "member_id": member_id, "serial": hex(cert.serial_number), "role": role.name,
             "eth_address": eth_address, "not_before": credentials.valid_from,
             "not_after": credentials.valid_until, "fingerprint": "0x" + credentials.fingerprint.hex(),
+            "user_id": user_id,
         })
         self._save_index()
         return credentials
@@ -258,13 +263,31 @@ def _build_root(key: ec.EllipticCurvePrivateKey, name: str, now: float) -> x509.
             .sign(key, hashes.SHA384()))
 
 
+def _check_user_id(member_id: str, role: Role, user_id: str | None) -> None:
+    """A device names exactly one user (1..128 printable ASCII characters, no ':' or space); no other role does."""
+    if role != Role.DEVICE:
+        if user_id is not None:
+            raise ConfigError(f"only a device certificate names a user; {member_id!r} is a {role.name}",
+                              member_id=member_id, role=int(role), user_id=user_id)
+        return
+    if user_id is None:
+        raise ConfigError(f"device {member_id!r} needs the user it belongs to (user_id)", member_id=member_id,
+                          role=int(role), user_id=None)
+    if not 1 <= len(user_id) <= MAX_USER_ID_LEN or not user_id.isascii() or not user_id.isprintable() \
+            or ":" in user_id or " " in user_id:
+        raise ConfigError(f"device {member_id!r}: user id {user_id!r} must be 1..{MAX_USER_ID_LEN} printable ASCII "
+                          "characters without ':' or spaces", member_id=member_id, role=int(role), user_id=user_id)
+
+
 def _member_san(member_id: str, role: Role, eth_address: str, hostnames: Sequence[str],
-                ips: Sequence[str]) -> x509.SubjectAlternativeName:
+                ips: Sequence[str], user_id: str | None) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = [
         x509.UniformResourceIdentifier(MEMBER_URN + member_id),
         x509.UniformResourceIdentifier(ROLE_URN + role_urn_name(role)),
         x509.UniformResourceIdentifier(ETH_URN + eth_address),
     ]
+    if user_id is not None:
+        names.append(x509.UniformResourceIdentifier(USER_URN + user_id))
     names += [x509.DNSName(h) for h in hostnames]
     names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     return x509.SubjectAlternativeName(names)

@@ -25,12 +25,13 @@ from offchain.errors import (CertificateExpired, CertificateNotYetValid, Certifi
                              IdentityMismatch, MalformedMessage, SignatureError, UntrustedCertificate, WrongRole)
 from offchain.messages import Domain, Message, Role, to_checksum_address
 
-__all__ = ["CertificateVerifier", "Envelope", "MemberIdentity", "MEMBER_URN", "ROLE_URN", "ETH_URN",
+__all__ = ["CertificateVerifier", "Envelope", "MemberIdentity", "MEMBER_URN", "ROLE_URN", "ETH_URN", "USER_URN",
            "role_urn_name", "require_same_member", "load_certificate"]
 
 MEMBER_URN = "urn:clearhouse:member:"
 ROLE_URN = "urn:clearhouse:role:"
 ETH_URN = "urn:clearhouse:eth:"
+USER_URN = "urn:clearhouse:user:"  # devices only: the user whose deposits the device spends
 PATH_CACHE_SIZE = 4096
 Clock = Callable[[], float]
 ChainStatus = Callable[[str, Role], bool]
@@ -51,11 +52,12 @@ class MemberIdentity:
     fingerprint: bytes  # SHA-256 of the certificate DER (the on-chain certFingerprint)
     serial_number: int
     not_after: int
+    user_id: str | None = None  # devices: the user named by the CA; None for every other role
 
     def to_json(self) -> dict[str, Any]:
         return {"member_id": self.member_id, "role": self.role.name, "eth_address": self.eth_address,
                 "fingerprint": "0x" + self.fingerprint.hex(), "serial_number": hex(self.serial_number),
-                "not_after": self.not_after}
+                "not_after": self.not_after, "user_id": self.user_id}
 
 
 def load_certificate(cert_pem: bytes | str) -> x509.Certificate:
@@ -220,7 +222,7 @@ def _one_urn(uris: list[str], prefix: str, cert: x509.Certificate) -> str:
 
 
 def _identity(cert: x509.Certificate, der: bytes) -> MemberIdentity:
-    """Member id, role and Ethereum address from the SAN URIs (the CA is the only party that can write them)."""
+    """Member id, role, Ethereum address and (devices) user id from the SAN URIs (only the CA can write them)."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -238,8 +240,16 @@ def _identity(cert: x509.Certificate, der: bytes) -> MemberIdentity:
                                    subject=member_id, reason=f"role={role_name} eth={eth}") from None
     if role == Role.NONE:
         raise UntrustedCertificate(f"certificate of {member_id!r} names no role", subject=member_id, reason="role none")
+    if role == Role.DEVICE:
+        user_id: str | None = _one_urn(uris, USER_URN, cert)
+    elif any(u.startswith(USER_URN) for u in uris):
+        raise UntrustedCertificate(f"certificate of {member_id!r} names a user but is a {role.name}",
+                                   subject=member_id, reason="user URI on a non-device")
+    else:
+        user_id = None
     return MemberIdentity(member_id=member_id, role=role, eth_address=eth_address, fingerprint=sha256(der).digest(),
-                          serial_number=cert.serial_number, not_after=int(cert.not_valid_after_utc.timestamp()))
+                          serial_number=cert.serial_number, not_after=int(cert.not_valid_after_utc.timestamp()),
+                          user_id=user_id)
 
 
 # --- Envelope ----------------------------------------------------------------------------------------------------

@@ -41,7 +41,6 @@ from offchain.errors import (
     SequenceError,
     StatementRejected,
     TransactionPending,
-    WrongRole,
 )
 from offchain.http import JsonClient, Route, add_routes, error_from_payload, file_reader, new_app, require_path, run_app
 from offchain.messages import BalanceStatement, IssueLog, ReceiveLog, Role, TransferReceipt, TransferRequest, UsageBatch
@@ -161,17 +160,19 @@ class ClearingCenter:
 
     # issue logs (claim 12) ---------------------------------------------------------------------------------------
     def issue(self, body: IssueBody, peer: MemberIdentity) -> dict[str, Any]:
-        """Issue a log of up to the user's unallocated deposits, anchored on chain before the answer."""
-        fingerprint = db.payload_hash({"kind": "issue", "user_id": body.user_id, "amount": body.amount})
+        """Issue a log of up to the user's unallocated deposits, anchored on chain before the answer. The user is
+        the one the CA named in the device's certificate; the body's `user_id` must agree with it."""
+        user_id = _certified_user(peer, body.user_id)
+        fingerprint = db.payload_hash({"kind": "issue", "user_id": user_id, "amount": body.amount})
         with self._money_lock:
             plan = self._replay(peer.eth_address, body.request_id, fingerprint)
             if plan is None:
-                self.store.bind_device(peer.eth_address, peer.member_id, body.user_id)
-                amount = self._new_money(body.user_id, body.amount, minimum=1)
+                self.store.bind_device(peer.eth_address, peer.member_id, user_id)
+                amount = self._new_money(user_id, body.amount, minimum=1)
                 now = int(self.clock())
                 plan = self.store.plan_issue_request(IssueRequestRow(
                     device=peer.eth_address, request_id=body.request_id, kind="issue", payload_hash=fingerprint,
-                    user_id=body.user_id, serial=derive_serial(peer.eth_address, "issue", body.request_id),
+                    user_id=user_id, serial=derive_serial(peer.eth_address, "issue", body.request_id),
                     previous_serial=None, new_money=amount, carried=0, cap=amount, old_cap=0,
                     expires_at=now + self.issue_expiry_s, mode="issue", status="planned", created_at=now))
             elif plan.status == "done":
@@ -244,6 +245,7 @@ class ClearingCenter:
         user_id = self.store.device_user(peer.eth_address)
         if user_id is None:
             raise NotFound("device has no issue log at this CC", device=peer.eth_address)
+        _certified_user(peer, user_id)  # a binding made before certificates named the user must still agree
         unsettled = old.spent < statement.spent or old.next_seq < statement.next_seq
         carried = old.cap - statement.spent
         new_money = self._new_money(user_id, body.amount, minimum=0)
@@ -439,10 +441,19 @@ class ClearingCenter:
 
     # balance view ------------------------------------------------------------------------------------------------
     def user_view(self, user_id: str, peer: MemberIdentity) -> dict[str, Any]:
-        if peer.role == Role.DEVICE and self.store.device_user(peer.eth_address) != user_id:
-            raise WrongRole("a device may only read its own user's balance", member_id=peer.member_id,
-                            role=peer.role.name, expected="the user's device")
+        """A device reads only the balance of the user its certificate names; the bank reads any."""
+        if peer.role == Role.DEVICE:
+            _certified_user(peer, user_id)
         return self.store.user_view(user_id)
+
+
+def _certified_user(peer: MemberIdentity, claimed: str) -> str:
+    """The user the CA named in the device's certificate; a request naming another user is IdentityMismatch."""
+    if peer.user_id is None or claimed != peer.user_id:
+        raise IdentityMismatch(f"device {peer.member_id} belongs to user {peer.user_id!r} (its certificate), "
+                               f"not {claimed!r}: a device spends and reads only its own user's deposits",
+                               member_id=peer.member_id, expected_user=peer.user_id, got_user=claimed)
+    return peer.user_id
 
 
 def _receipt_or_none(w3: Web3, tx_hash: str) -> Any:

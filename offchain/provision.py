@@ -110,7 +110,7 @@ def create_member(ca: CertificateAuthority, authority: ClearhouseChain, w3: Web3
                   spec: MemberSpec, *, valid_days: int = 365) -> Member:
     """Keys, certificate, funding and on-chain registration of one member."""
     eth_key, address = _new_eth_key()
-    creds = ca.issue_member(spec.member_id, spec.role, address, valid_days=valid_days)
+    creds = ca.issue_member(spec.member_id, spec.role, address, valid_days=valid_days, user_id=spec.user_id or None)
     directory = workdir / "members" / spec.member_id
     cert_path, key_path = creds.write(directory)
     eth_key_path = directory / "eth.key"

@@ -55,6 +55,8 @@ def make_member_factory(ca: CertificateAuthority, root: Path) -> MemberFactory:
     def issue(role: Role, member_id: str | None = None, **kwargs: Any) -> Member:
         member_id = member_id or f"{Role(role).name.lower().replace('_', '-')}-{next(counter)}"
         eth_key, address = new_eth_key()
+        if Role(role) == Role.DEVICE:  # the CA names the device's user (the CC takes the user from here)
+            kwargs.setdefault("user_id", f"user-{member_id}")
         credentials = ca.issue_member(member_id, role, address, **kwargs)
         cert_path, key_path = credentials.write(root / member_id)
         return Member(credentials, eth_key, cert_path, key_path, ca.root_path)

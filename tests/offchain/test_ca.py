@@ -119,3 +119,43 @@ def test_crl_is_resigned_when_half_its_validity_passed(tmp_path: Path) -> None:
     second = x509.load_pem_x509_crl(ca.crl_pem())
     assert second.last_update_utc > first.last_update_utc
     assert second.next_update_utc is not None and second.next_update_utc.timestamp() > now[0]
+
+
+def test_device_certificate_names_user_when_issued_with_user_id(authority: CertificateAuthority,
+                                                                eth_keypair: Callable[[], tuple[bytes, str]]) -> None:
+    _, address = eth_keypair()
+    creds = authority.issue_member("phone-1", Role.DEVICE, address, user_id="alice")
+    uris = creds.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
+        .get_values_for_type(x509.UniformResourceIdentifier)
+    assert "urn:clearhouse:user:alice" in uris
+    assert CertificateVerifier(authority.root_pem).verify(creds.cert_pem).user_id == "alice"
+
+
+def test_issue_member_refuses_device_without_user_id(authority: CertificateAuthority,
+                                                     eth_keypair: Callable[[], tuple[bytes, str]]) -> None:
+    _, address = eth_keypair()
+    with pytest.raises(ConfigError) as info:
+        authority.issue_member("phone-1", Role.DEVICE, address)
+    assert info.value.fields["member_id"] == "phone-1"
+    assert authority.issued == []
+
+
+@pytest.mark.parametrize("user_id", ["", "a:b", "with space", "x" * 129])
+def test_issue_member_refuses_device_with_bad_user_id(authority: CertificateAuthority,
+                                                      eth_keypair: Callable[[], tuple[bytes, str]],
+                                                      user_id: str) -> None:
+    _, address = eth_keypair()
+    with pytest.raises(ConfigError):
+        authority.issue_member("phone-1", Role.DEVICE, address, user_id=user_id)
+
+
+def test_issue_member_refuses_user_id_for_non_device(authority: CertificateAuthority,
+                                                     eth_keypair: Callable[[], tuple[bytes, str]]) -> None:
+    _, address = eth_keypair()
+    with pytest.raises(ConfigError):
+        authority.issue_member("sp-1", Role.SERVICE_PROVIDER, address, user_id="alice")
+
+
+def test_non_device_certificate_has_no_user_id(authority: CertificateAuthority, member: Callable[..., Any]) -> None:
+    provider = member(Role.SERVICE_PROVIDER, "sp-9")
+    assert CertificateVerifier(authority.root_pem).verify(provider.cert_pem).user_id is None

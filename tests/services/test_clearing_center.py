@@ -33,6 +33,7 @@ from offchain.settlement import SettlementWorker
 PRICE = 25
 ROLES = {"clearing_center": Role.CLEARING_CENTER, "provider": Role.SERVICE_PROVIDER, "bank": Role.BANK,
          "device": Role.DEVICE, "device2": Role.DEVICE}
+USERS = {"device": "alice", "device2": "bob"}  # the user the CA names in each device certificate
 
 
 @dataclass
@@ -98,7 +99,8 @@ class CcWorld:
 
 def make_world(chain_env: Any, tmp: Path, database_url: str | None = None) -> CcWorld:
     ca = CertificateAuthority.create(tmp / "ca")
-    creds = {name: ca.issue_member(name, role, chain_env.actors[name].address) for name, role in ROLES.items()}
+    creds = {name: ca.issue_member(name, role, chain_env.actors[name].address, user_id=USERS.get(name))
+             for name, role in ROLES.items()}
     verifier = CertificateVerifier(ca.root_pem, ca.crl_pem())
     peers = {name: verifier.verify(c.cert_pem) for name, c in creds.items()}
     store = CcStore(db.make_engine(database_url or f"sqlite:///{tmp}/cc.db"), time.time)
@@ -157,12 +159,32 @@ def test_issue_anchored_on_chain_and_idempotent(world: CcWorld) -> None:
     assert rest.cap == 400 and world.store.balance("alice").available == 0
 
 
-def test_issue_for_a_device_of_another_user_is_refused(world: CcWorld) -> None:
+def test_issue_refused_when_body_names_another_user(world: CcWorld) -> None:
     world.deposit("alice", 100)
     world.deposit("bob", 100, tag="d2")
-    world.issue("r1", user_id="alice", amount=10)
-    with pytest.raises(DuplicateMessage):  # the device is bound to alice
-        world.issue("r2", user_id="bob", amount=10)
+    allocated_on_chain = world.env.client("clearing_center").user_funds(user_id_hash("alice")).allocated
+    with pytest.raises(IdentityMismatch) as info:  # bob's device (its certificate names bob) asks for alice's money
+        world.issue("r1", user_id="alice", amount=10, device="device2")
+    assert (info.value.fields["expected_user"], info.value.fields["got_user"]) == ("bob", "alice")
+    assert world.store.balance("alice").available == 100  # nothing allocated
+    assert world.store.issue_request(world.peers["device2"].eth_address, "r1") is None
+    assert world.store.device_user(world.peers["device2"].eth_address) is None  # and the device is not bound
+    assert world.env.client("clearing_center").user_funds(user_id_hash("alice")).allocated == allocated_on_chain
+    world.issue("r2", user_id="alice", amount=10)  # alice's own device still can
+
+
+def test_issue_user_comes_from_the_device_certificate(world: CcWorld) -> None:
+    world.deposit("bob", 100, tag="d2")
+    log, _ = world.issue("r1", user_id="bob", amount=10, device="device2")
+    assert log.user_id_hash == user_id_hash("bob")
+    assert world.store.device_user(world.peers["device2"].eth_address) == "bob"
+
+
+def test_user_view_refused_when_device_asks_for_another_user(world: CcWorld) -> None:
+    world.deposit("alice", 100)
+    with pytest.raises(IdentityMismatch):
+        world.cc.user_view("alice", world.peers["device2"])
+    assert world.cc.user_view("alice", world.peers["device"])["user_id"] == "alice"
 
 
 # --- renewal (claims 13, 14) ---------------------------------------------------------------------------------------

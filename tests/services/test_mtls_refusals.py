@@ -46,7 +46,7 @@ def test_request_without_client_certificate_is_refused(running: Services) -> Non
 
 def test_certificate_from_another_ca_is_refused(running: Services, tmp_path: Path) -> None:
     rogue = CertificateAuthority.create(tmp_path / "rogue-ca")
-    creds = rogue.issue_member("alice-phone", Role.DEVICE, DEVICE_ADDRESS)
+    creds = rogue.issue_member("alice-phone", Role.DEVICE, DEVICE_ADDRESS, user_id="alice")
     client = client_with(running, "sp", creds.cert_pem, creds.key_pem, tmp_path / "rogue")
     with pytest.raises(ServiceUnavailable) as info:
         client.get("/v1/catalog")
@@ -55,7 +55,7 @@ def test_certificate_from_another_ca_is_refused(running: Services, tmp_path: Pat
 
 def test_expired_certificate_is_refused(running: Services, tmp_path: Path) -> None:
     ca = running.consortium.ca()
-    creds = ca.issue_member("old-phone", Role.DEVICE, DEVICE_ADDRESS, valid_days=1,
+    creds = ca.issue_member("old-phone", Role.DEVICE, DEVICE_ADDRESS, valid_days=1, user_id="alice",
                             not_before=int(time.time()) - 3 * 86400)
     client = client_with(running, "sp", creds.cert_pem, creds.key_pem, tmp_path / "expired")
     with pytest.raises((ServiceUnavailable, CertificateExpired)):
@@ -64,7 +64,7 @@ def test_expired_certificate_is_refused(running: Services, tmp_path: Path) -> No
 
 def test_revoked_certificate_is_refused_after_crl_update(running: Services, tmp_path: Path) -> None:
     ca = running.consortium.ca()
-    creds = ca.issue_member("stolen-phone", Role.DEVICE, DEVICE_ADDRESS)
+    creds = ca.issue_member("stolen-phone", Role.DEVICE, DEVICE_ADDRESS, user_id="alice")
     client = client_with(running, "sp", creds.cert_pem, creds.key_pem, tmp_path / "revoked")
     assert "items" in client.get("/v1/catalog")  # valid until revoked
     ca.revoke("stolen-phone")
