@@ -610,7 +610,9 @@ def build_app(settings: ClearingCenterSettings, *, chain: ClearhouseChain | None
 
     chain = chain or connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
-    verifier = CertificateVerifier(ca_path.read_bytes(), file_reader(settings.crl_path), clock=clock)
+    verifier = CertificateVerifier(ca_path.read_bytes(), file_reader(settings.crl_path),
+                                   chain_status=lambda address, role: chain.is_active(address, int(role)),
+                                   clock=clock)
     store = CcStore(db.make_engine(settings.database_url), clock)
     store.create_schema()
     cert_pem = require_path(settings.cert_path, "cert_path").read_bytes()

@@ -563,19 +563,22 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> ServiceP
 
 
 def build_app(settings: ServiceProviderSettings, *, chain: Any = None, clock: Clock = time.time) -> web.Application:
-    """The SP application; starts the forwarder on startup and stops it on cleanup."""
+    """The SP application; starts the forwarder on startup and stops it on cleanup. Peers and signers must be
+    active members on chain (`chain` defaults to a client built from the settings)."""
     from offchain import tls
 
+    chain = chain if chain is not None else _connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
-    verifier = CertificateVerifier(ca_path.read_bytes(), file_reader(settings.crl_path), clock=clock)
+    verifier = CertificateVerifier(ca_path.read_bytes(), file_reader(settings.crl_path),
+                                   chain_status=lambda address, role: chain.is_active(address, int(role)),
+                                   clock=clock)
     engine = db.make_engine(settings.database_url)
     db.create_schema(engine)
     provider = ServiceProvider(
         engine=engine, domain=deployment_domain(settings.deployment_path),
         private_key=settings.eth_private_key_bytes(), cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(),
         verifier=verifier, catalog_key=settings.catalog_key_bytes(), clock=clock,
-        policy_hash_lookup=_policy_hash_lookup(chain) if chain is not None else None,
-        serial_owner_lookup=_serial_owner_lookup(chain) if chain is not None else None)
+        policy_hash_lookup=_policy_hash_lookup(chain), serial_owner_lookup=_serial_owner_lookup(chain))
     client = JsonClient(settings.cc_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
     forwarder = Forwarder(provider, client, batch_max=settings.forward_batch_max,
                           interval_s=settings.forward_interval_s)

@@ -1,5 +1,5 @@
 """Mutual TLS refusals against the real service processes: no client certificate, a certificate from another CA,
-an expired one, a revoked one (CRL, and on chain for the bank) and a member calling a route of another role.
+an expired one, a revoked one (CRL, and on chain for every service) and a member calling a route of another role.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ DEVICE_ADDRESS = "0x000000000000000000000000000000000000dEaD"
 def running(services: Services) -> Services:
     services.start("sp")
     services.start("bank")
+    services.start("cc")
     return services
 
 
@@ -62,10 +63,21 @@ def test_expired_certificate_is_refused(running: Services, tmp_path: Path) -> No
         client.get("/v1/catalog")
 
 
-def test_revoked_certificate_is_refused_after_crl_update(running: Services, tmp_path: Path) -> None:
+def authority_of(running: Services, actors: dict, w3: Any) -> Any:
+    from offchain.chain import ClearhouseChain, Deployment
+
+    return ClearhouseChain(w3, Deployment.load(running.consortium.deployment_path), actors["authority"].key)
+
+
+def test_revoked_certificate_is_refused_after_crl_update(running: Services, actors: dict, w3: Any,
+                                                         tmp_path: Path) -> None:
+    from offchain.provision import MemberSpec, create_member
+
     ca = running.consortium.ca()
-    creds = ca.issue_member("stolen-phone", Role.DEVICE, DEVICE_ADDRESS, user_id="alice")
-    client = client_with(running, "sp", creds.cert_pem, creds.key_pem, tmp_path / "revoked")
+    stolen = create_member(ca, authority_of(running, actors, w3), w3, tmp_path,
+                           MemberSpec("stolen-phone", Role.DEVICE, user_id="alice"))
+    client = client_with(running, "sp", stolen.cert_path.read_bytes(), stolen.key_path.read_bytes(),
+                         tmp_path / "revoked")
     assert "items" in client.get("/v1/catalog")  # valid until revoked
     ca.revoke("stolen-phone")
     with pytest.raises(CertificateRevoked) as info:
@@ -80,6 +92,24 @@ def test_member_not_active_on_chain_is_refused_by_bank(running: Services, tmp_pa
     with pytest.raises(CertificateRevoked) as info:
         client.get("/v1/ledger")
     assert info.value.fields["source"] == "chain"
+
+
+@pytest.mark.parametrize(("service", "path"), [("sp", "/v1/catalog"), ("cc", "/v1/users/alice")])
+def test_member_refused_when_revoked_on_chain_only(running: Services, actors: dict, w3: Any, tmp_path: Path,
+                                                   service: str, path: str) -> None:
+    from offchain.provision import MemberSpec, create_member
+
+    ca = running.consortium.ca()
+    authority = authority_of(running, actors, w3)
+    gone = create_member(ca, authority, w3, tmp_path, MemberSpec(f"gone-{service}", Role.DEVICE, user_id="alice"))
+    client = client_with(running, service, gone.cert_path.read_bytes(), gone.key_path.read_bytes(), tmp_path / "gone")
+    client.get("/openapi.json")  # active: accepted
+    authority.revoke_member(gone.eth_address)  # on chain only: the CRL does not list it
+    assert not ca.is_revoked(gone.member_id)
+    with pytest.raises(CertificateRevoked) as info:
+        client.get(path)
+    assert info.value.fields["source"] == "chain"
+    assert info.value.fields["remote_status"] == 401
 
 
 @pytest.mark.parametrize(("member_id", "service", "method", "path"), [
