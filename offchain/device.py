@@ -1,8 +1,9 @@
 """The device client: the user's side around the SecureModule (issue logs from the CC, content from the SP).
 
 `use` is fully offline: it reads the downloaded container and wrapped key from local files and charges the
-wallet; only `request_issue_log`, `renew`, `catalog`, `download` and `upload` talk to the network (mTLS). Every
-issue log is checked (CC certificate, signature, role) before the secure module installs it.
+wallet; only `request_issue_log`, `renew`, `catalog`, `download` and `upload` talk to the network (mTLS). The
+server certificate must be a CC's (issue logs) or an SP's (content, uploads; the receiver is its address), and
+every issue log is checked (CC certificate = TLS server, signature, role) before the secure module installs it.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from offchain.certs import CertificateVerifier, Envelope
+from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.container import WrappedKey, verify_container
-from offchain.errors import ContractReverted, DuplicateMessage, NotFound, PolicyMismatch, SequenceError
+from offchain.errors import (ContractReverted, DuplicateMessage, IdentityMismatch, NotFound, PolicyMismatch,
+                             SequenceError)
 from offchain.http import SyncJsonClient, deployment_domain, file_reader, require_path
 from offchain import messages
 from offchain.messages import Domain, IssueLog, Role
@@ -78,14 +80,16 @@ class DeviceClient:
     # --- issue logs ---------------------------------------------------------------------------------------------
     def request_issue_log(self, amount: int | None = None) -> WalletBalance:
         """Ask the CC for a first issue log (cap = `amount` or all available deposits) and install it."""
+        cc = self._clearing_center()
         body: dict[str, Any] = {"request_id": _hex(os.urandom(32)), "user_id": self.user_id}
         if amount is not None:
             body["amount"] = amount
         answer = self._cc.post("/v1/issue-logs", body)
-        return self._install(answer["issue_log"])
+        return self._install(answer["issue_log"], cc)
 
     def renew(self, amount: int | None = None) -> WalletBalance:
         """Attest the balance (freezes the current log), ask the CC for the renewed log, install it."""
+        cc = self._clearing_center()  # before attesting: a statement sent to an impostor would freeze the log
         statement, signature = self.module.balance_statement(self.domain, int(self._clock()))
         envelope = Envelope(kind=statement.PRIMARY_TYPE, message=statement.to_json(), signature=_hex(signature),
                             certificate=self._cert_pem.decode())
@@ -93,10 +97,20 @@ class DeviceClient:
         if amount is not None:
             body["amount"] = amount
         answer = self._cc.post("/v1/issue-logs/renew", body)
-        return self._install(answer["issue_log"])
+        return self._install(answer["issue_log"], cc)
 
-    def _install(self, envelope_json: dict[str, Any]) -> WalletBalance:
-        issue_log, cc = Envelope.from_json(envelope_json).open(self._verifier, self.domain, Role.CLEARING_CENTER)
+    def _clearing_center(self) -> MemberIdentity:
+        """The verified certificate of the server at `cc_url`: it must be a clearing center's (WrongRole)."""
+        return self._cc.server_identity(self._verifier, Role.CLEARING_CENTER)
+
+    def _service_provider(self) -> MemberIdentity:
+        """The verified certificate of the server at `sp_url`: a service provider's (WrongRole); its address is the
+        receiver of this device's usage logs (never an unauthenticated status field)."""
+        return self._sp.server_identity(self._verifier, Role.SERVICE_PROVIDER)
+
+    def _install(self, envelope_json: dict[str, Any], server: MemberIdentity) -> WalletBalance:
+        issue_log, cc = Envelope.from_json(envelope_json).open(self._verifier, self.domain, Role.CLEARING_CENTER,
+                                                               peer=server)
         assert isinstance(issue_log, IssueLog)
         signature = Envelope.from_json(envelope_json).signature_bytes()
         return self.module.install_issue_log(issue_log, signature, cc_verify_fn(self.domain, cc.eth_address))
@@ -108,7 +122,7 @@ class DeviceClient:
     def download(self, content_id: bytes, version: int) -> Path:
         """Fetch a container and its wrapped key, check the container against the policy hash on chain, and store
         both (with the SP's address, the receiver, and the on-chain policy hash for offline checks) locally."""
-        receiver = self._sp.get("/v1/status")["address"]
+        receiver = self._service_provider().eth_address
         answer = self._sp.post("/v1/downloads", {"content_id": _hex(content_id), "version": version})
         blob = base64.b64decode(answer["container_b64"])
         policy_id = messages.policy_id(content_id, version)
@@ -143,9 +157,14 @@ class DeviceClient:
     # --- upload -------------------------------------------------------------------------------------------------
     def upload(self, max_logs: int = 1024) -> UploadResult:
         """Upload every pending usage log, batch by batch; each batch is marked only after the SP's ack."""
+        sp = self._service_provider()
         batches, logs, ids = 0, 0, []
         while (pending := self.module.pending_batch(self.domain, max_logs)) is not None:
             batch, signature, run = pending
+            if batch.receiver != sp.eth_address:  # logs for another SP: that SP's countersignature, not this one's
+                raise IdentityMismatch("pending usage logs name another service provider as their receiver",
+                                       serial=batch.serial, expected=batch.receiver, got=sp.eth_address,
+                                       member_id=sp.member_id)
             last_seq = batch.first_seq + batch.count - 1
             try:
                 ack = self._sp.post("/v1/usage", {

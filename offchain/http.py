@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import signal
+import socket
 import ssl
 import urllib.error
 import urllib.request
@@ -359,6 +360,26 @@ class SyncJsonClient:
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)
+
+    def server_identity(self, verifier: Any, expected_role: Role | None = None) -> Identity:
+        """The server's verified identity: a TLS connection to `base_url` (our CA only), its certificate checked by
+        `verifier` (offchain.certs.CertificateVerifier), WrongRole unless it has `expected_role`. Nothing is sent.
+
+        The check runs on its own connection, as every request does; a server swapping certificates between
+        connections still needs a certificate and key from our CA for each."""
+        parts = urlsplit(self.base_url)
+        host, port = parts.hostname or "localhost", parts.port or 443
+        try:
+            with socket.create_connection((host, port), timeout=self._timeout_s) as raw:
+                with self._ssl.wrap_socket(raw, server_hostname=host) as connection:
+                    der = connection.getpeercert(binary_form=True)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise ServiceUnavailable(f"TLS connection to {self.base_url} failed: {exc!r}; retry later",
+                                     url=self.base_url, reason=type(exc).__name__) from None
+        if not der:
+            raise TlsHandshakeFailed(f"{self.base_url} presented no certificate", url=self.base_url,
+                                     reason="no server certificate")
+        return verifier.verify(ssl.DER_cert_to_PEM_cert(der), expected_role)
 
     def close(self) -> None:
         """Nothing to release: every request uses its own connection."""

@@ -8,6 +8,7 @@ it, so these tests do not depend on the real CC; test_end_to_end.py runs the rea
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections import Counter
@@ -22,7 +23,8 @@ from offchain import tls
 from offchain.certs import CertificateVerifier, Envelope
 from offchain.content_provider import ContentProvider, content_id_for
 from offchain.device import DeviceClient
-from offchain.errors import DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, SequenceError
+from offchain.errors import (DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, SequenceError,
+                             WrongRole)
 from offchain.messages import IssueLog, ReceiveLog, Role, UsageBatch, UsageLog, keccak, sign
 from offchain.secure_module import cc_verify_fn
 from offchain.settings import DeviceSettings, load_settings
@@ -254,6 +256,9 @@ class RogueServiceProvider:
     def get(self, path: str) -> Any:
         return self._real.get(path)
 
+    def server_identity(self, verifier: Any, expected_role: Role | None = None) -> Any:
+        return self._real.server_identity(verifier, expected_role)
+
     def post(self, path: str, body: dict[str, Any]) -> Any:
         import base64
 
@@ -484,3 +489,88 @@ def test_upload_after_lost_ack_and_further_use_is_not_stuck(sp_running: Services
     alice.use(published["content_id"], 1)
     assert alice.upload().logs >= 1
     assert alice.balance().pending_count == 0
+
+
+class ImpostorServer:
+    """An mTLS server of our CA presenting another member's certificate (alice's phone) on the URL a device uses
+    for its SP or CC; it answers like a compliant peer would and records every request that reaches it."""
+
+    def __init__(self, services: Services, member_id: str, answers: dict[str, Any]) -> None:
+        from offchain.provision import free_port
+
+        member = services.consortium.member(member_id)
+        self._paths = (member.cert_path, member.key_path, services.consortium.root_path)
+        self._answers = answers
+        self.port = free_port()
+        self.url = f"https://127.0.0.1:{self.port}"
+        self.requests: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        self.requests.append(f"{request.method} {request.path}")
+        return web.json_response(self._answers.get(request.path, {}))
+
+    def __enter__(self) -> ImpostorServer:
+        async def boot() -> None:
+            app = web.Application()
+            app.router.add_route("*", "/{tail:.*}", self._answer)
+            self._runner = web.AppRunner(app)
+            await self._runner.setup()
+            await web.TCPSite(self._runner, "127.0.0.1", self.port,
+                              ssl_context=tls.server_ssl_context(*self._paths)).start()
+
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(boot(), self._loop).result(10)
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+
+def device_pointed_at(services: Services, member_id: str, **urls: str) -> DeviceClient:
+    consortium = services.consortium
+    settings = load_settings(DeviceSettings, consortium.settings_paths[member_id]).model_copy(update=urls)
+    return DeviceClient.from_settings(settings, consortium.passphrase, consortium.member(member_id).user_id)
+
+
+def test_download_refused_when_sp_url_serves_another_members_certificate(sp_running: Services,
+                                                                         published: dict[str, Any]) -> None:
+    sp_address = sp_running.consortium.of_role(Role.SERVICE_PROVIDER)[0].eth_address
+    with ImpostorServer(sp_running, "alice-phone", {"/v1/status": {"address": sp_address}}) as impostor:
+        device = device_pointed_at(sp_running, "bob-tablet", sp_url=impostor.url)
+        try:
+            with pytest.raises(WrongRole) as info:
+                device.download(published["content_id"], 1)
+            with pytest.raises(WrongRole):
+                device.upload()
+        finally:
+            device.close()
+    assert info.value.fields["expected_role"] == "SERVICE_PROVIDER"
+    assert impostor.requests == []  # refused at the handshake's certificate, before any request
+
+
+def test_issue_log_refused_when_cc_url_serves_another_members_certificate(sp_running: Services) -> None:
+    with ImpostorServer(sp_running, "alice-phone", {}) as impostor:
+        device = device_pointed_at(sp_running, "bob-tablet", cc_url=impostor.url)
+        try:
+            with pytest.raises(WrongRole) as info:
+                device.request_issue_log(10)
+            with pytest.raises(WrongRole):
+                device.renew(10)
+        finally:
+            device.close()
+    assert info.value.fields["expected_role"] == "CLEARING_CENTER"
+    assert impostor.requests == []
+
+
+def test_download_takes_receiver_from_sp_certificate(sp_running: Services, alice: DeviceClient,
+                                                     published: dict[str, Any]) -> None:
+    sp_address = sp_running.consortium.of_role(Role.SERVICE_PROVIDER)[0].eth_address
+    alice.download(published["content_id"], 1)
+    meta = json.loads(alice._key_path(published["content_id"], 1).read_text())
+    assert meta["receiver"] == sp_address
