@@ -19,7 +19,8 @@ from pydantic import BaseModel, Field
 
 from offchain import messages
 from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.errors import ChainError, ContractReverted, DuplicateMessage, NotFound, TransferMismatch
+from offchain.errors import (ChainError, ContractReverted, DuplicateMessage, MalformedMessage, NotFound,
+                             TransferMismatch)
 from offchain.http import JsonClient, Route, add_routes, deployment_domain, file_reader, new_app, require_path, run_app
 from offchain.ledger import Ledger
 from offchain.messages import Domain, Role, TransferReceipt, TransferRequest, keccak
@@ -119,7 +120,9 @@ class Bank:
     def transfer(self, envelope: Envelope, peer: MemberIdentity) -> Envelope:
         """Pay a CC-signed transfer request exactly once, confirm it on chain, return the signed receipt."""
         request, _cc = envelope.open(self._verifier, self.domain, Role.CLEARING_CENTER, peer=peer)
-        assert isinstance(request, TransferRequest)
+        if not isinstance(request, TransferRequest):
+            raise MalformedMessage("request must be a TransferRequest", type=envelope.kind, field="kind",
+                                   value=envelope.kind, reason="wrong message type")
         request_hash = request.digest(self.domain)
         if self.ledger.find_transfer(request.request_id) is None:
             self._check_against_chain(request)

@@ -19,8 +19,8 @@ from typing import Any
 
 from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.container import WrappedKey, verify_container
-from offchain.errors import (ContractReverted, DuplicateMessage, IdentityMismatch, NotFound, PolicyMismatch,
-                             SequenceError)
+from offchain.errors import (ContractReverted, DuplicateMessage, IdentityMismatch, MalformedMessage, NotFound,
+                             PolicyMismatch, SequenceError)
 from offchain.http import SyncJsonClient, deployment_domain, file_reader, require_path
 from offchain import messages
 from offchain.messages import Domain, IssueLog, Role
@@ -111,7 +111,10 @@ class DeviceClient:
     def _install(self, envelope_json: dict[str, Any], server: MemberIdentity) -> WalletBalance:
         issue_log, cc = Envelope.from_json(envelope_json).open(self._verifier, self.domain, Role.CLEARING_CENTER,
                                                                peer=server)
-        assert isinstance(issue_log, IssueLog)
+        if not isinstance(issue_log, IssueLog):
+            raise MalformedMessage("the clearing center answered with another log than an IssueLog",
+                                   type=envelope_json.get("kind"), field="kind", value=envelope_json.get("kind"),
+                                   reason="wrong message type")
         signature = Envelope.from_json(envelope_json).signature_bytes()
         return self.module.install_issue_log(issue_log, signature, cc_verify_fn(self.domain, cc.eth_address))
 

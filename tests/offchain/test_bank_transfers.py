@@ -55,3 +55,26 @@ def test_transfer_already_confirmed_on_chain_is_not_paid_again(tmp_path: Path, v
         bank.transfer(envelope, verifier.verify(cc.cert_pem))
     assert ledger.find_transfer(REQUEST_ID) is None
     assert ledger.balance("cc:management") == 1_000 and chain.confirmations == 0
+
+
+def test_transfer_refused_when_envelope_holds_another_kind(tmp_path: Path, verifier: CertificateVerifier,
+                                                           member, clearing_center_member, bank_member) -> None:
+    """A CC-signed log of another type is a malformed request (4xx), not an assertion failure (500)."""
+    from offchain.errors import MalformedMessage
+    from offchain.messages import TransferReceipt
+
+    payee = member(Role.CONTENT_PROVIDER).address
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'bank.db'}")
+    db.create_schema(engine)
+    ledger = Ledger(engine)
+    ledger.deposit(b"\x01" * 32, "alice", 1_000)
+    chain = StubChain(TransferRequestInfo(REQUEST_ID, payee, 400, confirmed=False, bank_ref=bytes(32)))
+    bank = Bank(ledger=ledger, chain=chain, domain=DOMAIN, private_key=bank_member.eth_key,
+                cert_pem=bank_member.cert_pem, verifier=verifier)
+    cc = clearing_center_member
+    other = TransferReceipt(request_id=REQUEST_ID, bank_ref=b"\x09" * 32, amount=400, confirmed_at=1)
+    envelope = Envelope.seal(other, DOMAIN, cc.eth_key, cc.cert_pem)
+    with pytest.raises(MalformedMessage) as info:
+        bank.transfer(envelope, verifier.verify(cc.cert_pem))
+    assert info.value.http_status == 422 and info.value.fields["value"] == "TransferReceipt"
+    assert ledger.find_transfer(REQUEST_ID) is None and chain.confirmations == 0
