@@ -110,11 +110,12 @@ def bench_pipeline(out: str, logs: int, devices: int) -> None:
 @main.group()
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="Device settings file (JSON or TOML).")
-@click.option("--user", "user_id", required=True, help="The user this device belongs to.")
+@click.option("--user", "user_id", default=None,
+              help="The user this device belongs to (default: the user named in the device's certificate).")
 @click.option("--passphrase-env", default="CLEARHOUSE_DEVICE_PASSPHRASE", show_default=True,
               help="Environment variable holding the keystore passphrase (prompted for when unset).")
 @click.pass_context
-def device(ctx: click.Context, config_path: Path, user_id: str, passphrase_env: str) -> None:
+def device(ctx: click.Context, config_path: Path, user_id: str | None, passphrase_env: str) -> None:
     """A user device: issue logs, downloads, offline use, uploads, balance."""
     ctx.obj = {"config_path": config_path, "user_id": user_id, "passphrase_env": passphrase_env}
 
@@ -126,8 +127,25 @@ def _device_client(ctx: click.Context) -> Any:
     from offchain.settings import DeviceSettings, load_settings
 
     settings = load_settings(DeviceSettings, ctx.obj["config_path"])
+    user_id = ctx.obj["user_id"] or _certificate_user(settings.cert_path)
     passphrase = os.environ.get(ctx.obj["passphrase_env"]) or click.prompt("keystore passphrase", hide_input=True)
-    return DeviceClient.from_settings(settings, passphrase, ctx.obj["user_id"])
+    return DeviceClient.from_settings(settings, passphrase, user_id)
+
+
+def _certificate_user(cert_path: Path | None) -> str:
+    """The user the CA named in a device certificate (SAN urn:clearhouse:user:<id>); the CC checks it again."""
+    from offchain.certs import USER_URN, load_certificate
+    from offchain.errors import ConfigError
+    from offchain.http import require_path
+    from cryptography import x509
+
+    cert = load_certificate(require_path(cert_path, "cert_path").read_bytes())
+    uris = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+        x509.UniformResourceIdentifier)
+    users = [u.removeprefix(USER_URN) for u in uris if u.startswith(USER_URN)]
+    if len(users) != 1:
+        raise ConfigError("the device certificate names no user: pass --user", cert_path=str(cert_path))
+    return users[0]
 
 
 def _show_balance(balance: Any) -> None:

@@ -473,8 +473,7 @@ def hold(consortium: Any, state: DemoState, console: Console) -> None:
     console.rule("Still running (--keep): Ctrl-C stops everything")
     console.print(f"chain  {state.rpc_url}   services  " + "  ".join(f"{k} {v}" for k, v in consortium.urls.items()))
     console.print(f"export CLEARHOUSE_DEVICE_PASSPHRASE={PASSPHRASE}")
-    console.print(f"clearhouse device --config {consortium.settings_paths[device.member_id]} --user {device.user_id} "
-                  "balance")
+    console.print(f"clearhouse device --config {consortium.settings_paths[device.member_id]} balance")
     console.print(f"clearhouse audit device {device.eth_address} {chain_args}")
     console.print(f"clearhouse audit verify {chain_args}")
     console.print(f"clearhouse reconcile {chain_args} --cc-config {consortium.settings_paths['cc']} "
