@@ -37,7 +37,7 @@ from offchain.chain import AnvilProcess, ClearhouseChain, Deployment, compile_co
 ROOT = Path(__file__).resolve().parents[1]
 
 settings.register_profile(
-    "ci", max_examples=15, stateful_step_count=20, deadline=None,
+    "ci", max_examples=50, stateful_step_count=30, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.register_profile(
