@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 Identity = Any  # offchain.certs.MemberIdentity (kept loose so this module does not import the TLS stack)
 Handler = Callable[[web.Request, Identity, Any], Awaitable[Any]]
 Identify = Callable[[web.Request], Identity]
-PEER_KEY = "clearhouse.peer"
 PROBE_TIMEOUT_S = 5.0  # JsonClient: the probe that tells a refused certificate from a dropped connection
 
 
@@ -114,7 +113,6 @@ def _wrap(route: Route, identify: Identify) -> Callable[[web.Request], Awaitable
     async def endpoint(request: web.Request) -> web.StreamResponse:
         peer = identify(request)
         check_role(peer, route.roles, route.path)
-        request[PEER_KEY] = peer
         body = await parse_body(request, route.body) if route.body is not None else None
         return to_json_response(await route.handler(request, peer, body))
 
@@ -393,6 +391,6 @@ def _json_or_none(raw: bytes) -> Any:
 
 
 __all__ = [
-    "Route", "PEER_KEY", "add_routes", "new_app", "error_middleware", "error_response", "parse_body", "parse_model",
+    "Route", "add_routes", "new_app", "error_middleware", "error_response", "parse_body", "parse_model",
     "check_role", "openapi_document", "run_app", "deployment_domain", "file_reader", "require_path", "error_from_payload", "JsonClient", "SyncJsonClient",
 ]
