@@ -13,7 +13,8 @@ test: setup
 	@source bin/env.sh && bin/test
 
 test-deep: setup
-	@source bin/env.sh && HYPOTHESIS_PROFILE=deep python -m pytest -m stateful -p no:cacheprovider
+	@mkdir -p var && source bin/env.sh && HYPOTHESIS_PROFILE=deep CLEARHOUSE_HYPOTHESIS_PROGRESS=var/hypothesis-deep.progress \
+	  python -m pytest -m stateful -p no:cacheprovider --hypothesis-show-statistics
 
 bench: setup
 	@source bin/env.sh && clearhouse bench gas && clearhouse bench verify

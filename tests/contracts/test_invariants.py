@@ -18,6 +18,22 @@ from offchain.errors import ContractReverted
 USERS = [keccak(text=f"inv-user-{i}") for i in range(2)]
 
 
+_EXAMPLES = [0]
+
+
+def _report_progress() -> None:
+    """Long (deep) runs print nothing until they end: with CLEARHOUSE_HYPOTHESIS_PROGRESS=FILE each finished
+    example appends a line, so an operator can see how far a run got."""
+    import os
+    import time
+
+    _EXAMPLES[0] += 1
+    path = os.environ.get("CLEARHOUSE_HYPOTHESIS_PROGRESS")
+    if path:
+        with open(path, "a") as out:
+            out.write(f"{time.strftime('%H:%M:%S')} example {_EXAMPLES[0]}\n")
+
+
 @pytest.mark.stateful
 def test_clearhouse_invariants(chain_env, w3, _base_snapshot) -> None:
     def revert_to(w3, box: list[str]) -> None:  # tests/conftest.py's helper; conftest modules are not importable
@@ -37,6 +53,9 @@ def test_clearhouse_invariants(chain_env, w3, _base_snapshot) -> None:
             self.settled_seqs: dict[bytes, set[int]] = {}
             self.deposited = {u: 0 for u in USERS}
             self.counter = 0
+
+        def teardown(self) -> None:
+            _report_progress()
 
         def _next(self, label: str) -> bytes:
             self.counter += 1
