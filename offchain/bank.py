@@ -21,7 +21,8 @@ from offchain import messages
 from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.errors import (ChainError, ContractReverted, DuplicateMessage, MalformedMessage, NotFound,
                              TransferMismatch)
-from offchain.http import JsonClient, Route, add_routes, deployment_domain, file_reader, new_app, require_path, run_app
+from offchain.http import (JsonClient, Route, add_routes, connect_chain, deployment_domain, member_verifier, new_app,
+                           require_path, serve_app)
 from offchain.ledger import Ledger
 from offchain.messages import Domain, Role, TransferReceipt, TransferRequest, keccak
 from offchain.settings import BankSettings, configure_logging
@@ -219,9 +220,7 @@ def build_app(settings: BankSettings, *, chain: Any = None, clock: Clock = time.
 
     chain = chain if chain is not None else connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
-    verifier = CertificateVerifier(ca_path.read_bytes(), file_reader(settings.crl_path),
-                                   chain_status=lambda address, role: chain.is_active(address, int(role)),
-                                   clock=clock)
+    verifier = member_verifier(settings, chain, clock)
     engine = db.make_engine(settings.database_url)
     db.create_schema(engine)
     bank = Bank(ledger=Ledger(engine, cc_management_account=settings.cc_management_account, clock=clock),
@@ -239,25 +238,10 @@ def build_app(settings: BankSettings, *, chain: Any = None, clock: Clock = time.
     return app
 
 
-def connect_chain(settings: Any) -> Any:
-    """A ClearhouseChain for a service's settings (rpc_url, deployment_path, signing key)."""
-    from web3 import Web3
-
-    from offchain.chain import ClearhouseChain, Deployment
-
-    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 30}))
-    return ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_private_key_bytes())
-
-
 def serve(settings: BankSettings) -> None:
     """Run the bank until SIGTERM/SIGINT."""
-    from offchain import tls
-
     configure_logging(settings)
-    app = build_app(settings)
-    ssl_context = tls.server_ssl_context(settings.cert_path, settings.key_path,
-                                         require_path(settings.ca_path, "ca_path"))
-    asyncio.run(run_app(app, settings.host, settings.port, ssl_context))
+    serve_app(settings, build_app(settings))
 
 
 if __name__ == "__main__":

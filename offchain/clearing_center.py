@@ -24,7 +24,7 @@ from web3.exceptions import TimeExhausted, TransactionNotFound, Web3RPCError
 from offchain import db, messages
 from offchain.cc_store import CcStore, IssueRequestRow, TransferReceiptRow, hex32, user_id_hash
 from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.chain import RECEIPT_POLL_S, ClearhouseChain, Deployment, IssueLogInfo, encode_balance_statement
+from offchain.chain import RECEIPT_POLL_S, ClearhouseChain, IssueLogInfo, encode_balance_statement
 from offchain.errors import (
     AllowanceExceeded,
     ClearhouseError,
@@ -42,7 +42,8 @@ from offchain.errors import (
     StatementRejected,
     TransactionPending,
 )
-from offchain.http import JsonClient, Route, add_routes, error_from_payload, file_reader, new_app, require_path, run_app
+from offchain.http import (JsonClient, Route, add_routes, connect_chain, member_verifier, new_app, require_path,
+                           serve_app)
 from offchain.messages import BalanceStatement, IssueLog, ReceiveLog, Role, TransferReceipt, TransferRequest, UsageBatch
 from offchain.settings import ClearingCenterSettings, configure_logging
 from offchain.settings import load_settings as _load_settings
@@ -598,11 +599,6 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Clearing
     return _load_settings(ClearingCenterSettings, config_path, **overrides)
 
 
-def connect_chain(settings: ClearingCenterSettings) -> ClearhouseChain:
-    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 60}))
-    return ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_private_key_bytes())
-
-
 def build_app(settings: ClearingCenterSettings, *, chain: ClearhouseChain | None = None, clock: Clock = time.time,
               workers: bool = True) -> web.Application:
     """The CC application; with `workers` it runs the settlement and transfer loops while it is up."""
@@ -610,9 +606,7 @@ def build_app(settings: ClearingCenterSettings, *, chain: ClearhouseChain | None
 
     chain = chain or connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
-    verifier = CertificateVerifier(ca_path.read_bytes(), file_reader(settings.crl_path),
-                                   chain_status=lambda address, role: chain.is_active(address, int(role)),
-                                   clock=clock)
+    verifier = member_verifier(settings, chain, clock)
     store = CcStore(db.make_engine(settings.database_url), clock)
     store.create_schema()
     cert_pem = require_path(settings.cert_path, "cert_path").read_bytes()
@@ -664,14 +658,9 @@ def _background(settlement: SettlementWorker, transfers: TransferWorker, client:
 
 def serve(settings: ClearingCenterSettings) -> None:
     """Run the CC (HTTPS with mutual TLS) and its workers until SIGTERM/SIGINT; in-flight requests finish."""
-    from offchain import tls
-
     configure_logging(settings)
-    app = build_app(settings)
-    ssl_context = tls.server_ssl_context(settings.cert_path, settings.key_path,
-                                         require_path(settings.ca_path, "ca_path"))
-    asyncio.run(run_app(app, settings.host, settings.port, ssl_context))
+    serve_app(settings, build_app(settings))
 
 
 __all__ = ["ClearingCenter", "TransferWorker", "DepositNotice", "IssueBody", "RenewBody", "ReceiveItem", "ReceiveBody",
-           "derive_serial", "routes", "build_app", "serve", "load_settings", "connect_chain"]
+           "derive_serial", "routes", "build_app", "serve", "load_settings"]

@@ -280,16 +280,15 @@ def content() -> None:
 def content_package(config_path: Path, sp_url: str, content_file: Path, name: str, version: int, price: int,
                     payees: tuple[str, ...], title: str) -> None:
     """Package FILE, register its policy on chain and publish the container to the SP."""
-    from offchain import bank
     from offchain.ca import MemberCredentials
     from offchain.content_provider import ContentProvider, content_id_for
-    from offchain.http import SyncJsonClient, require_path
+    from offchain.http import SyncJsonClient, connect_chain, require_path
     from offchain.messages import Role
     from offchain.settings import BaseServiceSettings, load_settings
 
     settings = load_settings(BaseServiceSettings, config_path)
     cert, key = require_path(settings.cert_path, "cert_path"), require_path(settings.key_path, "key_path")
-    chain = bank.connect_chain(settings)
+    chain = connect_chain(settings)
     creds = MemberCredentials(settings.member_id, Role.CONTENT_PROVIDER, chain.sender,
                               cert.read_bytes(), key.read_bytes())
     sp = SyncJsonClient(sp_url, str(cert), str(key), str(require_path(settings.ca_path, "ca_path")))

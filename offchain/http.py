@@ -226,6 +226,34 @@ def require_path(value: Path | None, name: str) -> Path:
     return Path(value)
 
 
+def connect_chain(settings: Any) -> Any:
+    """The ClearhouseChain client of a service's settings (rpc_url, deployment_path, its signing key)."""
+    from web3 import Web3
+
+    from offchain.chain import ClearhouseChain, Deployment
+
+    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 60}))
+    return ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_private_key_bytes())
+
+
+def member_verifier(settings: Any, chain: Any, clock: Callable[[], float]) -> Any:
+    """The certificate verifier every service uses for peers and signers: our CA, the current CRL, and the
+    member's on-chain status (a member revoked on chain only is refused too)."""
+    from offchain.certs import CertificateVerifier
+
+    return CertificateVerifier(require_path(settings.ca_path, "ca_path").read_bytes(), file_reader(settings.crl_path),
+                               chain_status=lambda address, role: chain.is_active(address, int(role)), clock=clock)
+
+
+def serve_app(settings: Any, app: web.Application) -> None:
+    """Serve `app` over mutual TLS on the settings' host and port until SIGTERM/SIGINT."""
+    from offchain import tls
+
+    ssl_context = tls.server_ssl_context(settings.cert_path, settings.key_path,
+                                         require_path(settings.ca_path, "ca_path"))
+    asyncio.run(run_app(app, settings.host, settings.port, ssl_context))
+
+
 # --- client side -----------------------------------------------------------------------------------------------------
 def _error_classes() -> dict[str, type[ClearhouseError]]:
     found: dict[str, type[ClearhouseError]] = {}

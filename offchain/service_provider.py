@@ -48,7 +48,8 @@ from offchain.errors import (
     TlsHandshakeFailed,
     TransportError,
 )
-from offchain.http import JsonClient, Route, add_routes, deployment_domain, file_reader, new_app, require_path, run_app
+from offchain.http import (JsonClient, Route, add_routes, connect_chain, deployment_domain, member_verifier, new_app,
+                           require_path, serve_app)
 from offchain.messages import Domain, ReceiveLog, Role, UsageBatch, UsageLog
 from offchain.settings import ServiceProviderSettings, configure_logging
 from offchain.settings import load_settings as _load_settings
@@ -567,11 +568,9 @@ def build_app(settings: ServiceProviderSettings, *, chain: Any = None, clock: Cl
     active members on chain (`chain` defaults to a client built from the settings)."""
     from offchain import tls
 
-    chain = chain if chain is not None else _connect_chain(settings)
+    chain = chain if chain is not None else connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
-    verifier = CertificateVerifier(ca_path.read_bytes(), file_reader(settings.crl_path),
-                                   chain_status=lambda address, role: chain.is_active(address, int(role)),
-                                   clock=clock)
+    verifier = member_verifier(settings, chain, clock)
     engine = db.make_engine(settings.database_url)
     db.create_schema(engine)
     provider = ServiceProvider(
@@ -633,19 +632,8 @@ def _serial_owner_lookup(chain: Any) -> SerialOwnerLookup:
 
 def serve(settings: ServiceProviderSettings) -> None:
     """Run the SP until SIGTERM/SIGINT."""
-    from offchain import tls
-
     configure_logging(settings)
-    ca_path = require_path(settings.ca_path, "ca_path")
-    app = build_app(settings, chain=_connect_chain(settings))
-    ssl_context = tls.server_ssl_context(settings.cert_path, settings.key_path, ca_path)
-    asyncio.run(run_app(app, settings.host, settings.port, ssl_context))
-
-
-def _connect_chain(settings: ServiceProviderSettings) -> Any:
-    from offchain.bank import connect_chain
-
-    return connect_chain(settings)
+    serve_app(settings, build_app(settings))
 
 
 if __name__ == "__main__":
