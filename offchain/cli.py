@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import click
 
-from offchain.errors import ClearhouseError
+from offchain.core.errors import ClearhouseError
 
 
 def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,7 +52,7 @@ def main(debug: bool) -> None:
 
 
 # --- services --------------------------------------------------------------------------------------------------
-_SERVICES = {"cc": "offchain.clearing_center", "sp": "offchain.service_provider", "bank": "offchain.bank"}
+_SERVICES = {"cc": "offchain.clearing_center.agent", "sp": "offchain.service_provider.agent", "bank": "offchain.bank.agent"}
 
 
 @main.command()
@@ -78,7 +78,7 @@ def bench() -> None:
 @_edge
 def bench_gas(out: str) -> None:
     """Gas per settled usage log on anvil, N = 1/16/256 logs per transaction, D = 1/4/16 contents."""
-    from offchain.bench import gas
+    from offchain.operator.bench import gas
 
     gas.run(out_path=out)
 
@@ -89,7 +89,7 @@ def bench_gas(out: str) -> None:
 @_edge
 def bench_verify(out: str, count: int) -> None:
     """Usage-log signature verifications per second: fast path vs eth-account's generic EIP-712 path."""
-    from offchain.bench import verify
+    from offchain.operator.bench import verify
 
     verify.run(out_path=out, n=count)
 
@@ -101,7 +101,7 @@ def bench_verify(out: str, count: int) -> None:
 @_edge
 def bench_pipeline(out: str, logs: int, devices: int) -> None:
     """End-to-end usage-log throughput: devices -> SP (mTLS) -> CC -> settled on anvil."""
-    from offchain.bench import pipeline
+    from offchain.operator.bench import pipeline
 
     pipeline.run(out_path=out, logs=logs, devices=devices)
 
@@ -123,8 +123,8 @@ def device(ctx: click.Context, config_path: Path, user_id: str | None, passphras
 def _device_client(ctx: click.Context) -> Any:
     import os
 
-    from offchain.device import DeviceClient
-    from offchain.settings import DeviceSettings, load_settings
+    from offchain.device.client import DeviceClient
+    from offchain.core.settings import DeviceSettings, load_settings
 
     settings = load_settings(DeviceSettings, ctx.obj["config_path"])
     user_id = ctx.obj["user_id"] or _certificate_user(settings.cert_path)
@@ -134,9 +134,9 @@ def _device_client(ctx: click.Context) -> Any:
 
 def _certificate_user(cert_path: Path | None) -> str:
     """The user the CA named in a device certificate (SAN urn:clearhouse:user:<id>); the CC checks it again."""
-    from offchain.certs import USER_URN, load_certificate
-    from offchain.errors import ConfigError
-    from offchain.http import require_path
+    from offchain.trust.certs import USER_URN, load_certificate
+    from offchain.core.errors import ConfigError
+    from offchain.transport.server import require_path
     from cryptography import x509
 
     cert = load_certificate(require_path(cert_path, "cert_path").read_bytes())
@@ -253,7 +253,7 @@ def device_balance(ctx: click.Context) -> None:
 
 def _content_id(text: str) -> bytes:
     """A bytes32 content id: 0x-hex as is, anything else hashed from the name (as `content package` does)."""
-    from offchain.content_provider import content_id_for
+    from offchain.content_provider.publisher import content_id_for
 
     if text.startswith("0x") and len(text) == 66:
         return bytes.fromhex(text[2:])
@@ -280,11 +280,11 @@ def content() -> None:
 def content_package(config_path: Path, sp_url: str, content_file: Path, name: str, version: int, price: int,
                     payees: tuple[str, ...], title: str) -> None:
     """Package FILE, register its policy on chain and publish the container to the SP."""
-    from offchain.ca import MemberCredentials
-    from offchain.content_provider import ContentProvider, content_id_for
-    from offchain.http import SyncJsonClient, connect_chain, require_path
-    from offchain.messages import Role
-    from offchain.settings import BaseServiceSettings, load_settings
+    from offchain.trust.ca import MemberCredentials
+    from offchain.content_provider.publisher import ContentProvider, content_id_for
+    from offchain.transport.server import SyncJsonClient, connect_chain, require_path
+    from offchain.core.messages import Role
+    from offchain.core.settings import BaseServiceSettings, load_settings
 
     settings = load_settings(BaseServiceSettings, config_path)
     cert, key = require_path(settings.cert_path, "cert_path"), require_path(settings.key_path, "key_path")
@@ -316,7 +316,7 @@ def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_po
     """Run the whole settlement story: chain, deploy, CA, services, deposits, uses, renewals, settlement, payouts."""
     import os
 
-    from offchain.demo import main_demo
+    from offchain.operator.demo import main_demo
 
     if ctx.find_root().params.get("debug"):
         os.environ["CLEARHOUSE_DEBUG"] = "1"  # the demo handles its own errors; this makes it re-raise them
@@ -361,7 +361,7 @@ def audit() -> None:
 def audit_serial(serial: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
                  as_csv: bool, no_verify: bool) -> None:
     """Everything about one serial: deposits, issue log, renewals, settled batches with decoded usage logs."""
-    from offchain.audit import main_serial
+    from offchain.operator.audit.index import main_serial
 
     sys.exit(main_serial(rpc_url=rpc_url, deployment_path=deployment_path, serial=serial,
                          output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir))
@@ -376,7 +376,7 @@ def audit_serial(serial: str, rpc_url: str, deployment_path: Path, cache_dir: Pa
 def audit_device(device_address: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
                  as_csv: bool, no_verify: bool) -> None:
     """Everything one device did, across all its serials."""
-    from offchain.audit import main_device
+    from offchain.operator.audit.index import main_device
 
     sys.exit(main_device(rpc_url=rpc_url, deployment_path=deployment_path, device=device_address,
                          output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir))
@@ -390,7 +390,7 @@ def audit_device(device_address: str, rpc_url: str, deployment_path: Path, cache
 def audit_payee(payee: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
                 as_csv: bool) -> None:
     """Everything paid to one payee: accruals, transfer requests, bank confirmations."""
-    from offchain.audit import main_payee
+    from offchain.operator.audit.index import main_payee
 
     sys.exit(main_payee(rpc_url=rpc_url, deployment_path=deployment_path, payee=payee,
                         output=_output(as_json, as_csv), cache_dir=cache_dir))
@@ -404,7 +404,7 @@ def audit_payee(payee: str, rpc_url: str, deployment_path: Path, cache_dir: Path
 def audit_content(content_id: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
                   as_csv: bool) -> None:
     """Everything about one content: policy versions and splits, every use."""
-    from offchain.audit import main_content
+    from offchain.operator.audit.index import main_content
 
     sys.exit(main_content(rpc_url=rpc_url, deployment_path=deployment_path, content_id=content_id,
                           output=_output(as_json, as_csv), cache_dir=cache_dir))
@@ -416,7 +416,7 @@ def audit_content(content_id: str, rpc_url: str, deployment_path: Path, cache_di
 @_edge
 def audit_verify(rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool, as_csv: bool) -> None:
     """Re-verify every signature in the whole trail from chain data alone; exit 1 on any failure."""
-    from offchain.audit import main_verify
+    from offchain.operator.audit.index import main_verify
 
     sys.exit(main_verify(rpc_url=rpc_url, deployment_path=deployment_path, output=_output(as_json, as_csv),
                          cache_dir=cache_dir))
@@ -438,7 +438,7 @@ def reconcile(rpc_url: str, deployment_path: Path, cache_dir: Path | None, cc_co
               bank_config: Path | None, cc_db_url: str | None, bank_db_url: str | None, as_json: bool,
               grace_s: int) -> None:
     """Compare chain, CC database and bank ledger unit by unit; exit 1 on any unexplained difference."""
-    from offchain.reconcile import main_reconcile
+    from offchain.operator.reconcile import main_reconcile
 
     sys.exit(main_reconcile(rpc_url=rpc_url, deployment_path=deployment_path, cc_db_url=cc_db_url,
                             bank_db_url=bank_db_url, cc_config=cc_config, bank_config=bank_config,
@@ -463,9 +463,9 @@ def member_revoke(member_id: str, ca_dir: Path, authority_key_file: Path, rpc_ur
     """Revoke MEMBER_ID everywhere: put its certificates on the CRL and revoke its addresses on chain."""
     from web3 import Web3
 
-    from offchain.ca import CertificateAuthority
-    from offchain.chain import ClearhouseChain, Deployment
-    from offchain.provision import revoke_member
+    from offchain.trust.ca import CertificateAuthority
+    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.operator.provision import revoke_member
 
     key = bytes.fromhex(authority_key_file.read_text().strip().removeprefix("0x"))
     authority = ClearhouseChain(Web3(Web3.HTTPProvider(rpc_url)), Deployment.load(deployment_path), key)

@@ -12,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from offchain.chain import ClearhouseChain, Deployment, deploy
-from offchain.messages import Role, keccak
+from offchain.chain.client import ClearhouseChain, Deployment, deploy
+from offchain.core.messages import Role, keccak
 
 ROOT = Path(__file__).resolve().parents[1]
 

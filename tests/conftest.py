@@ -1,8 +1,8 @@
 """Shared root fixtures: one anvil (paris) per session, the compiled contracts, and a deployed Clearhouse per test.
 
 Fixtures (all chain fixtures need the anvil binary on PATH: `source bin/env.sh`):
-- `anvil` (session): a running `offchain.chain.AnvilProcess` (`.url`); `w3` (session): Web3 on it.
-- `compiled` (session): `offchain.chain.compile_contracts(ROOT)` (cached in .build/).
+- `anvil` (session): a running `offchain.chain.client.AnvilProcess` (`.url`); `w3` (session): Web3 on it.
+- `compiled` (session): `offchain.chain.client.compile_contracts(ROOT)` (cached in .build/).
 - `actors` (session): name -> `Actor(name, key, address)` for authority, deployer, clearing_center, provider (the
   service provider), content_provider, bank, device, device2, payee2 (a non-member payee) and attacker
   (deterministic keys, funded with anvil_setBalance).
@@ -32,7 +32,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from web3 import Web3
 
-from offchain.chain import AnvilProcess, ClearhouseChain, Deployment, compile_contracts, deploy
+from offchain.chain.client import AnvilProcess, ClearhouseChain, Deployment, compile_contracts, deploy
 
 ROOT = Path(__file__).resolve().parents[1]
 

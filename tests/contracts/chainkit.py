@@ -1,6 +1,6 @@
 """Test-local EIP-712 hashing and signing (eth-account/eth-abi only) and a `World` that builds contract state.
 
-Deliberately independent of offchain.messages so the contract tests check Solidity against an independent
+Deliberately independent of offchain.core.messages so the contract tests check Solidity against an independent
 implementation. `unsafe_sign_hash` signs raw digests: test keys only.
 """
 
@@ -14,8 +14,8 @@ from eth_abi import encode
 from eth_account import Account
 from eth_utils import keccak
 
-from offchain.chain import ClearhouseChain, SettlementItem
-from offchain.errors import ContractReverted
+from offchain.chain.client import ClearhouseChain, SettlementItem
+from offchain.core.errors import ContractReverted
 
 USAGE_BATCH_TYPE = "UsageBatch(bytes32 serial,uint64 firstSeq,address receiver,bytes32[] policyIds,bytes entries)"
 RECEIVE_LOG_TYPE = "ReceiveLog(bytes32 usageBatch,address payer,uint64 receivedAt)"

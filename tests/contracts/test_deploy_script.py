@@ -11,8 +11,8 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
-from offchain.chain import ClearhouseChain, Deployment, start_anvil
-from offchain.messages import Role
+from offchain.chain.client import ClearhouseChain, Deployment, start_anvil
+from offchain.core.messages import Role
 
 ROOT = Path(__file__).resolve().parents[2]
 ANVIL_FIRST_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"  # anvil's dev account 0

@@ -1,4 +1,4 @@
-"""Gas ceilings per settled usage log (steady state, D = 1), measured by offchain.bench.gas on its own anvil.
+"""Gas ceilings per settled usage log (steady state, D = 1), measured by offchain.operator.bench.gas on its own anvil.
 
 The design targets are 45,000 / 4,500 / 1,000 gas per log at N = 1 / 16 / 256. The ceilings asserted here are
 the measured values plus 2 % headroom, so a regression fails; the targets are asserted where they are met.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from offchain.bench import gas
+from offchain.operator.bench import gas
 
 MEASURED_CEILINGS = {1: 65_900, 16: 4_430, 256: 600}
 TARGETS_MET = {16: 4_500, 256: 1_000}

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from chainkit import World
-from offchain.errors import ContractReverted
+from offchain.core.errors import ContractReverted
 
 USERS = [keccak(text=f"inv-user-{i}") for i in range(2)]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine
 
-from offchain.db import Base, create_schema, make_engine
+from offchain.storage.engine import Base, create_schema, make_engine
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:

@@ -1,4 +1,4 @@
-"""Repository helpers of offchain.db on SQLite and PostgreSQL: idempotent upserts, status flows, the user
+"""Repository helpers of offchain.storage.engine on SQLite and PostgreSQL: idempotent upserts, status flows, the user
 balance database, the SP catalog's at-rest encryption and the Money column."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import os
 import pytest
 from sqlalchemy import Engine
 
-from offchain import db
-from offchain.db import CatalogEntry, IssueLogRecord, ReceiveLogRecord, session_scope
-from offchain.errors import ContainerTampered, DuplicateMessage, InvalidAmount, InvalidTransition, NotFound
+from offchain.storage import engine as db
+from offchain.storage.engine import CatalogEntry, IssueLogRecord, ReceiveLogRecord, session_scope
+from offchain.core.errors import ContainerTampered, DuplicateMessage, InvalidAmount, InvalidTransition, NotFound
 
 DEVICE = "0x00000000000000000000000000000000000000D1"
 SP = "0x00000000000000000000000000000000000000A1"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from offchain.errors import ConfigError
-from offchain.settings import (
+from offchain.core.errors import ConfigError
+from offchain.core.settings import (
     BankSettings,
     ClearingCenterSettings,
     DeviceSettings,

@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from offchain.db import JournalEntry, Posting, make_engine, session_scope
-from offchain.errors import DuplicateMessage, InsufficientFunds, InvalidAmount, UnknownAccount
-from offchain.ledger import CASH_ACCOUNT, CC_MANAGEMENT_ACCOUNT, Ledger, payee_account, user_account
+from offchain.storage.engine import JournalEntry, Posting, make_engine, session_scope
+from offchain.core.errors import DuplicateMessage, InsufficientFunds, InvalidAmount, UnknownAccount
+from offchain.bank.ledger import CASH_ACCOUNT, CC_MANAGEMENT_ACCOUNT, Ledger, payee_account, user_account
 
 PAYEE = "0x00000000000000000000000000000000000000C1"
 OTHER_PAYEE = "0x00000000000000000000000000000000000000C2"

@@ -16,9 +16,9 @@ from typing import Any
 import coincurve
 import pytest
 
-from offchain.ca import CertificateAuthority, MemberCredentials
-from offchain.certs import CertificateVerifier
-from offchain.messages import Role, address_from_public_key
+from offchain.trust.ca import CertificateAuthority, MemberCredentials
+from offchain.trust.certs import CertificateVerifier
+from offchain.core.messages import Role, address_from_public_key
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from offchain import db
-from offchain.bank import Bank
-from offchain.certs import CertificateVerifier, Envelope
-from offchain.chain import TransferRequestInfo
-from offchain.errors import DuplicateMessage
-from offchain.ledger import Ledger
-from offchain.messages import Domain, Role, TransferRequest
+from offchain.storage import engine as db
+from offchain.bank.agent import Bank
+from offchain.trust.certs import CertificateVerifier, Envelope
+from offchain.chain.client import TransferRequestInfo
+from offchain.core.errors import DuplicateMessage
+from offchain.bank.ledger import Ledger
+from offchain.core.messages import Domain, Role, TransferRequest
 
 DOMAIN = Domain(chain_id=31337, verifying_contract="0x" + "ab" * 20)
 REQUEST_ID = b"\x07" * 32
@@ -60,8 +60,8 @@ def test_transfer_already_confirmed_on_chain_is_not_paid_again(tmp_path: Path, v
 def test_transfer_refused_when_envelope_holds_another_kind(tmp_path: Path, verifier: CertificateVerifier,
                                                            member, clearing_center_member, bank_member) -> None:
     """A CC-signed log of another type is a malformed request (4xx), not an assertion failure (500)."""
-    from offchain.errors import MalformedMessage
-    from offchain.messages import TransferReceipt
+    from offchain.core.errors import MalformedMessage
+    from offchain.core.messages import TransferReceipt
 
     payee = member(Role.CONTENT_PROVIDER).address
     engine = db.make_engine(f"sqlite:///{tmp_path / 'bank.db'}")

@@ -15,10 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from offchain.ca import CertificateAuthority
-from offchain.certs import CertificateVerifier
-from offchain.errors import ConfigError, NotFound
-from offchain.messages import Role
+from offchain.trust.ca import CertificateAuthority
+from offchain.trust.certs import CertificateVerifier
+from offchain.core.errors import ConfigError, NotFound
+from offchain.core.messages import Role
 
 
 def test_root_is_a_ca_certificate_and_key_is_private(authority: CertificateAuthority) -> None:

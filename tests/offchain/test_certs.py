@@ -14,11 +14,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from offchain.ca import CertificateAuthority
-from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.errors import (CertificateExpired, CertificateNotYetValid, CertificateRevoked, CrlUnavailable,
+from offchain.trust.ca import CertificateAuthority
+from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
+from offchain.core.errors import (CertificateExpired, CertificateNotYetValid, CertificateRevoked, CrlUnavailable,
                              IdentityMismatch, MalformedMessage, SignatureError, UntrustedCertificate, WrongRole)
-from offchain.messages import Domain, ReceiveLog, Role, TransferRequest
+from offchain.core.messages import Domain, ReceiveLog, Role, TransferRequest
 
 DOMAIN = Domain(chain_id=31337, verifying_contract="0x" + "11" * 20)
 

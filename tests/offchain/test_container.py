@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from offchain.ca import MemberCredentials
-from offchain.certs import CertificateVerifier
-from offchain.container import (
+from offchain.trust.ca import MemberCredentials
+from offchain.trust.certs import CertificateVerifier
+from offchain.trust.container import (
     ContainerHeader,
     Payee,
     Policy,
@@ -34,7 +34,7 @@ from offchain.container import (
     verify_container,
     wrap_content_key,
 )
-from offchain.errors import (
+from offchain.core.errors import (
     CertificateError,
     ContainerError,
     ContainerTampered,
@@ -46,7 +46,7 @@ from offchain.errors import (
     UntrustedCertificate,
     WrongRole,
 )
-from offchain.messages import Role, address_from_public_key, keccak, policy_id
+from offchain.core.messages import Role, address_from_public_key, keccak, policy_id
 
 Member = Any  # tests/offchain/conftest.py Member (conftest modules are not importable by name here)
 MemberFactory = Callable[..., Any]

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.device import DeviceClient
-from offchain.errors import MalformedMessage
-from offchain.messages import Domain, Role, TransferRequest
+from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
+from offchain.device.client import DeviceClient
+from offchain.core.errors import MalformedMessage
+from offchain.core.messages import Domain, Role, TransferRequest
 
 DOMAIN = Domain(chain_id=31337, verifying_contract="0x" + "ab" * 20)
 

@@ -16,7 +16,7 @@ from eth_account import Account
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from offchain.errors import (
+from offchain.core.errors import (
     ClearhouseError,
     InvalidSignatureLength,
     InvalidSignatureS,
@@ -24,7 +24,7 @@ from offchain.errors import (
     SignatureError,
     SignerMismatch,
 )
-from offchain.messages import (
+from offchain.core.messages import (
     MESSAGE_TYPES,
     SECP256K1_N,
     Domain,
@@ -215,7 +215,7 @@ def test_verify_usage_logs_batch_and_index_of_forgery() -> None:
 
 
 def test_bench_verify_writes_both_rates(tmp_path: Path) -> None:
-    from offchain.bench import verify as bench_verify
+    from offchain.operator.bench import verify as bench_verify
 
     out = tmp_path / "verify.json"
     result = bench_verify.run(out_path=str(out), n=300, generic_n=100)

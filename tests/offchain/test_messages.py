@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from eth_abi import encode as abi_encode
 from eth_utils import keccak as eth_keccak
 
-from offchain.errors import ClearhouseError, InvalidAmount, MalformedMessage, SequenceError
-from offchain.messages import (
+from offchain.core.errors import ClearhouseError, InvalidAmount, MalformedMessage, SequenceError
+from offchain.core.messages import (
     MESSAGE_TYPES,
     BalanceStatement,
     Domain,

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from offchain.certs import CertificateVerifier
-from offchain.container import (
+from offchain.trust.certs import CertificateVerifier
+from offchain.trust.container import (
     Container,
     Payee,
     Policy,
@@ -26,7 +26,7 @@ from offchain.container import (
     seal,
     wrap_content_key,
 )
-from offchain.errors import (
+from offchain.core.errors import (
     AllowanceExceeded,
     ContainerTampered,
     DuplicateMessage,
@@ -40,8 +40,8 @@ from offchain.errors import (
     WrongDevice,
     WrongPassphrase,
 )
-from offchain.messages import Domain, IssueLog, Role, recover, sign
-from offchain.secure_module import (
+from offchain.core.messages import Domain, IssueLog, Role, recover, sign
+from offchain.device.secure_module import (
     DeviceKeys,
     KdfParams,
     SecureModule,
@@ -297,7 +297,7 @@ def test_use_policy_hash_differs_from_chain_mismatch(funded: SecureModule, conte
 # --- atomicity ----------------------------------------------------------------------------------------------------
 def _crash_points(action: Callable[[], None]) -> dict[str, tuple[Any, str, Callable[..., Any]]]:
     """Where to inject a failure inside use(): (owner, attribute, replacement) calling `action` at that point."""
-    import offchain.secure_module as sm
+    import offchain.device.secure_module as sm
 
     real_charge, real_append = Wallet.charge, Wallet.append_usage_log
 

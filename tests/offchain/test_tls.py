@@ -1,5 +1,5 @@
-"""Mutual TLS on loopback: real aiohttp servers built like the services (`offchain.http` routes with
-`offchain.tls.peer_identity`) and `offchain.http.JsonClient`: handshake failures and application-layer checks."""
+"""Mutual TLS on loopback: real aiohttp servers built like the services (`offchain.transport.server` routes with
+`offchain.trust.tls.peer_identity`) and `offchain.transport.server.JsonClient`: handshake failures and application-layer checks."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from offchain import http
-from offchain.ca import CertificateAuthority
-from offchain.certs import CertificateVerifier, MemberIdentity
-from offchain.errors import (CertificateError, CertificateRevoked, InsufficientFunds, NotFound, ServiceUnavailable,
+from offchain.transport import server as http
+from offchain.trust.ca import CertificateAuthority
+from offchain.trust.certs import CertificateVerifier, MemberIdentity
+from offchain.core.errors import (CertificateError, CertificateRevoked, InsufficientFunds, NotFound, ServiceUnavailable,
                              TlsHandshakeFailed, WrongRole)
-from offchain.messages import Role
-from offchain.tls import client_ssl_context, peer_identity, server_ssl_context
+from offchain.core.messages import Role
+from offchain.trust.tls import client_ssl_context, peer_identity, server_ssl_context
 
 Factory = Callable[..., Any]
 

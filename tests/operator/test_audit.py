@@ -8,9 +8,9 @@ import json
 import pytest
 from eth_account import Account
 
-from offchain import audit
-from offchain.errors import NotFound
-from offchain.messages import keccak, sign
+from offchain.operator.audit import index as audit
+from offchain.core.errors import NotFound
+from offchain.core.messages import keccak, sign
 
 from typing import Any as ChainWorld  # the `world` fixture of tests/operator/conftest.py
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from offchain.bench import pipeline
-from offchain.demo import DemoError
+from offchain.operator.bench import pipeline
+from offchain.operator.demo import DemoError
 
 TinyRun = tuple[pipeline.PipelineResult, dict, Path]
 KEYS = {"logs", "devices", "sp_intake_per_s", "end_to_end_per_s", "settle_txs", "gas_per_log"}

@@ -17,7 +17,7 @@ DEMO_TIMEOUT_S = 300
 
 
 def _run_demo(*args: str) -> subprocess.CompletedProcess[str]:
-    code = ("import sys; from pathlib import Path; from offchain.demo import main_demo; "
+    code = ("import sys; from pathlib import Path; from offchain.operator.demo import main_demo; "
             f"sys.exit(main_demo({', '.join(args)}))")
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                           timeout=DEMO_TIMEOUT_S, env={**os.environ, "COLUMNS": "160"})

@@ -9,9 +9,10 @@ from typing import Any as ChainWorld  # the `world` fixture of tests/operator/co
 import pytest
 from sqlalchemy import text
 
-from offchain import audit, reconcile
-from offchain import cc_store  # noqa: F401 - registers the cc_* tables
-from offchain.db import (
+from offchain.operator.audit import index as audit
+from offchain.operator import reconcile
+from offchain.clearing_center import store as cc_store  # noqa: F401 - registers the cc_* tables
+from offchain.storage.engine import (
     ReceiveLogRow,
     add_user,
     append_balance_entry,
@@ -20,8 +21,8 @@ from offchain.db import (
     record_transfer_request,
     session_scope,
 )
-from offchain.ledger import Ledger
-from offchain.messages import keccak
+from offchain.bank.ledger import Ledger
+from offchain.core.messages import keccak
 
 NOW = 1_700_100_000
 

@@ -1,6 +1,6 @@
 """Fixtures that run the services as separate processes on the session anvil (tests/conftest.py).
 
-- `consortium` (module): a fresh Clearhouse deployment plus `offchain.provision.provision` under a tmp dir.
+- `consortium` (module): a fresh Clearhouse deployment plus `offchain.operator.provision.provision` under a tmp dir.
 - `services` (module): a `Services` handle starting `python -m offchain.cli serve <name> --config FILE` per
   service, waiting for mTLS readiness, with `kill9(name)`, `restart(name)`, `stop(name)`; everything is
   stopped (SIGTERM, then SIGKILL) at teardown. `client(member_id, name)` -> SyncJsonClient as that member.
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from offchain.chain import ClearhouseChain, deploy
-from offchain.errors import ClearhouseError
-from offchain.http import SyncJsonClient
-from offchain.messages import Role
-from offchain.provision import DEFAULT_MEMBERS, Consortium, MemberSpec, provision
+from offchain.chain.client import ClearhouseChain, deploy
+from offchain.core.errors import ClearhouseError
+from offchain.transport.server import SyncJsonClient
+from offchain.core.messages import Role
+from offchain.operator.provision import DEFAULT_MEMBERS, Consortium, MemberSpec, provision
 
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 20.0
@@ -109,7 +109,7 @@ class Services:
         return client
 
     def chain(self, member_id: str, w3: Web3) -> ClearhouseChain:
-        from offchain.chain import Deployment
+        from offchain.chain.client import Deployment
 
         member = self.consortium.member(member_id)
         return ClearhouseChain(w3, Deployment.load(self.consortium.deployment_path), member.eth_private_key())
@@ -168,7 +168,7 @@ class Flow:
             "/v1/deposits", {"deposit_id": deposit_id, "user_id": user_id, "amount": amount})
 
     def publish(self, name: str, price: int = PRICE) -> bytes:
-        from offchain.content_provider import ContentProvider, content_id_for
+        from offchain.content_provider.publisher import ContentProvider, content_id_for
 
         studio = self.consortium.member("studio")
         payees = [(self.consortium.member(member_id).eth_address, bps) for member_id, bps in SPLIT]
@@ -178,8 +178,8 @@ class Flow:
                             payees=payees, title=name).policy_id
 
     def device(self, member_id: str = "alice-phone"):  # type: ignore[no-untyped-def]
-        from offchain.device import DeviceClient
-        from offchain.settings import DeviceSettings, load_settings
+        from offchain.device.client import DeviceClient
+        from offchain.core.settings import DeviceSettings, load_settings
 
         settings = load_settings(DeviceSettings, self.consortium.settings_paths[member_id])
         return DeviceClient.from_settings(settings, self.consortium.passphrase,

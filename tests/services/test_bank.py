@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from offchain.certs import Envelope
-from offchain.content_provider import content_id_for
-from offchain.errors import DuplicateMessage, NotFound, WrongRole
-from offchain.messages import TransferReceipt, TransferRequest
+from offchain.trust.certs import Envelope
+from offchain.content_provider.publisher import content_id_for
+from offchain.core.errors import DuplicateMessage, NotFound, WrongRole
+from offchain.core.messages import TransferReceipt, TransferRequest
 
 PRICE = 250
 Flow = Any  # tests/services/conftest.py Flow

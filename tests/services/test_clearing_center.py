@@ -18,17 +18,18 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from offchain import db, messages
-from offchain.ca import CertificateAuthority, MemberCredentials
-from offchain.cc_store import CcStore, user_id_hash
-from offchain.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.clearing_center import ClearingCenter, DepositNotice, IssueBody, ReceiveItem, RenewBody, build_app
-from offchain.errors import (AllowanceExceeded, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,
+from offchain.storage import engine as db
+from offchain.core import messages
+from offchain.trust.ca import CertificateAuthority, MemberCredentials
+from offchain.clearing_center.store import CcStore, user_id_hash
+from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
+from offchain.clearing_center.agent import ClearingCenter, DepositNotice, IssueBody, ReceiveItem, RenewBody, build_app
+from offchain.core.errors import (AllowanceExceeded, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,
                              StatementRejected, TransactionPending)
-from offchain.http import JsonClient
-from offchain.messages import BalanceStatement, IssueLog, ReceiveLog, Role, UsageBatch, UsageLog
-from offchain.settings import ClearingCenterSettings
-from offchain.settlement import SettlementWorker
+from offchain.transport.server import JsonClient
+from offchain.core.messages import BalanceStatement, IssueLog, ReceiveLog, Role, UsageBatch, UsageLog
+from offchain.core.settings import ClearingCenterSettings
+from offchain.clearing_center.settlement import SettlementWorker
 
 PRICE = 25
 ROLES = {"clearing_center": Role.CLEARING_CENTER, "provider": Role.SERVICE_PROVIDER, "bank": Role.BANK,
@@ -401,8 +402,7 @@ def test_settlement_rejects_offender_with_error_name_and_settles_others(world: C
 
 # --- over mutual TLS --------------------------------------------------------------------------------------------------
 def test_issue_over_mutual_tls(world: CcWorld, chain_env: Any) -> None:
-    from offchain import tls
-
+    from offchain.trust import tls
     world.deposit("alice", 1_000)
     paths = {name: c.write(world.tmp / "members" / name) for name, c in world.creds.items()}
     (world.tmp / "deployment.json").write_text("{}")

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from offchain.bank import user_id_hash
+from offchain.bank.agent import user_id_hash
 
 PRICE = 250
 DEPOSIT = 10_000
@@ -47,7 +47,7 @@ def test_issue_log_is_anchored_and_installed(flow: Flow, story: dict[str, Any]) 
 
 
 def test_uses_are_offline(flow: Flow, story: dict[str, Any]) -> None:
-    from offchain.content_provider import content_id_for
+    from offchain.content_provider.publisher import content_id_for
 
     device = story["device"]
     device.download(content_id_for("e2e-film"), 1)

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from offchain.ca import CertificateAuthority
-from offchain.errors import CertificateExpired, CertificateRevoked, ServiceUnavailable, WrongRole
-from offchain.http import SyncJsonClient
-from offchain.messages import Role
+from offchain.trust.ca import CertificateAuthority
+from offchain.core.errors import CertificateExpired, CertificateRevoked, ServiceUnavailable, WrongRole
+from offchain.transport.server import SyncJsonClient
+from offchain.core.messages import Role
 
 Services = Any  # tests/services/conftest.py Services
 DEVICE_ADDRESS = "0x000000000000000000000000000000000000dEaD"
@@ -64,14 +64,14 @@ def test_expired_certificate_is_refused(running: Services, tmp_path: Path) -> No
 
 
 def authority_of(running: Services, actors: dict, w3: Any) -> Any:
-    from offchain.chain import ClearhouseChain, Deployment
+    from offchain.chain.client import ClearhouseChain, Deployment
 
     return ClearhouseChain(w3, Deployment.load(running.consortium.deployment_path), actors["authority"].key)
 
 
 def test_revoked_certificate_is_refused_after_crl_update(running: Services, actors: dict, w3: Any,
                                                          tmp_path: Path) -> None:
-    from offchain.provision import MemberSpec, create_member
+    from offchain.operator.provision import MemberSpec, create_member
 
     ca = running.consortium.ca()
     stolen = create_member(ca, authority_of(running, actors, w3), w3, tmp_path,
@@ -97,7 +97,7 @@ def test_member_not_active_on_chain_is_refused_by_bank(running: Services, tmp_pa
 @pytest.mark.parametrize(("service", "path"), [("sp", "/v1/catalog"), ("cc", "/v1/users/alice")])
 def test_member_refused_when_revoked_on_chain_only(running: Services, actors: dict, w3: Any, tmp_path: Path,
                                                    service: str, path: str) -> None:
-    from offchain.provision import MemberSpec, create_member
+    from offchain.operator.provision import MemberSpec, create_member
 
     ca = running.consortium.ca()
     authority = authority_of(running, actors, w3)
@@ -127,8 +127,8 @@ def test_wrong_role_is_refused(running: Services, member_id: str, service: str, 
 
 
 def test_revoke_member_updates_crl_and_chain(running: Services, actors: dict, w3: Any, tmp_path: Path) -> None:
-    from offchain.chain import ClearhouseChain, Deployment
-    from offchain.provision import MemberSpec, create_member, revoke_member
+    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.operator.provision import MemberSpec, create_member, revoke_member
 
     consortium = running.consortium
     ca = consortium.ca()

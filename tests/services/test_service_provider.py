@@ -19,15 +19,15 @@ import pytest
 from aiohttp import web
 from web3 import Web3
 
-from offchain import tls
-from offchain.certs import CertificateVerifier, Envelope
-from offchain.content_provider import ContentProvider, content_id_for
-from offchain.device import DeviceClient
-from offchain.errors import (DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, SequenceError,
+from offchain.trust import tls
+from offchain.trust.certs import CertificateVerifier, Envelope
+from offchain.content_provider.publisher import ContentProvider, content_id_for
+from offchain.device.client import DeviceClient
+from offchain.core.errors import (DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, SequenceError,
                              WrongRole)
-from offchain.messages import IssueLog, ReceiveLog, Role, UsageBatch, UsageLog, keccak, sign
-from offchain.secure_module import cc_verify_fn
-from offchain.settings import DeviceSettings, load_settings
+from offchain.core.messages import IssueLog, ReceiveLog, Role, UsageBatch, UsageLog, keccak, sign
+from offchain.device.secure_module import cc_verify_fn
+from offchain.core.settings import DeviceSettings, load_settings
 
 Services = Any  # tests/services/conftest.py Services (conftest modules are not importable by name)
 
@@ -273,8 +273,8 @@ class RogueServiceProvider:
 
 def test_device_refuses_container_whose_policy_is_not_on_chain(sp_running: Services,
                                                                 published: dict[str, Any]) -> None:
-    from offchain import container
-    from offchain.errors import PolicyMismatch
+    from offchain.trust import container
+    from offchain.core.errors import PolicyMismatch
 
     studio = sp_running.consortium.member("studio")
     cheaper = container.Policy(content_id=published["content_id"], version=1, price=PRICE - 1,
@@ -332,7 +332,7 @@ def signed_run(count: int = 3) -> tuple[Any, str, dict[str, Any], list[tuple[dic
     """(domain, device address, batch JSON + signature, [(log JSON, signature)]) of one device's run."""
     import coincurve
 
-    from offchain.messages import Domain, address_from_public_key
+    from offchain.core.messages import Domain, address_from_public_key
 
     domain = Domain(chain_id=31337, verifying_contract="0x" + "11" * 20)
     key = keccak(b"test device key")
@@ -345,7 +345,7 @@ def signed_run(count: int = 3) -> tuple[Any, str, dict[str, Any], list[tuple[dic
 
 
 def test_usage_check_accepts_equal_log_in_other_spelling() -> None:
-    from offchain.service_provider import check_usage_signatures
+    from offchain.service_provider.agent import check_usage_signatures
 
     domain, device, signed, logs = signed_run()
     logs[1][0]["receiver"] = logs[1][0]["receiver"].lower()  # same log, not the canonical JSON
@@ -355,8 +355,8 @@ def test_usage_check_accepts_equal_log_in_other_spelling() -> None:
 
 
 def test_usage_check_refuses_log_signed_for_another_log() -> None:
-    from offchain.errors import SignerMismatch
-    from offchain.service_provider import check_usage_signatures
+    from offchain.core.errors import SignerMismatch
+    from offchain.service_provider.agent import check_usage_signatures
 
     domain, device, signed, logs = signed_run()
     logs[0], logs[1] = (logs[0][0], logs[1][1]), (logs[1][0], logs[0][1])  # each log carries the other's signature
@@ -366,7 +366,7 @@ def test_usage_check_refuses_log_signed_for_another_log() -> None:
 
 
 def test_usage_check_refuses_missing_log() -> None:
-    from offchain.service_provider import check_usage_signatures
+    from offchain.service_provider.agent import check_usage_signatures
 
     domain, device, signed, logs = signed_run()
     with pytest.raises(InvalidRequest):
@@ -374,7 +374,7 @@ def test_usage_check_refuses_missing_log() -> None:
 
 
 def test_usage_check_in_worker_process_equals_in_thread() -> None:
-    from offchain.service_provider import check_usage_signatures, usage_verify_pool
+    from offchain.service_provider.agent import check_usage_signatures, usage_verify_pool
 
     domain, device, signed, logs = signed_run()
     args = (signed["batch"], signed["batch_signature"], logs, domain, device)
@@ -465,7 +465,7 @@ class AckLosingServiceProvider(RogueServiceProvider):
         answer = self._real.post(path, body)
         if path == "/v1/usage" and not self.lost:
             self.lost += 1
-            from offchain.errors import ServiceUnavailable
+            from offchain.core.errors import ServiceUnavailable
 
             raise ServiceUnavailable("connection dropped before the answer", url=path, reason="test")
         return answer
@@ -475,7 +475,7 @@ def test_upload_after_lost_ack_and_further_use_is_not_stuck(sp_running: Services
                                                             published: dict[str, Any]) -> None:
     """The SP kept a batch whose ack was lost; the device, having used content since, re-batches from the same
     seq: that must not block its uploads for good."""
-    from offchain.errors import ServiceUnavailable
+    from offchain.core.errors import ServiceUnavailable
 
     alice.upload()
     alice.use(published["content_id"], 1)
@@ -496,7 +496,7 @@ class ImpostorServer:
     for its SP or CC; it answers like a compliant peer would and records every request that reaches it."""
 
     def __init__(self, services: Services, member_id: str, answers: dict[str, Any]) -> None:
-        from offchain.provision import free_port
+        from offchain.operator.provision import free_port
 
         member = services.consortium.member(member_id)
         self._paths = (member.cert_path, member.key_path, services.consortium.root_path)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from test_clearing_center import PRICE, CcWorld, make_world
 
-from offchain.settlement import (
+from offchain.clearing_center.settlement import (
     GAS_PER_SETTLE_TX,
     SettlementWorker,
     estimated_item_gas,

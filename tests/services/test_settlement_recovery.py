@@ -1,4 +1,4 @@
-"""SIGKILL recovery of the settlement worker: the worker runs as `python -m offchain.settlement --once` in a
+"""SIGKILL recovery of the settlement worker: the worker runs as `python -m offchain.clearing_center.settlement --once` in a
 subprocess, dies by SIGKILL at a crash point (CLEARHOUSE_CRASH_AT), and a restart must settle every receive log
 exactly once, lose none, and leave the CC database equal to the chain.
 """
@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy import select
 from test_clearing_center import PRICE, CcWorld, make_world
 
-from offchain.db import SettlementOutbox, session_scope
-from offchain.settlement import CRASH_ENV, SettlementWorker
+from offchain.storage.engine import SettlementOutbox, session_scope
+from offchain.clearing_center.settlement import CRASH_ENV, SettlementWorker
 
 ROOT = Path(__file__).resolve().parents[2]
 BATCHES = 5  # receive logs of 2 usage logs each; max 2 items per transaction -> 3 transactions
@@ -49,7 +49,7 @@ def run_worker(world: CcWorld, crash_at: str | None) -> subprocess.CompletedProc
     env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
     if crash_at is not None:
         env[CRASH_ENV] = crash_at
-    return subprocess.run([sys.executable, "-m", "offchain.settlement", "--config", str(config), "--once"],
+    return subprocess.run([sys.executable, "-m", "offchain.clearing_center.settlement", "--config", str(config), "--once"],
                           cwd=ROOT, env=env, capture_output=True, timeout=120)
 
 
@@ -108,7 +108,7 @@ def test_unknown_transaction_whose_logs_settled_is_marked_settled_not_resent(wor
         twin = session.scalars(select(SettlementOutbox)).first()
         twin.status, twin.tx_hash = "sent", "0x" + "ab" * 32
     with session_scope(world.store.engine) as session:
-        from offchain.db import ReceiveLogRow
+        from offchain.storage.engine import ReceiveLogRow
 
         for row in session.scalars(select(ReceiveLogRow).where(ReceiveLogRow.settlement_id == twin.id)):
             row.status = "submitted"

@@ -1,6 +1,6 @@
 """Generate the EIP-712 golden vectors tests/vectors/<Type>.json with eth-account's generic path only.
 
-Deliberately independent of offchain.messages: the type strings are copied from docs/design.md and every hash
+Deliberately independent of offchain.core.messages: the type strings are copied from docs/design.md and every hash
 and signature comes from eth_account (encode_typed_data, Account.sign_message). Python's fast path
 (tests/offchain) and Solidity (tests/contracts/test_vectors.py) must both reproduce these files.
 Run: `python tests/vectors/generate.py` (deterministic: keys and values derive from fixed labels).

@@ -1,0 +1,217 @@
+"""The device client: the user's side around the SecureModule (issue logs from the CC, content from the SP).
+
+`use` is fully offline: it reads the downloaded container and wrapped key from local files and charges the
+wallet; only `request_issue_log`, `renew`, `catalog`, `download` and `upload` talk to the network (mTLS). The
+server certificate must be a CC's (issue logs) or an SP's (content, uploads; the receiver is its address), and
+every issue log is checked (CC certificate = TLS server, signature, role) before the secure module installs it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
+from offchain.trust.container import WrappedKey, verify_container
+from offchain.core.errors import (ContractReverted, DuplicateMessage, IdentityMismatch, MalformedMessage, NotFound,
+                             PolicyMismatch, SequenceError)
+from offchain.transport.server import SyncJsonClient, deployment_domain, file_reader, require_path
+from offchain.core import messages
+from offchain.core.messages import Domain, IssueLog, Role
+from offchain.device.secure_module import SecureModule, WalletBalance, cc_verify_fn
+from offchain.core.settings import DeviceSettings
+
+Clock = Callable[[], float]
+PolicyHashOf = Callable[[bytes], "bytes | None"]  # policy id -> policy hash registered on chain (None: unknown)
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    batches: int
+    logs: int
+    receive_log_ids: tuple[str, ...]
+
+
+def _hex(data: bytes) -> str:
+    return "0x" + bytes(data).hex()
+
+
+class DeviceClient:
+    """One device: its secure module, its mTLS clients to the SP and CC, and a local content directory."""
+
+    def __init__(self, module: SecureModule, *, sp: SyncJsonClient, cc: SyncJsonClient, verifier: CertificateVerifier,
+                 domain: Domain, cert_pem: bytes, user_id: str, content_dir: Path, policy_hash_of: PolicyHashOf,
+                 clock: Clock = time.time) -> None:
+        self.module = module
+        self._policy_hash_of = policy_hash_of
+        self._sp = sp
+        self._cc = cc
+        self._verifier = verifier
+        self.domain = domain
+        self._cert_pem = cert_pem
+        self.user_id = user_id
+        self.content_dir = Path(content_dir)
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, settings: DeviceSettings, passphrase: str, user_id: str,
+                      clock: Clock = time.time) -> DeviceClient:
+        cert, key = require_path(settings.cert_path, "cert_path"), require_path(settings.key_path, "key_path")
+        ca = require_path(settings.ca_path, "ca_path")
+        module = SecureModule.open(settings.keystore_path, settings.wallet_path, passphrase)
+        return cls(module, sp=SyncJsonClient(settings.sp_url, str(cert), str(key), str(ca)),
+                   cc=SyncJsonClient(settings.cc_url, str(cert), str(key), str(ca)),
+                   verifier=CertificateVerifier(ca.read_bytes(), file_reader(settings.crl_path), clock=clock),
+                   domain=deployment_domain(settings.deployment_path), cert_pem=cert.read_bytes(), user_id=user_id,
+                   content_dir=settings.wallet_path.parent / "content",
+                   policy_hash_of=chain_policy_hash_reader(settings.rpc_url, settings.deployment_path), clock=clock)
+
+    def close(self) -> None:
+        self._sp.close()
+        self._cc.close()
+        self.module.close()
+
+    # --- issue logs ---------------------------------------------------------------------------------------------
+    def request_issue_log(self, amount: int | None = None) -> WalletBalance:
+        """Ask the CC for a first issue log (cap = `amount` or all available deposits) and install it."""
+        cc = self._clearing_center()
+        body: dict[str, Any] = {"request_id": _hex(os.urandom(32)), "user_id": self.user_id}
+        if amount is not None:
+            body["amount"] = amount
+        answer = self._cc.post("/v1/issue-logs", body)
+        return self._install(answer["issue_log"], cc)
+
+    def renew(self, amount: int | None = None) -> WalletBalance:
+        """Attest the balance (freezes the current log), ask the CC for the renewed log, install it."""
+        cc = self._clearing_center()  # before attesting: a statement sent to an impostor would freeze the log
+        statement, signature = self.module.balance_statement(self.domain, int(self._clock()))
+        envelope = Envelope(kind=statement.PRIMARY_TYPE, message=statement.to_json(), signature=_hex(signature),
+                            certificate=self._cert_pem.decode())
+        body: dict[str, Any] = {"request_id": _hex(os.urandom(32)), "statement": envelope.to_json()}
+        if amount is not None:
+            body["amount"] = amount
+        answer = self._cc.post("/v1/issue-logs/renew", body)
+        return self._install(answer["issue_log"], cc)
+
+    def _clearing_center(self) -> MemberIdentity:
+        """The verified certificate of the server at `cc_url`: it must be a clearing center's (WrongRole)."""
+        return self._cc.server_identity(self._verifier, Role.CLEARING_CENTER)
+
+    def _service_provider(self) -> MemberIdentity:
+        """The verified certificate of the server at `sp_url`: a service provider's (WrongRole); its address is the
+        receiver of this device's usage logs (never an unauthenticated status field)."""
+        return self._sp.server_identity(self._verifier, Role.SERVICE_PROVIDER)
+
+    def _install(self, envelope_json: dict[str, Any], server: MemberIdentity) -> WalletBalance:
+        issue_log, cc = Envelope.from_json(envelope_json).open(self._verifier, self.domain, Role.CLEARING_CENTER,
+                                                               peer=server)
+        if not isinstance(issue_log, IssueLog):
+            raise MalformedMessage("the clearing center answered with another log than an IssueLog",
+                                   type=envelope_json.get("kind"), field="kind", value=envelope_json.get("kind"),
+                                   reason="wrong message type")
+        signature = Envelope.from_json(envelope_json).signature_bytes()
+        return self.module.install_issue_log(issue_log, signature, cc_verify_fn(self.domain, cc.eth_address))
+
+    # --- content ------------------------------------------------------------------------------------------------
+    def catalog(self) -> list[dict[str, Any]]:
+        return list(self._sp.get("/v1/catalog")["items"])
+
+    def download(self, content_id: bytes, version: int) -> Path:
+        """Fetch a container and its wrapped key, check the container against the policy hash on chain, and store
+        both (with the SP's address, the receiver, and the on-chain policy hash for offline checks) locally."""
+        receiver = self._service_provider().eth_address
+        answer = self._sp.post("/v1/downloads", {"content_id": _hex(content_id), "version": version})
+        blob = base64.b64decode(answer["container_b64"])
+        policy_id = messages.policy_id(content_id, version)
+        registered = self._policy_hash_of(policy_id)
+        if registered is None:
+            raise PolicyMismatch("no policy is registered on chain for this content version", policy_id=policy_id)
+        verify_container(blob, self._verifier, registered)  # tampered, uncertified or off-policy: refused here
+        self.content_dir.mkdir(parents=True, exist_ok=True)
+        path = self._content_path(content_id, version)
+        path.write_bytes(blob)
+        self._key_path(content_id, version).write_text(json.dumps(
+            {"wrapped_key": answer["wrapped_key"], "receiver": receiver, "policy_hash": _hex(registered)}))
+        return path
+
+    def use(self, content_id: bytes, version: int) -> bytes:
+        """Offline: pay for one use from the wallet and return the plaintext (no network call)."""
+        path, key_path = self._content_path(content_id, version), self._key_path(content_id, version)
+        if not path.exists() or not key_path.exists():
+            raise NotFound("content not downloaded on this device", content_id=content_id, version=version)
+        meta = json.loads(key_path.read_text())
+        plaintext, _signed = self.module.use(path.read_bytes(), WrappedKey.from_json(meta["wrapped_key"]),
+                                             self._verifier, self.domain, meta["receiver"], int(self._clock()),
+                                             expected_policy_hash=bytes.fromhex(meta["policy_hash"][2:]))
+        return plaintext
+
+    def _content_path(self, content_id: bytes, version: int) -> Path:
+        return self.content_dir / f"{content_id.hex()}-{version}.chsc"
+
+    def _key_path(self, content_id: bytes, version: int) -> Path:
+        return self.content_dir / f"{content_id.hex()}-{version}.key.json"
+
+    # --- upload -------------------------------------------------------------------------------------------------
+    def upload(self, max_logs: int = 1024) -> UploadResult:
+        """Upload every pending usage log, batch by batch; each batch is marked only after the SP's ack."""
+        sp = self._service_provider()
+        batches, logs, ids = 0, 0, []
+        while (pending := self.module.pending_batch(self.domain, max_logs)) is not None:
+            batch, signature, run = pending
+            if batch.receiver != sp.eth_address:  # logs for another SP: that SP's countersignature, not this one's
+                raise IdentityMismatch("pending usage logs name another service provider as their receiver",
+                                       serial=batch.serial, expected=batch.receiver, got=sp.eth_address,
+                                       member_id=sp.member_id)
+            last_seq = batch.first_seq + batch.count - 1
+            try:
+                ack = self._sp.post("/v1/usage", {
+                    "batch": batch.to_json(), "batch_signature": _hex(signature),
+                    "logs": [{"log": item.log.to_json(), "signature": _hex(item.signature)} for item in run],
+                    "certificate": self._cert_pem.decode()})
+            except DuplicateMessage as exc:  # an earlier batch from these seqs reached the SP, its ack was lost
+                held = exc.fields.get("highest_received")
+                if not isinstance(held, int) or held < batch.first_seq:
+                    raise
+                self.module.mark_uploaded(batch.serial, min(held, last_seq))  # only this device signs its seqs
+                continue
+            acked = int(ack["acked_through_seq"])
+            if not batch.first_seq <= acked <= last_seq:  # marking more would drop logs the SP never received
+                raise SequenceError("the service provider acknowledged seqs outside the batch it was sent",
+                                    serial=batch.serial, expected=last_seq, got=acked, first_seq=batch.first_seq)
+            self.module.mark_uploaded(batch.serial, acked)
+            batches, logs = batches + 1, logs + batch.count
+            ids.append(ack["receive_log_id"])
+        return UploadResult(batches, logs, tuple(ids))
+
+    def balance(self) -> WalletBalance:
+        return self.module.balance()
+
+
+def chain_policy_hash_reader(rpc_url: str, deployment_path: Path) -> PolicyHashOf:
+    """Read-only lookup of a policy's registered hash; the device's own key never leaves its secure module."""
+    from web3 import Web3
+
+    from offchain.chain.client import ClearhouseChain, Deployment
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    reader = ClearhouseChain(w3, Deployment.load(deployment_path), os.urandom(32))  # eth_call only: never signs
+
+    def policy_hash_of(policy_id: bytes) -> bytes | None:
+        try:
+            view = reader.policy(policy_id)
+        except ContractReverted as exc:
+            if exc.fields.get("error_name") == "UnknownPolicy":
+                return None
+            raise
+        return None if int(view.provider, 16) == 0 else view.policy_hash
+
+    return policy_hash_of
+
+
+__all__ = ["DeviceClient", "UploadResult", "chain_policy_hash_reader"]

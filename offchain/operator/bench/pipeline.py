@@ -1,0 +1,292 @@
+"""`clearhouse bench pipeline`: end-to-end usage-log throughput of the real services (anvil, CC, SP, bank as mTLS
+processes): SP intake rate, first upload -> every log settled on chain, settle gas, CPU seconds per process.
+Logs are pre-signed with each device's eth key as its secure module would (no decryption) and signing is not
+timed. Dev chains only (anvil, throwaway keys, anvil_setBalance); everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from rich.console import Console
+from rich.table import Table
+from web3 import Web3
+
+from offchain.operator.demo import PASSPHRASE, DemoError, Processes, client, open_device, start_services
+from offchain.core.messages import Domain, Role, UsageBatch, UsageLog, sign
+
+ROOT = Path(__file__).resolve().parents[3]
+DEFAULT_LOGS = 65_536
+DEFAULT_DEVICES = 8
+DEFAULT_BATCH_SIZE = 512
+PRICE_MINOR = 10
+POLL_INTERVAL_S = 0.05
+UPLOAD_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True)
+class DeviceLoad:
+    """One device's pre-signed upload bodies, in sequence order (the SP refuses gaps)."""
+
+    member_id: str
+    serial: bytes
+    bodies: tuple[dict[str, Any], ...]
+    logs: int
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    logs: int
+    devices: int
+    batch_size: int
+    uploads: int
+    intake_s: float
+    end_to_end_s: float
+    settled_logs: int
+    settle_txs: int
+    settle_gas: int
+    cpu_s: dict[str, float]  # CPU seconds per process over the timed window (empty without /proc)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"logs": self.logs, "devices": self.devices,
+                "sp_intake_per_s": round(self.logs / self.intake_s, 1),
+                "end_to_end_per_s": round(self.logs / self.end_to_end_s, 1),
+                "settle_txs": self.settle_txs, "gas_per_log": round(self.settle_gas / max(self.settled_logs, 1), 1),
+                "settled_logs": self.settled_logs, "settle_gas": self.settle_gas, "batch_size": self.batch_size,
+                "uploads": self.uploads, "intake_s": round(self.intake_s, 3),
+                "end_to_end_s": round(self.end_to_end_s, 3), "cpu_s": self.cpu_s}
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
+
+
+def split_logs(total: int, parts: int) -> list[int]:
+    """`total` logs over `parts` devices, as even as possible (every device gets at least one)."""
+    if parts < 1 or total < parts:
+        raise DemoError(f"need at least one log per device ({total} logs, {parts} devices)",
+                        hint="pass --logs >= --devices")
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+# --- setup -----------------------------------------------------------------------------------------------------------
+def deploy_and_provision(workdir: Path, rpc_url: str, devices: int) -> Any:
+    """Fresh deployment and consortium: CC, SP, bank, one content provider and `devices` devices (one user each)."""
+    from offchain.chain.client import deploy
+    from offchain.operator.provision import MemberSpec, provision
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+    deployer, authority = Account.create(), Account.create()
+    for account in (deployer, authority):
+        w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])  # type: ignore[arg-type]
+    deployment = deploy(w3, bytes(deployer.key), authority.address, root=ROOT, network="bench")
+    members = [MemberSpec("cc", Role.CLEARING_CENTER), MemberSpec("sp", Role.SERVICE_PROVIDER),
+               MemberSpec("bank", Role.BANK), MemberSpec("studio", Role.CONTENT_PROVIDER)]
+    members += [MemberSpec(f"device-{i}", Role.DEVICE, user_id=f"user-{i}") for i in range(devices)]
+    return provision(workdir / "consortium", w3, deployment, bytes(authority.key), members=members,
+                     rpc_url=rpc_url, passphrase=PASSPHRASE, fast_kdf=True)
+
+
+def publish_content(consortium: Any, chain: Any) -> bytes:
+    """The studio publishes one content (70% studio, 20% SP, 10% CC); returns its policy id."""
+    from offchain.content_provider.publisher import ContentProvider, content_id_for
+
+    studio = consortium.member("studio")
+    payees = [(studio.eth_address, 7_000), (consortium.member("sp").eth_address, 2_000),
+              (consortium.member("cc").eth_address, 1_000)]
+    provider = ContentProvider(studio.credentials(), chain, client(consortium, "studio", "sp"))
+    return provider.publish(b"benchmark content\n" * 64, content_id=content_id_for("bench-pipeline"), version=1,
+                            price=PRICE_MINOR, payees=payees, title="bench pipeline").policy_id
+
+
+def fund_devices(consortium: Any, logs_per_device: Sequence[int]) -> list[bytes]:
+    """Bank deposit per user, then each device asks the CC for an issue log covering its logs; returns serials."""
+    bank = client(consortium, "bank", "bank")
+    serials = []
+    for i, count in enumerate(logs_per_device):
+        amount = count * PRICE_MINOR
+        bank.post("/v1/deposits", {"deposit_id": f"bench-user-{i}", "user_id": f"user-{i}", "amount": amount})
+        device = open_device(consortium, f"device-{i}")
+        try:
+            serials.append(device.request_issue_log(amount).serial)
+        finally:
+            device.close()
+    return serials
+
+
+# --- load ------------------------------------------------------------------------------------------------------------
+def signed_bodies(serial: bytes, count: int, *, policy: bytes, receiver: str, domain: Domain, eth_key: bytes,
+                  certificate: str, batch_size: int, used_at: int) -> tuple[dict[str, Any], ...]:
+    """`count` usage logs (seqs 0..count-1) as /v1/usage bodies of `batch_size` logs, signed like the secure
+    module's `pending_batch`: every log signed, then the batch packing them signed."""
+    bodies = []
+    for first in range(0, count, batch_size):
+        logs = [UsageLog(serial=serial, seq=seq, policy_id=policy, fee=PRICE_MINOR, receiver=receiver,
+                         used_at=used_at) for seq in range(first, min(first + batch_size, count))]
+        batch = UsageBatch.from_logs(logs)
+        bodies.append({"batch": batch.to_json(), "batch_signature": _hex(sign(batch, domain, eth_key)),
+                       "logs": [{"log": log.to_json(), "signature": _hex(sign(log, domain, eth_key))} for log in logs],
+                       "certificate": certificate})
+    return tuple(bodies)
+
+
+def build_loads(consortium: Any, serials: Sequence[bytes], logs_per_device: Sequence[int], policy: bytes,
+                batch_size: int) -> list[DeviceLoad]:
+    loads = []
+    receiver, now = consortium.member("sp").eth_address, int(time.time())
+    for i, (serial, count) in enumerate(zip(serials, logs_per_device)):
+        member = consortium.member(f"device-{i}")
+        bodies = signed_bodies(serial, count, policy=policy, receiver=receiver, domain=consortium.domain,
+                               eth_key=member.eth_private_key(), certificate=member.cert_path.read_text(),
+                               batch_size=batch_size, used_at=now)
+        loads.append(DeviceLoad(member.member_id, serial, bodies, count))
+    return loads
+
+
+def upload_device(consortium: Any, load: DeviceLoad) -> int:
+    """POST every batch of one device in order (as `DeviceClient.upload` does); returns the logs acknowledged."""
+    sp = client(consortium, load.member_id, "sp")
+    acked = 0
+    for body in load.bodies:
+        ack = sp.post("/v1/usage", body)
+        acked = int(ack["acked_through_seq"]) + 1
+    return acked
+
+
+def upload_all(consortium: Any, loads: Sequence[DeviceLoad]) -> float:
+    """Every device uploads concurrently (one thread each); returns seconds until the last acknowledgement."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=len(loads)) as pool:
+        acked = list(pool.map(lambda load: upload_device(consortium, load), loads, timeout=UPLOAD_TIMEOUT_S))
+    elapsed = time.perf_counter() - started
+    short = [(load.member_id, got, load.logs) for load, got in zip(loads, acked) if got != load.logs]
+    if short:
+        raise DemoError(f"the SP acknowledged fewer logs than sent: {short}", hint="see sp.log in the workdir")
+    return elapsed
+
+
+# --- settlement ------------------------------------------------------------------------------------------------------
+def settled_count(chain: Any, serials: Sequence[bytes]) -> int:
+    """Usage logs settled on chain: the sum of every serial's settled nextSeq (seqs start at 0)."""
+    return sum(chain.issue_log(serial).next_seq for serial in serials)
+
+
+def wait_settled(chain: Any, serials: Sequence[bytes], expected: int, timeout_s: float,
+                 processes: Processes) -> int:
+    """Poll the contract until `expected` logs are settled; returns the count (raises on timeout)."""
+    deadline = time.monotonic() + timeout_s
+    while (count := settled_count(chain, serials)) < expected:
+        for name in ("cc", "sp", "bank"):
+            processes.check_alive(name)
+        if time.monotonic() > deadline:
+            raise DemoError(f"only {count} of {expected} usage logs settled after {timeout_s:.0f}s",
+                            hint=f"see cc.log and sp.log in {processes.workdir}")
+        time.sleep(POLL_INTERVAL_S)
+    return count
+
+
+def settle_gas(chain: Any, from_block: int) -> tuple[int, int]:
+    """(settle transactions, total gasUsed) over the transactions that emitted UsageSettled."""
+    events = chain.contract.events.UsageSettled().get_logs(from_block=from_block)
+    tx_hashes = {event["transactionHash"] for event in events}
+    gas = sum(int(chain.w3.eth.get_transaction_receipt(tx)["gasUsed"]) for tx in tx_hashes)
+    return len(tx_hashes), gas
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU seconds so far of each process, from /proc/<pid>/stat (empty where /proc is missing)."""
+    ticks_per_s = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    seconds = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[name] = (int(fields[11]) + int(fields[12])) / ticks_per_s  # utime, stime (fields 14 and 15)
+    return seconds
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {name: round(after[name] - before[name], 2) for name in before if name in after}
+
+
+# --- entry point -----------------------------------------------------------------------------------------------------
+def measure(workdir: Path, processes: Processes, rpc_url: str, *, logs: int, devices: int, batch_size: int,
+            anvil_pid: int | None = None) -> PipelineResult:
+    """Set up a consortium on `rpc_url`, run the load and return what was measured."""
+    from offchain.chain.client import ClearhouseChain, Deployment
+
+    per_device = split_logs(logs, devices)
+    consortium = deploy_and_provision(workdir, rpc_url, devices)
+    start_services(consortium, processes)
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+    deployment = Deployment.load(consortium.deployment_path)
+    policy = publish_content(consortium, ClearhouseChain(w3, deployment, consortium.member("studio").eth_private_key()))
+    serials = fund_devices(consortium, per_device)
+    loads = build_loads(consortium, serials, per_device, policy, batch_size)
+    reader = ClearhouseChain(w3, deployment, consortium.member("cc").eth_private_key())  # views only
+    first_block = w3.eth.block_number
+    pids = {"bench client": os.getpid(), **{name: p.pid for name, p in processes.running.items()}}
+    pids.update({"anvil": anvil_pid} if anvil_pid else {})
+    cpu_before, started = cpu_seconds(pids), time.perf_counter()
+    intake_s = upload_all(consortium, loads)
+    settled = wait_settled(reader, serials, logs, timeout_s=max(60.0, logs / 50), processes=processes)
+    end_to_end_s = time.perf_counter() - started
+    cpu_s = cpu_delta(cpu_before, cpu_seconds(pids))
+    txs, gas = settle_gas(reader, first_block)
+    return PipelineResult(logs=logs, devices=devices, batch_size=batch_size, uploads=sum(len(x.bodies) for x in loads),
+                          intake_s=intake_s, end_to_end_s=end_to_end_s, settled_logs=settled, settle_txs=txs,
+                          settle_gas=gas, cpu_s=cpu_s)
+
+
+def render(result: PipelineResult, console: Console) -> None:
+    data = result.to_json()
+    table = Table(title=f"Pipeline: {result.logs:,} usage logs, {result.devices} devices, "
+                        f"{result.uploads} uploads of <= {result.batch_size}", title_justify="left")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("SP intake (logs acknowledged / s)", f"{data['sp_intake_per_s']:,.0f}  ({result.intake_s:.2f} s)")
+    table.add_row("end to end (first upload -> settled on chain) / s",
+                  f"{data['end_to_end_per_s']:,.0f}  ({result.end_to_end_s:.2f} s)")
+    table.add_row("logs settled on chain", f"{result.settled_logs:,}")
+    table.add_row("settle transactions", str(result.settle_txs))
+    table.add_row("settle gas (total / per log)", f"{result.settle_gas:,} / {data['gas_per_log']:,.0f}")
+    for name, seconds in sorted(result.cpu_s.items(), key=lambda item: -item[1]):
+        table.add_row(f"CPU s in the timed window: {name}", f"{seconds:.2f}")
+    console.print(table)
+
+
+def run(out_path: str = "bench/results/pipeline.json", logs: int = DEFAULT_LOGS, devices: int = DEFAULT_DEVICES,
+        batch_size: int = DEFAULT_BATCH_SIZE, workdir: Path | None = None,
+        console: Console | None = None) -> PipelineResult:
+    """Start anvil and the services, measure, stop everything, print the table and write `out_path`."""
+    from offchain.chain.client import start_anvil
+
+    console = console or Console()
+    workdir = Path(workdir) if workdir else ROOT / "var" / f"bench-pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    processes = Processes(workdir)
+    with start_anvil(hardfork="paris") as node:
+        try:
+            # AnvilProcess has no public pid; the private handle is read only for CPU accounting.
+            result = measure(workdir, processes, node.url, logs=logs, devices=devices, batch_size=batch_size,
+                             anvil_pid=node._proc.pid if node._proc else None)
+        finally:
+            processes.stop_all()
+    render(result, console)
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    return result
+
+
+__all__ = ["run", "measure", "PipelineResult", "signed_bodies", "split_logs"]

@@ -1,0 +1,540 @@
+"""`clearhouse demo`: the whole settlement story on a local chain with the services as separate mTLS processes.
+
+Starts anvil (unless --rpc), deploys, provisions a consortium, starts CC, SP and bank, then runs deposits,
+packaging, offline use, a claim-14 renewal (new serial while unsettled) and a claim-13 top-up, settlement and
+paid transfers; prints balances, gas, one device's audit trail and a reconciliation. Dev chains only (it funds
+accounts with anvil_setBalance and keeps keys unencrypted under the workdir). Everything it starts, it stops.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from rich.console import Console
+from rich.table import Table
+from web3 import Web3
+
+from offchain.core.errors import AllowanceExceeded, ChainUnreachable, ClearhouseError, ConfigError, LimitError
+from offchain.core.messages import Role
+
+ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 40.0
+SETTLE_TIMEOUT_S = 60.0
+SERVICES = ("cc", "sp", "bank")
+PASSPHRASE = "clearhouse-demo"
+
+
+class DemoError(ClearhouseError):
+    """A demo step failed; `hint` says what to do about it."""
+
+    code = "demo_failed"
+    http_status = 500
+
+
+@dataclass(frozen=True)
+class ContentSpec:
+    name: str
+    provider: str
+    price: int
+    provider_bps: int
+    sp_bps: int
+    cc_bps: int
+
+
+CONTENTS = (
+    ContentSpec("Song: Night Drive", "studio", price=120, provider_bps=7_000, sp_bps=2_000, cc_bps=1_000),
+    ContentSpec("Film: The Ledger", "studio", price=450, provider_bps=8_000, sp_bps=1_500, cc_bps=500),
+    ContentSpec("Article: Offline Money", "press", price=35, provider_bps=6_000, sp_bps=3_000, cc_bps=1_000),
+)
+DEPOSITS = {"alice": 2_000, "bob": 1_000}
+
+
+@dataclass
+class DemoState:
+    """What the story produced, for the report and the test (serials as 0x-hex)."""
+
+    workdir: Path
+    rpc_url: str = ""
+    deployment_path: Path | None = None
+    claim14: dict[str, str] = field(default_factory=dict)
+    claim13: dict[str, str] = field(default_factory=dict)
+    published: dict[str, Any] = field(default_factory=dict)
+    uses: dict[str, int] = field(default_factory=dict)
+
+
+def _hex(value: bytes) -> str:
+    return "0x" + bytes(value).hex()
+
+
+# --- processes ---------------------------------------------------------------------------------------------------
+class Processes:
+    """The service processes the demo started (and only those); `stop_all` is safe to call twice."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, config: Path) -> None:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it open
+        command = [sys.executable, "-m", "offchain.cli", "serve", name, "--config", str(config)]
+        self.running[name] = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                              env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        log.close()
+
+    def check_alive(self, name: str) -> None:
+        process = self.running[name]
+        if process.poll() is not None:
+            tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-1500:]
+            raise DemoError(f"the {name} service exited with code {process.returncode}:\n{tail}", service=name,
+                            hint=f"see {self.workdir / (name + '.log')}")
+
+    def stop_all(self) -> None:
+        for name, process in list(self.running.items()):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for name, process in list(self.running.items()):
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            del self.running[name]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def preflight(*, rpc_url: str | None, anvil_port: int | None) -> None:
+    """Fail early, with a hint, on the usual problems: Python version, anvil missing, port taken, chain down."""
+    if sys.version_info < (3, 11):
+        raise DemoError(f"Python {sys.version.split()[0]} is too old", hint="use Python >= 3.11 (bin/setup)")
+    if rpc_url is None:
+        from offchain.chain.client import _anvil_binary
+
+        try:
+            _anvil_binary()
+        except ConfigError as exc:
+            raise DemoError(exc.message, hint="run `make setup` then `source bin/env.sh`") from exc
+        if anvil_port is not None and not _port_free(anvil_port):
+            raise DemoError(f"port {anvil_port} is taken", port=anvil_port,
+                            hint="pick another --anvil-port, or stop what listens there")
+        return
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 5}))
+    try:
+        w3.eth.chain_id
+    except (OSError, ValueError) as exc:
+        raise DemoError(f"no chain answers at {rpc_url}: {exc}", url=rpc_url,
+                        hint="start the node, or drop --rpc to let the demo start its own anvil") from exc
+
+
+@contextmanager
+def _chain(rpc_url: str | None, anvil_port: int | None) -> Iterator[str]:
+    if rpc_url is not None:
+        yield rpc_url
+        return
+    from offchain.chain.client import start_anvil
+
+    try:
+        node = start_anvil(port=anvil_port, hardfork="paris")
+    except ChainUnreachable as exc:
+        raise DemoError(f"anvil did not start: {exc.message}", hint="check the port, or pass --rpc URL") from exc
+    try:
+        yield node.url
+    finally:
+        node.stop()
+
+
+# --- steps ---------------------------------------------------------------------------------------------------------
+class Steps:
+    """Rich progress: a spinner while a step runs, a tick with its duration when it is done."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.current = ""
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        self.current = title
+        started = time.monotonic()
+        with self.console.status(f"[bold]{title}…"):
+            yield
+        self.console.print(f"[green]✓[/] {title} [dim]({time.monotonic() - started:.1f}s)")
+
+
+def _wait_for(what: str, predicate: Callable[[], bool], timeout_s: float, hint: str,
+              alive: Callable[[], None] = lambda: None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        alive()
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise DemoError(f"timed out after {timeout_s:.0f}s waiting for {what}", hint=hint)
+
+
+def deploy_and_provision(state: DemoState, rpc_url: str) -> Any:
+    """Deploy Clearhouse with fresh deployer/authority keys and provision CA, members and settings files."""
+    from offchain.chain.client import deploy
+    from offchain.operator.provision import MemberSpec, provision
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+    deployer, authority = Account.create(), Account.create()
+    for account in (deployer, authority):
+        w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])  # type: ignore[arg-type]
+    deployment = deploy(w3, bytes(deployer.key), authority.address, root=ROOT, network="demo")
+    members = (MemberSpec("cc", Role.CLEARING_CENTER), MemberSpec("sp", Role.SERVICE_PROVIDER),
+               MemberSpec("bank", Role.BANK), MemberSpec("studio", Role.CONTENT_PROVIDER),
+               MemberSpec("press", Role.CONTENT_PROVIDER), MemberSpec("alice-phone", Role.DEVICE, user_id="alice"),
+               MemberSpec("bob-tablet", Role.DEVICE, user_id="bob"))
+    # fast_kdf: the demo's device keystores are throwaway; real devices use the default scrypt cost.
+    consortium = provision(state.workdir / "consortium", w3, deployment, bytes(authority.key), members=members,
+                           rpc_url=rpc_url, passphrase=PASSPHRASE, fast_kdf=True)
+    state.rpc_url, state.deployment_path = rpc_url, consortium.deployment_path
+    return consortium
+
+
+def client(consortium: Any, member_id: str, service: str) -> Any:
+    from offchain.transport.server import SyncJsonClient
+
+    member = consortium.member(member_id)
+    return SyncJsonClient(consortium.urls[service], str(member.cert_path), str(member.key_path),
+                          str(consortium.root_path))
+
+
+def start_services(consortium: Any, processes: Processes) -> None:
+    """Start CC, SP and bank as separate processes and wait until each answers over mutual TLS."""
+    for name in SERVICES:
+        processes.start(name, consortium.settings_paths[name])
+    for name in SERVICES:
+        probe = client(consortium, "bank", name)
+
+        def ready(probe: Any = probe) -> bool:
+            try:
+                probe.get("/openapi.json")
+                return True
+            except ClearhouseError:
+                return False
+
+        _wait_for(f"the {name} service", ready, READY_TIMEOUT_S, f"see {processes.workdir / (name + '.log')}",
+                  alive=lambda name=name: processes.check_alive(name))
+
+
+def deposit(consortium: Any) -> None:
+    bank = client(consortium, "bank", "bank")
+    for user, amount in DEPOSITS.items():
+        bank.post("/v1/deposits", {"deposit_id": f"demo-{user}-1", "user_id": user, "amount": amount})
+
+
+def publish_contents(consortium: Any, state: DemoState) -> None:
+    """Each content provider packages, registers (on chain, with its split) and publishes its content."""
+    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.content_provider.publisher import ContentProvider, content_id_for
+
+    deployment = Deployment.load(consortium.deployment_path)
+    w3 = Web3(Web3.HTTPProvider(consortium.rpc_url, request_kwargs={"timeout": 60}))
+    sp, cc = consortium.member("sp").eth_address, consortium.member("cc").eth_address
+    for spec in CONTENTS:
+        member = consortium.member(spec.provider)
+        provider = ContentProvider(member.credentials(), ClearhouseChain(w3, deployment, member.eth_private_key()),
+                                   client(consortium, spec.provider, "sp"))
+        body = f"{spec.name}\n".encode() * 64
+        payees = [(member.eth_address, spec.provider_bps), (sp, spec.sp_bps), (cc, spec.cc_bps)]
+        state.published[spec.name] = provider.publish(body, content_id=content_id_for(spec.name), version=1,
+                                                      price=spec.price, payees=payees, title=spec.name)
+
+
+def open_device(consortium: Any, member_id: str) -> Any:
+    from offchain.device.client import DeviceClient
+    from offchain.core.settings import DeviceSettings, load_settings
+
+    member = consortium.member(member_id)
+    settings = load_settings(DeviceSettings, consortium.settings_paths[member_id])
+    return DeviceClient.from_settings(settings, PASSPHRASE, member.user_id)
+
+
+def use(device: Any, state: DemoState, name: str) -> None:
+    published = state.published[name]
+    device.use(published.content_id, published.version)
+    state.uses[name] = state.uses.get(name, 0) + 1
+
+
+def _reader(consortium: Any) -> Any:
+    """A chain client used only for views (it never sends a transaction)."""
+    from offchain.chain.client import ClearhouseChain, Deployment
+
+    w3 = Web3(Web3.HTTPProvider(consortium.rpc_url, request_kwargs={"timeout": 60}))
+    return ClearhouseChain(w3, Deployment.load(consortium.deployment_path), consortium.member("cc").eth_private_key())
+
+
+def story_claim14(consortium: Any, state: DemoState, console: Console) -> None:
+    """Alice spends offline until her allowance runs out, then renews with her logs still unsettled."""
+    alice = open_device(consortium, "alice-phone")
+    try:
+        alice.request_issue_log(600)
+        for spec in CONTENTS:
+            alice.download(state.published[spec.name].content_id, 1)
+        use(alice, state, "Film: The Ledger")
+        use(alice, state, "Song: Night Drive")
+        try:
+            use(alice, state, "Song: Night Drive")
+            raise DemoError("alice's device allowed a use beyond its allowance", hint="report this as a bug")
+        except AllowanceExceeded:
+            console.print(f"  alice-phone: allowance exhausted ({alice.balance().remaining} left, Song costs 120)")
+        old = alice.balance()
+        renewed = alice.renew(800)  # nothing uploaded yet: the CC must issue a new serial (claim 14)
+        state.claim14 = {"device": "alice-phone", "old_serial": _hex(old.serial), "new_serial": _hex(renewed.serial),
+                         "carried": str(old.cap - old.spent), "cap": str(renewed.cap)}
+        use(alice, state, "Song: Night Drive")
+        use(alice, state, "Article: Offline Money")
+        alice.upload()
+    finally:
+        alice.close()
+
+
+def story_claim13(consortium: Any, state: DemoState, processes: Processes) -> None:
+    """Bob uses, uploads, waits until everything is settled on chain, then renews: a top-up in place."""
+    bob = open_device(consortium, "bob-tablet")
+    reader = _reader(consortium)
+    try:
+        bob.request_issue_log(400)
+        for name in ("Article: Offline Money", "Song: Night Drive", "Film: The Ledger"):
+            bob.download(state.published[name].content_id, 1)
+        for name in ("Article: Offline Money", "Article: Offline Money", "Song: Night Drive"):
+            use(bob, state, name)
+        bob.upload()
+        wallet = bob.balance()
+        _wait_for("bob's usage logs to settle on chain",
+                  lambda: reader.issue_log(wallet.serial).next_seq >= wallet.next_seq, SETTLE_TIMEOUT_S,
+                  "the CC settles every settle_interval_s; see cc.log", alive=lambda: processes.check_alive("cc"))
+        renewed = bob.renew(300)
+        state.claim13 = {"device": "bob-tablet", "serial": _hex(wallet.serial), "renewed_serial": _hex(renewed.serial),
+                         "cap_before": str(wallet.cap), "cap_after": str(renewed.cap)}
+        use(bob, state, "Film: The Ledger")
+        bob.upload()
+    finally:
+        bob.close()
+
+
+def wait_for_payments(state: DemoState, index: Any, processes: Processes) -> None:
+    """Until every use is settled on chain, requested for transfer, paid by the bank and confirmed."""
+    used = sum(next(s.price for s in CONTENTS if s.name == name) * count for name, count in state.uses.items())
+
+    def done() -> bool:
+        index.sync()
+        settled = sum(int(e.args["total"]) for e in index.events("UsageSettled"))
+        requested = sum(int(e.args["amount"]) for e in index.events("TransferRequested"))
+        confirmed = sum(int(e.args["amount"]) for e in index.events("TransferConfirmed"))
+        return settled == requested == confirmed == used
+
+    def alive() -> None:
+        for name in SERVICES:
+            processes.check_alive(name)
+
+    _wait_for("settlement, transfer requests and bank confirmations", done, SETTLE_TIMEOUT_S * 2,
+              "see cc.log and bank.log in the workdir", alive=alive)
+
+
+# --- report ----------------------------------------------------------------------------------------------------------
+def print_balances(consortium: Any, console: Console) -> None:
+    """The bank ledger's accounts, named after the members they belong to."""
+    ledger = client(consortium, "bank", "bank").get("/v1/ledger")
+    names = {f"payee:{m.eth_address}": f"{m.member_id} ({m.role.name.lower()})" for m in consortium.members.values()}
+    table = Table(title="Bank ledger balances (minor units)", title_justify="left")
+    table.add_column("account")
+    table.add_column("party")
+    table.add_column("balance", justify="right")
+    for account, balance in sorted(ledger["balances"].items()):
+        table.add_row(account, names.get(account, ""), str(balance))
+    console.print(table)
+
+
+def print_gas(index: Any, console: Console) -> None:
+    from offchain.operator.audit.index import gas_by_function
+
+    table = Table(title="Gas used on chain", title_justify="left")
+    for column in ("function", "transactions", "gas", "gas per tx"):
+        table.add_column(column, justify="right" if column != "function" else "left")
+    totals = gas_by_function(index)
+    for function, (count, gas) in sorted(totals.items()):
+        table.add_row(function, str(count), f"{gas:,}", f"{gas // count:,}")
+    table.add_row("[bold]total", str(sum(c for c, _ in totals.values())), f"{sum(g for _, g in totals.values()):,}", "")
+    console.print(table)
+
+
+def print_claims(state: DemoState, index: Any, console: Console) -> None:
+    """The two renewals as the chain recorded them (mode from the IssueLogRenewed event)."""
+    from offchain.operator.audit.index import renewal_mode
+
+    modes = {(e.args["oldSerial"], e.args["newSerial"]): renewal_mode(e) for e in index.events("IssueLogRenewed")}
+    c14, c13 = state.claim14, state.claim13
+    mode14 = modes.get((c14["old_serial"], c14["new_serial"]), "missing")
+    mode13 = modes.get((c13["serial"], c13["renewed_serial"]), "missing")
+    console.print(f"claim 14: {c14['device']} renewed while logs were unsettled -> {mode14}: new serial "
+                  f"{c14['new_serial']} (old {c14['old_serial']}, carried {c14['carried']}, cap {c14['cap']})",
+                  soft_wrap=True)
+    console.print(f"claim 13: {c13['device']} renewed after everything settled -> {mode13}: serial "
+                  f"{c13['serial']} cap {c13['cap_before']} -> {c13['cap_after']}", soft_wrap=True)
+    if mode14 != "new_serial" or mode13 != "top_up":
+        raise DemoError(f"renewal modes on chain were {mode14} / {mode13}, expected new_serial / top_up",
+                        hint="see cc.log; this is a bug in the clearing center")
+
+
+def reconcile_all(consortium: Any, index: Any, console: Console) -> None:
+    import json
+
+    from offchain.operator import reconcile
+    urls = {name: json.loads(consortium.settings_paths[name].read_text())["database_url"] for name in ("cc", "bank")}
+    report = reconcile.reconcile(reconcile.chain_facts(index), reconcile.cc_facts(urls["cc"]),
+                                 reconcile.bank_facts(urls["bank"]))
+    console.rule("[bold]Reconciliation: chain vs CC database vs bank ledger")
+    reconcile.render(report, "table", console.file)
+    if not report.clean:
+        raise reconcile.ReconciliationFailed(f"{len(report.unexplained)} unexplained difference(s)",
+                                             count=len(report.unexplained),
+                                             hint="inspect with `clearhouse reconcile` and the service logs")
+
+
+def report(consortium: Any, state: DemoState, processes: Processes, console: Console) -> None:
+    from offchain.operator.audit import index as audit
+    with audit.open_index(rpc_url=state.rpc_url, deployment_path=consortium.deployment_path,
+                          cache_dir=state.workdir / "audit-cache") as index:
+        console.rule("[bold]Report")
+        print_claims(state, index, console)
+        print_balances(consortium, console)
+        print_gas(index, console)
+        trail = audit.device_trail(index, consortium.member("alice-phone").eth_address)
+        audit.render_table(trail, console)
+        processes.stop_all()  # a quiet snapshot for the reconciliation
+        index.sync()
+        reconcile_all(consortium, index, console)
+
+
+# --- entry point ----------------------------------------------------------------------------------------------------
+def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: str | None,
+        anvil_port: int | None, keep: bool = False) -> None:
+    """The demo's steps in order; raises DemoError (or another ClearhouseError) on the first failure."""
+    from offchain.operator.audit import index as audit
+    steps = Steps(console)
+    with steps.step("checking prerequisites"):
+        preflight(rpc_url=rpc_url, anvil_port=anvil_port)
+    with steps.step("starting a local anvil (--hardfork paris)" if rpc_url is None else f"connecting to {rpc_url}"):
+        chain = _chain(rpc_url, anvil_port)
+        url = chain.__enter__()
+    try:
+        with steps.step("deploying Clearhouse and provisioning CA, members and settings"):
+            consortium = deploy_and_provision(state, url)
+        with steps.step("starting clearing center, service provider and bank (mutual TLS)"):
+            start_services(consortium, processes)
+        with steps.step("alice deposits 2,000 and bob 1,000 at the bank"):
+            deposit(consortium)
+        with steps.step("two content providers package and register three contents"):
+            publish_contents(consortium, state)
+        with steps.step("alice uses content offline, runs out, renews while unsettled (claim 14)"):
+            story_claim14(consortium, state, console)
+        with steps.step("bob uses content, everything settles, renews in place (claim 13)"):
+            story_claim13(consortium, state, processes)
+        with audit.open_index(rpc_url=url, deployment_path=consortium.deployment_path,
+                              cache_dir=state.workdir / "audit-cache") as index:
+            with steps.step("settlement on chain, transfer requests, bank payments and confirmations"):
+                wait_for_payments(state, index, processes)
+        report(consortium, state, processes, console)
+        if keep:
+            start_services(consortium, processes)
+            hold(consortium, state, console)
+    finally:
+        processes.stop_all()
+        chain.__exit__(None, None, None)
+
+
+def hold(consortium: Any, state: DemoState, console: Console) -> None:
+    """--keep: leave the chain and the services up, say how to use them, and wait for Ctrl-C."""
+    device = next(m for m in consortium.members.values() if m.user_id)
+    chain_args = f"--rpc {state.rpc_url} --deployment {consortium.deployment_path}"
+    console.rule("Still running (--keep): Ctrl-C stops everything")
+    console.print(f"chain  {state.rpc_url}   services  " + "  ".join(f"{k} {v}" for k, v in consortium.urls.items()))
+    console.print(f"export CLEARHOUSE_DEVICE_PASSPHRASE={PASSPHRASE}")
+    console.print(f"clearhouse device --config {consortium.settings_paths[device.member_id]} balance")
+    console.print(f"clearhouse audit device {device.eth_address} {chain_args}")
+    console.print(f"clearhouse audit verify {chain_args}")
+    console.print(f"clearhouse reconcile {chain_args} --cc-config {consortium.settings_paths['cc']} "
+                  f"--bank-config {consortium.settings_paths['bank']}")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("[yellow]stopping")
+
+
+def default_workdir() -> Path:
+    return ROOT / "var" / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def main_demo(*, rpc_url: str | None = None, workdir: Path | None = None, anvil_port: int | None = None,
+              console: Console | None = None, keep: bool = False) -> int:
+    """`clearhouse demo`: 0 on success; 1 with what failed and what to do; 130 when interrupted (Ctrl-C/SIGTERM).
+
+    Everything it started (anvil, services) is stopped before it returns, whatever happened.
+    """
+    if console is None:
+        console = Console()
+        if not console.is_terminal:  # piped or captured: wide enough for the audit tables
+            console = Console(width=160)
+    state = DemoState(workdir=Path(workdir) if workdir else default_workdir())
+    state.workdir.mkdir(parents=True, exist_ok=True)
+    processes = Processes(state.workdir)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        run(state, processes, console, rpc_url=rpc_url, anvil_port=anvil_port, keep=keep)
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted: stopped every process the demo started")
+        return 130
+    except ClearhouseError as exc:
+        _explain(console, exc, state)
+        return 1
+    except Exception as exc:  # the demo is an edge: no bare traceback, but say where to look
+        console.print(f"[bold red]demo failed: {type(exc).__name__}: {exc}")
+        console.print(f"  logs and files: {state.workdir}; run `clearhouse --debug demo` for the traceback")
+        if os.environ.get("CLEARHOUSE_DEBUG"):
+            raise
+        return 1
+    finally:
+        processes.stop_all()
+        signal.signal(signal.SIGTERM, previous)
+    console.print(f"[bold green]demo complete[/] — files and service logs in {state.workdir}")
+    return 0
+
+
+def _raise_interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _explain(console: Console, exc: ClearhouseError, state: DemoState) -> None:
+    console.print(f"[bold red]demo failed [{exc.code}]: {exc.message}")
+    hint = exc.fields.get("hint")
+    if hint:
+        console.print(f"  what to do: {hint}")
+    elif isinstance(exc, ChainUnreachable):
+        console.print("  what to do: check that the chain node runs and --rpc points at it")
+    elif isinstance(exc, LimitError):
+        console.print("  what to do: a money limit was hit; see the service logs")
+    console.print(f"  logs and files: {state.workdir}")
+
+
+__all__ = ["main_demo", "run", "DemoError", "DemoState", "preflight"]

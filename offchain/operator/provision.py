@@ -1,0 +1,217 @@
+"""Provisioning of a consortium on a dev chain: CA, member keys and certificates, on-chain registration, settings.
+
+`provision` writes everything under `workdir` (CA, one directory per member, JSON settings per service, device
+keystores) and returns a `Consortium` naming every path, address and URL. Security caveat: it funds accounts with
+`anvil_setBalance` and stores keys unencrypted (0600) except device keystores: dev and test networks only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from web3 import Web3
+
+from offchain.trust.ca import CertificateAuthority, MemberCredentials
+from offchain.chain.client import ClearhouseChain, Deployment
+from offchain.core.messages import Domain, Role, address_from_public_key, keccak
+
+DEV_BALANCE_WEI = 10**21
+DEFAULT_PASSPHRASE = "clearhouse-dev"
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    member_id: str
+    role: Role
+    user_id: str = ""  # devices only: the user the device belongs to
+
+
+DEFAULT_MEMBERS: tuple[MemberSpec, ...] = (
+    MemberSpec("cc", Role.CLEARING_CENTER), MemberSpec("sp", Role.SERVICE_PROVIDER), MemberSpec("bank", Role.BANK),
+    MemberSpec("studio", Role.CONTENT_PROVIDER), MemberSpec("alice-phone", Role.DEVICE, user_id="alice"),
+)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One provisioned member: its files and addresses (keys are read from disk when needed)."""
+
+    member_id: str
+    role: Role
+    eth_address: str
+    directory: Path
+    cert_path: Path
+    key_path: Path
+    eth_key_path: Path
+    user_id: str = ""
+
+    def eth_private_key(self) -> bytes:
+        return bytes.fromhex(self.eth_key_path.read_text().strip().removeprefix("0x"))
+
+    def credentials(self) -> MemberCredentials:
+        return MemberCredentials(self.member_id, self.role, self.eth_address, self.cert_path.read_bytes(),
+                                 self.key_path.read_bytes())
+
+
+@dataclass(frozen=True)
+class Consortium:
+    """Everything a test or the demo needs to run and talk to the services of one provisioned consortium."""
+
+    workdir: Path
+    ca_dir: Path
+    root_path: Path
+    crl_path: Path
+    deployment_path: Path
+    rpc_url: str
+    domain: Domain
+    members: dict[str, Member]
+    urls: dict[str, str]  # "cc", "sp", "bank" -> https://127.0.0.1:<port>
+    settings_paths: dict[str, Path]  # "cc", "sp", "bank" and every device member id -> JSON settings file
+    passphrase: str = DEFAULT_PASSPHRASE
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def member(self, member_id: str) -> Member:
+        return self.members[member_id]
+
+    def of_role(self, role: Role) -> list[Member]:
+        return [m for m in self.members.values() if m.role == role]
+
+    def ca(self) -> CertificateAuthority:
+        return CertificateAuthority.load(self.ca_dir)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _new_eth_key() -> tuple[bytes, str]:
+    import coincurve
+
+    key = coincurve.PrivateKey()
+    return key.secret, address_from_public_key(key.public_key.format(compressed=False))
+
+
+def create_member(ca: CertificateAuthority, authority: ClearhouseChain, w3: Web3, workdir: Path,
+                  spec: MemberSpec, *, valid_days: int = 365) -> Member:
+    """Keys, certificate, funding and on-chain registration of one member."""
+    eth_key, address = _new_eth_key()
+    creds = ca.issue_member(spec.member_id, spec.role, address, valid_days=valid_days, user_id=spec.user_id or None)
+    directory = workdir / "members" / spec.member_id
+    cert_path, key_path = creds.write(directory)
+    eth_key_path = directory / "eth.key"
+    _write_private(eth_key_path, eth_key.hex())
+    w3.provider.make_request("anvil_setBalance", [address, hex(DEV_BALANCE_WEI)])  # type: ignore[arg-type]
+    authority.register_member(address, int(spec.role), keccak(spec.member_id.encode()), creds.fingerprint,
+                              creds.valid_from, creds.valid_until)
+    return Member(spec.member_id, spec.role, address, directory, cert_path, key_path, eth_key_path, spec.user_id)
+
+
+def _service_settings(member: Member, consortium_paths: dict[str, Any], port: int) -> dict[str, Any]:
+    return {
+        "member_id": member.member_id, "host": "127.0.0.1", "port": port, "cert_path": str(member.cert_path),
+        "key_path": str(member.key_path), "ca_path": str(consortium_paths["root"]),
+        "crl_path": str(consortium_paths["crl"]), "eth_key_path": str(member.eth_key_path),
+        "rpc_url": consortium_paths["rpc_url"], "deployment_path": str(consortium_paths["deployment"]),
+        "database_url": f"sqlite:///{member.directory / 'service.db'}",
+    }
+
+
+def write_settings(workdir: Path, members: dict[str, Member], paths: dict[str, Any],
+                   ports: dict[str, int]) -> tuple[dict[str, str], dict[str, Path]]:
+    """One JSON settings file per service (and per device); returns (urls, settings paths)."""
+    urls = {name: f"https://127.0.0.1:{port}" for name, port in ports.items()}
+    by_role = {m.role: m for m in members.values()}
+    extra = {
+        "cc": {"bank_url": urls["bank"], "settle_interval_s": 0.5, "transfer_interval_s": 2.0},
+        "sp": {"cc_url": urls["cc"], "forward_interval_s": 0.3, "catalog_key": os.urandom(32).hex()},
+        "bank": {"cc_url": urls["cc"]},
+    }
+    roles = {"cc": Role.CLEARING_CENTER, "sp": Role.SERVICE_PROVIDER, "bank": Role.BANK}
+    settings_paths: dict[str, Path] = {}
+    for name, role in roles.items():
+        if role not in by_role:
+            continue
+        data = {**_service_settings(by_role[role], paths, ports[name]), **extra[name]}
+        settings_paths[name] = workdir / f"{name}.json"
+        _write_private(settings_paths[name], json.dumps(data, indent=2))
+    for member in members.values():
+        if member.role == Role.DEVICE:
+            settings_paths[member.member_id] = _write_device_settings(workdir, member, paths, urls)
+    return urls, settings_paths
+
+
+def _write_device_settings(workdir: Path, member: Member, paths: dict[str, Any], urls: dict[str, str]) -> Path:
+    data = {**_service_settings(member, paths, 0), "sp_url": urls["sp"], "cc_url": urls["cc"],
+            "wallet_path": str(member.directory / "wallet.db"), "keystore_path": str(member.directory / "keystore.json")}
+    data.pop("database_url")
+    path = workdir / f"device-{member.member_id}.json"
+    _write_private(path, json.dumps(data, indent=2))
+    return path
+
+
+def create_device_keystore(member: Member, passphrase: str, *, fast_kdf: bool) -> Path:
+    """The device's encrypted keystore (eth key + certificate key) next to its other files."""
+    from offchain.device.secure_module import DeviceKeys, KdfParams, create_keystore
+
+    path = member.directory / "keystore.json"
+    keys = DeviceKeys(member.member_id, member.eth_private_key(), member.key_path.read_bytes())
+    create_keystore(path, passphrase, keys, KdfParams(n=2**4) if fast_kdf else KdfParams())
+    return path
+
+
+def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: bytes, *,
+              members: Sequence[MemberSpec] = DEFAULT_MEMBERS, rpc_url: str | None = None,
+              passphrase: str = DEFAULT_PASSPHRASE, fast_kdf: bool = False) -> Consortium:
+    """Create the CA and every member under `workdir`, register them on chain, write settings; returns it all."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ca = CertificateAuthority.create(workdir / "ca")
+    # The authority is the CA's Ethereum key: kept beside the CA's root key (file permissions only, like it).
+    _write_private(ca.directory / "authority-eth.key", authority_key.hex())
+    deployment_path = deployment.write(workdir / "deployment.json")
+    authority = ClearhouseChain(w3, deployment, authority_key)
+    created = {spec.member_id: create_member(ca, authority, w3, workdir, spec) for spec in members}
+    for member in created.values():
+        if member.role == Role.DEVICE:
+            create_device_keystore(member, passphrase, fast_kdf=fast_kdf)
+    rpc = rpc_url or str(getattr(w3.provider, "endpoint_uri", "http://127.0.0.1:8545"))
+    paths = {"root": ca.root_path, "crl": ca.directory / "crl.pem", "deployment": deployment_path, "rpc_url": rpc}
+    ports = {name: free_port() for name in ("cc", "sp", "bank")}
+    urls, settings_paths = write_settings(workdir, created, paths, ports)
+    return Consortium(workdir=workdir, ca_dir=ca.directory, root_path=ca.root_path, crl_path=paths["crl"],
+                      deployment_path=deployment_path, rpc_url=rpc, domain=deployment.domain, members=created,
+                      urls=urls, settings_paths=settings_paths, passphrase=passphrase)
+
+
+__all__ = ["MemberSpec", "Member", "Consortium", "DEFAULT_MEMBERS", "provision", "create_member", "free_port",
+           "revoke_member"]
+
+
+def revoke_member(ca: CertificateAuthority, authority: ClearhouseChain, member_id: str) -> list[str]:
+    """Revoke a member everywhere at once: its certificates go on the CRL and its addresses are revoked on chain.
+
+    Returns the revoked addresses. The CRL file is rewritten by the CA; services re-read it on each handshake
+    check, and the on-chain revocation makes every contract call by or signed by the member fail at once.
+    """
+    addresses = sorted({entry["eth_address"] for entry in ca.issued if entry["member_id"] == member_id})
+    ca.revoke(member_id)  # NotFound if the CA never issued to this member
+    for address in addresses:
+        info = authority.member(address)
+        if not info.revoked and info.role != 0:
+            authority.revoke_member(address)
+    return addresses
