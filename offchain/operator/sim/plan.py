@@ -1,0 +1,167 @@
+"""The simulator's plan: the workload steps and the faults injected between them, a pure function of the seed.
+
+`make_plan(seed, faults)` never reads the clock, the machine or the environment, so a seed replays exactly the
+same steps and faults (what the services then do in between is theirs). Faults are placed at step boundaries,
+never at wall-clock instants; every fault opened in a plan is closed again before the plan's heal.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+FAULT_KINDS = ("kill", "pause", "stall", "restart-node", "link", "disk", "dup")
+SERVICES = ("cc", "sp", "bank")
+DEVICES = ("alice-phone", "bob-tablet")
+USERS = {"alice-phone": "alice", "bob-tablet": "bob"}
+# Links the services and devices use (names match the runner's proxy); chain links are plain HTTP to anvil.
+SERVICE_LINKS = ("sp->cc", "cc->bank", "bank->cc")
+DEVICE_LINKS = tuple(f"{d}->{peer}" for d in DEVICES for peer in ("sp", "cc"))
+CHAIN_LINKS = ("cc->chain", "sp->chain", "bank->chain")
+LINK_MODES = ("refuse", "cut", "blackhole", "delay")
+CRASH_POINTS = ("", "before_broadcast", "after_broadcast")
+DUP_TARGETS = (("bank->cc", "/v1/deposits/notify"), ("sp->cc", "/v1/receive-logs"),
+               ("alice-phone->sp", "/v1/usage"), ("bob-tablet->sp", "/v1/usage"),
+               ("alice-phone->cc", "/v1/issue-logs"), ("bob-tablet->cc", "/v1/issue-logs"))
+CONTENTS = ("song", "article")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One workload action: deposit (user, amount), issue/renew (device, amount), use (device, content), upload."""
+
+    index: int
+    action: str
+    actor: str
+    amount: int = 0
+    content: str = ""
+
+    def __str__(self) -> str:
+        extra = f" {self.amount}" if self.amount else ""
+        extra += f" {self.content}" if self.content else ""
+        return f"#{self.index:02d} {self.action} {self.actor}{extra}"
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A fault opened before step `start` and closed before step `end` (end == start: instantaneous)."""
+
+    kind: str
+    target: str
+    start: int
+    end: int
+    mode: str = ""  # link mode, crash point, disk action or dup path
+
+    def __str__(self) -> str:
+        mode = f" {self.mode}" if self.mode else ""
+        return f"{self.kind:<12} {self.target:<18}{mode:<20} steps {self.start:>2}..{self.end:<2}"
+
+
+@dataclass(frozen=True)
+class Plan:
+    seed: int
+    steps: tuple[Step, ...]
+    faults: tuple[Fault, ...]
+    enabled: tuple[str, ...] = field(default=FAULT_KINDS)
+
+    def describe(self) -> str:
+        lines = [f"seed {self.seed}: {len(self.steps)} steps, {len(self.faults)} faults "
+                 f"({', '.join(self.enabled) or 'none'})"]
+        lines += ["  fault " + str(f) for f in self.faults]
+        lines += ["  step  " + str(s) for s in self.steps]
+        return "\n".join(lines)
+
+    def opening_at(self, index: int) -> list[Fault]:
+        return [f for f in self.faults if f.start == index]
+
+    def closing_at(self, index: int) -> list[Fault]:
+        return [f for f in self.faults if f.end == index and f.end != f.start]
+
+
+def make_steps(rng: random.Random, count: int) -> list[Step]:
+    steps: list[Step] = []
+    for user in ("alice", "bob"):
+        steps.append(Step(len(steps), "deposit", user, amount=rng.choice((600, 1_000, 1_500))))
+    for device in DEVICES:
+        steps.append(Step(len(steps), "issue", device, amount=rng.choice((300, 400, 500))))
+    while len(steps) < count:
+        device = rng.choice(DEVICES)
+        roll = rng.random()
+        if roll < 0.45:
+            steps.append(Step(len(steps), "use", device, content=rng.choice(CONTENTS)))
+        elif roll < 0.70:
+            steps.append(Step(len(steps), "upload", device))
+        elif roll < 0.85:
+            steps.append(Step(len(steps), "renew", device, amount=rng.choice((0, 100, 200))))
+        else:
+            steps.append(Step(len(steps), "deposit", USERS[device], amount=rng.choice((100, 250))))
+    return steps
+
+
+def _window(rng: random.Random, steps: int) -> tuple[int, int]:
+    start = rng.randrange(2, steps - 1)
+    return start, min(steps, start + rng.randint(1, 3))
+
+
+def make_fault(rng: random.Random, kind: str, steps: int) -> Fault:
+    start, end = _window(rng, steps)
+    if kind == "kill":
+        target = rng.choice(SERVICES)
+        point = rng.choice(CRASH_POINTS) if target == "cc" else ""
+        return Fault(kind, target, start, end, point)
+    if kind == "pause":
+        return Fault(kind, rng.choice(SERVICES), start, end)
+    if kind == "stall":
+        return Fault(kind, "chain", start, end)
+    if kind == "restart-node":
+        return Fault(kind, "chain", start, start)
+    if kind == "link":
+        link = rng.choice(SERVICE_LINKS + DEVICE_LINKS + CHAIN_LINKS)
+        modes = ("refuse", "cut", "delay") if link in CHAIN_LINKS else LINK_MODES
+        return Fault(kind, link, start, end, rng.choice(modes))
+    if kind == "disk":
+        return Fault(kind, rng.choice(SERVICES), start, end, "lock")
+    if kind == "dup":
+        link, path = rng.choice(DUP_TARGETS)
+        return Fault(kind, link, start, start, path)
+    raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
+
+
+def make_plan(seed: int, faults: tuple[str, ...] = FAULT_KINDS, *, steps: int = 24,
+              max_faults: int = 4) -> Plan:
+    """The plan of `seed`: `steps` workload steps and 1..max_faults faults of the enabled kinds."""
+    unknown = [k for k in faults if k not in FAULT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown fault kinds {unknown}; choose from {FAULT_KINDS}")
+    rng = random.Random(f"clearhouse-sim:{seed}")
+    workload = make_steps(rng, steps)
+    chosen: list[Fault] = []
+    if faults:
+        for _ in range(rng.randint(1, max_faults)):
+            chosen.append(make_fault(rng, rng.choice(sorted(faults)), steps))
+    chosen.sort(key=lambda f: (f.start, f.end, f.kind, f.target))
+    return Plan(seed, tuple(workload), tuple(chosen), tuple(faults))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """`7`, `1-20` or `1,4,9-12`."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, sep, high = part.strip().partition("-")
+        seeds.extend(range(int(low), int(high) + 1) if sep else [int(low)])
+    return seeds
+
+
+def parse_faults(text: str | None) -> tuple[str, ...]:
+    if text is None or text == "all":
+        return FAULT_KINDS
+    if text in ("", "none"):
+        return ()
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    if unknown:
+        raise ValueError(f"unknown fault kinds {unknown}; choose from {FAULT_KINDS}")
+    return kinds
+
+
+__all__ = ["Plan", "Step", "Fault", "make_plan", "parse_seeds", "parse_faults", "FAULT_KINDS", "DEVICES", "USERS"]
