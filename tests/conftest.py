@@ -7,7 +7,8 @@ Fixtures (all chain fixtures need the anvil binary on PATH: `source bin/env.sh`)
   service provider), content_provider, bank, device, device2, payee2 (a non-member payee) and attacker
   (deterministic keys, funded with anvil_setBalance).
 - `base_deployment` (session): Clearhouse deployed with every member role registered (validity 0..2**40-1);
-  devices are `device` and `device2`; `attacker` and `payee2` are not members.
+  devices are `device` (user `keccak("user-1")`) and `device2` (`keccak("user-2")`), see DEVICE_USERS; `attacker` and `payee2` are not members.
+- `revert_chain` (session): `revert_to(w3, box)`: evm_revert to the snapshot in `box`, clock back on the wall clock.
 - `chain_env` (function): the chain reverted to the state right after `base_deployment` (evm_snapshot/evm_revert),
   as a `ChainEnv` with `.client(name)` -> `ClearhouseChain` signing as that actor (fresh nonces per test).
 - actor fixtures `authority`, `clearing_center`, `provider`, `content_provider`, `bank`, `device`, `attacker`.
@@ -16,10 +17,12 @@ Hypothesis profiles: "ci" (default, small) and "deep" (HYPOTHESIS_PROFILE=deep).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import secrets
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +55,8 @@ ACTOR_NAMES = ("authority", "deployer", "clearing_center", "provider", "content_
                "device2", "payee2", "attacker")
 MEMBER_ROLES = {"clearing_center": 1, "provider": 2, "content_provider": 3, "bank": 4, "device": 5, "device2": 5}
 VALID_UNTIL_MAX = 2**40 - 1
+# the user each device is registered for on chain (issue and renew spend only that user's deposits on it)
+DEVICE_USERS = {"device": keccak(text="user-1"), "device2": keccak(text="user-2")}
 
 
 @dataclass(frozen=True)
@@ -115,9 +120,11 @@ def base_deployment(w3: Web3, compiled: dict[str, dict], actors: dict[str, Actor
     """Deploys Clearhouse and registers every member once per session."""
     deployment = deploy(w3, actors["deployer"].key, actors["authority"].address, root=ROOT)
     authority = ClearhouseChain(w3, deployment, actors["authority"].key)
+    binds_users = "user_id_hash" in inspect.signature(ClearhouseChain.register_member).parameters
     for name, role in MEMBER_ROLES.items():
+        extra = {"user_id_hash": DEVICE_USERS[name]} if binds_users and name in DEVICE_USERS else {}
         authority.register_member(actors[name].address, role, keccak(text=name), keccak(text=f"cert:{name}"),
-                                  0, VALID_UNTIL_MAX)
+                                  0, VALID_UNTIL_MAX, **extra)
     return deployment
 
 
@@ -128,10 +135,30 @@ def _base_snapshot(w3: Web3, base_deployment: Deployment) -> list[str]:
 
 
 def revert_to(w3: Web3, box: list[str]) -> None:
-    """Revert anvil to the snapshot in `box` and store a fresh snapshot of that same state in it."""
+    """Revert anvil to the snapshot in `box`, put its clock back on the wall clock, and store a fresh snapshot of
+    that same state in `box`.
+
+    `evm_revert` also rewinds anvil's clock to the snapshot's time, so without `evm_setTime` every revert would
+    add the time since the snapshot to a growing lag: after 300 s, members registered by `provision` with
+    `validFrom = now - 300` are not active yet, and certificates checked against the chain drift. The services
+    read the wall clock, so the chain must too (tests/contracts/test_chain_clock.py is the regression test).
+    """
     if not w3.provider.make_request("evm_revert", [box[0]])["result"]:
         raise RuntimeError(f"evm_revert({box[0]}) failed: snapshot lost")
+    resync_clock(w3)
     box[0] = w3.provider.make_request("evm_snapshot", [])["result"]
+
+
+def resync_clock(w3: Web3) -> None:
+    """Make anvil's next block carry the wall-clock time (never earlier than its latest block)."""
+    latest = int(w3.eth.get_block("latest")["timestamp"])
+    w3.provider.make_request("evm_setTime", [max(int(time.time()), latest)])
+
+
+@pytest.fixture(scope="session")
+def revert_chain() -> Callable[[Web3, list[str]], None]:
+    """`revert_to` as a fixture (conftest modules are not importable), for tests that snapshot by themselves."""
+    return revert_to
 
 
 @pytest.fixture()

@@ -15,7 +15,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from chainkit import World
 from offchain.core.errors import ContractReverted
 
-USERS = [keccak(text=f"inv-user-{i}") for i in range(2)]
+USERS = [keccak(text="user-1"), keccak(text="user-2")]
+DEVICE_OF = {USERS[0]: "device", USERS[1]: "device2"}  # each device is registered for one user (tests/conftest.py)
 
 
 _EXAMPLES = [0]
@@ -35,11 +36,8 @@ def _report_progress() -> None:
 
 
 @pytest.mark.stateful
-def test_clearhouse_invariants(chain_env, w3, _base_snapshot) -> None:
-    def revert_to(w3, box: list[str]) -> None:  # tests/conftest.py's helper; conftest modules are not importable
-        if not w3.provider.make_request("evm_revert", [box[0]])["result"]:
-            raise RuntimeError(f"evm_revert({box[0]}) failed: snapshot lost")
-        box[0] = w3.provider.make_request("evm_snapshot", [])["result"]
+def test_clearhouse_invariants(chain_env, w3, _base_snapshot, revert_chain) -> None:
+    revert_to = revert_chain
 
     class Machine(RuleBasedStateMachine):
         @initialize()
@@ -50,6 +48,7 @@ def test_clearhouse_invariants(chain_env, w3, _base_snapshot) -> None:
             self.world = World(chain_env)
             self.policies: list[bytes] = [self.world.policy(price=37)]
             self.serials: list[bytes] = []
+            self.device_of: dict[bytes, str] = {}
             self.settled_seqs: dict[bytes, set[int]] = {}
             self.deposited = {u: 0 for u in USERS}
             self.counter = 0
@@ -75,11 +74,12 @@ def test_clearhouse_invariants(chain_env, w3, _base_snapshot) -> None:
         def issue(self, user: bytes, cap: int) -> None:
             serial = self._next("serial")
             try:
-                self.world.issue(serial, cap, user=user, fund=False)
+                self.world.issue(serial, cap, user=user, device=DEVICE_OF[user], fund=False)
             except ContractReverted as exc:
                 assert exc.error_name == "InsufficientDeposits"
                 return
             self.serials.append(serial)
+            self.device_of[serial] = DEVICE_OF[user]
             self.settled_seqs[serial] = set()
 
         @precondition(lambda self: self.serials)
@@ -90,7 +90,7 @@ def test_clearhouse_invariants(chain_env, w3, _base_snapshot) -> None:
             price = self.world.c("bank").policy(pid).price + (1 if wrong_fee else 0)
             first = max(0, self.world.c("bank").issue_log(serial).next_seq + shift)
             item = self.world.item(self.world.batch(serial, [pid], [(0, price, self.world.now)] * count,
-                                                    first_seq=first))
+                                                    first_seq=first), device=self.device_of[serial])
             try:
                 self.world.settle(item)
             except ContractReverted as exc:
@@ -107,7 +107,7 @@ def test_clearhouse_invariants(chain_env, w3, _base_snapshot) -> None:
             serial = data.draw(st.sampled_from(self.serials))
             log = self.world.c("bank").issue_log(serial)
             spent = min(log.cap, log.spent + extra * 10)
-            statement, sig = self.world.statement(serial, log.next_seq + extra, spent)
+            statement, sig = self.world.statement(serial, log.next_seq + extra, spent, device=self.device_of[serial])
             new_serial = serial if same else self._next("serial")
             try:
                 self.world.c("clearing_center").renew(serial, statement, sig, new_serial, new_money,
@@ -117,6 +117,7 @@ def test_clearhouse_invariants(chain_env, w3, _base_snapshot) -> None:
                 return
             if new_serial != serial:
                 self.serials.append(new_serial)
+                self.device_of[new_serial] = self.device_of[serial]
                 self.settled_seqs[new_serial] = set()
 
         @rule(data=st.data())
