@@ -216,13 +216,14 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> BankSett
 
 def build_app(settings: BankSettings, *, chain: Any = None, clock: Clock = time.time) -> web.Application:
     """The bank application; `chain` defaults to a client built from the settings."""
-    from offchain.storage import engine as db
+    from offchain import storage
+    from offchain.bank import store as bank_store
     from offchain.trust import tls
     chain = chain if chain is not None else connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
     verifier = member_verifier(settings, chain, clock)
-    engine = db.make_engine(settings.database_url)
-    db.create_schema(engine)
+    engine = storage.make_engine(settings.database_url)
+    bank_store.create_schema(engine)
     bank = Bank(ledger=Ledger(engine, cc_management_account=settings.cc_management_account, clock=clock),
                 chain=chain, domain=deployment_domain(settings.deployment_path),
                 private_key=settings.eth_private_key_bytes(),

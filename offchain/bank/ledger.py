@@ -18,7 +18,8 @@ from sqlalchemy import Engine, case, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from offchain.storage.engine import JournalEntry, LedgerAccount, Posting, money, payload_hash, session_scope
+from offchain.bank.store import JournalEntry, LedgerAccount, Posting
+from offchain.storage import money, payload_hash, session_scope
 from offchain.core.errors import DuplicateMessage, InsufficientFunds, InvalidAmount, UnbalancedEntry, UnknownAccount
 
 CASH_ACCOUNT = "external:cash"

@@ -21,9 +21,10 @@ from pydantic import BaseModel, Field
 from web3 import Web3
 from web3.exceptions import TimeExhausted, TransactionNotFound, Web3RPCError
 
-from offchain.storage import engine as db
+from offchain import storage
 from offchain.core import messages
-from offchain.clearing_center.store import CcStore, IssueRequestRow, TransferReceiptRow, hex32, user_id_hash
+from offchain.clearing_center.store import (CcStore, IssueLogRecord, IssueRequestRow, ReceiveLogRecord,
+                                            TransferReceiptRow, hex32, user_id_hash)
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.chain.client import RECEIPT_POLL_S, ClearhouseChain, IssueLogInfo, encode_balance_statement
 from offchain.core.errors import (
@@ -165,7 +166,7 @@ class ClearingCenter:
         """Issue a log of up to the user's unallocated deposits, anchored on chain before the answer. The user is
         the one the CA named in the device's certificate; the body's `user_id` must agree with it."""
         user_id = _certified_user(peer, body.user_id)
-        fingerprint = db.payload_hash({"kind": "issue", "user_id": user_id, "amount": body.amount})
+        fingerprint = storage.payload_hash({"kind": "issue", "user_id": user_id, "amount": body.amount})
         with self._money_lock:
             plan = self._replay(peer.eth_address, body.request_id, fingerprint)
             if plan is None:
@@ -210,7 +211,7 @@ class ClearingCenter:
         response: dict[str, Any] = {"issue_log": envelope.to_json(), "tx_hash": tx_hash}
         if plan.kind == "renew":
             response["mode"] = plan.mode
-        record = db.IssueLogRecord(
+        record = IssueLogRecord(
             serial=plan.serial, revision=revision, device=plan.device, user_id_hash=log.user_id_hash, cap=plan.cap,
             expires_at=plan.expires_at, previous_serial=plan.previous_serial, carried=plan.carried,
             new_money=plan.new_money, cc_signature=envelope.signature_bytes(), issue_log_json=envelope.message)
@@ -228,7 +229,7 @@ class ClearingCenter:
         if not isinstance(statement, BalanceStatement):
             raise MalformedMessage("statement must be a BalanceStatement", type=envelope.kind, field="kind",
                                    value=envelope.kind, reason="wrong message type")
-        fingerprint = db.payload_hash({"kind": "renew", "statement": envelope.message,
+        fingerprint = storage.payload_hash({"kind": "renew", "statement": envelope.message,
                                        "signature": envelope.signature, "amount": body.amount})
         with self._money_lock:
             plan = self._replay(peer.eth_address, body.request_id, fingerprint)
@@ -367,7 +368,7 @@ class ClearingCenter:
                 self.log.warning("receive_log.rejected", index=index, error=exc.code, message=exc.message)
         return {"accepted": accepted, "rejected": rejected}
 
-    def _verify_receive_item(self, item: ReceiveItem, peer: MemberIdentity) -> db.ReceiveLogRecord:
+    def _verify_receive_item(self, item: ReceiveItem, peer: MemberIdentity) -> ReceiveLogRecord:
         envelope = Envelope.from_json(item.receive_log)
         receive_log, _sp = envelope.open(self.verifier, self.domain, Role.SERVICE_PROVIDER, peer=peer)
         if not isinstance(receive_log, ReceiveLog):
@@ -387,7 +388,7 @@ class ClearingCenter:
             raise IdentityMismatch("the receive log's payer is not the batch signer", expected=device,
                                    got=receive_log.payer)
         self._check_terms(batch, device)
-        return db.ReceiveLogRecord(
+        return ReceiveLogRecord(
             id=receive_log.id(self.domain), sp_address=peer.eth_address, payer=device, serial=batch.serial,
             first_seq=batch.first_seq, count=batch.count, total=batch.total, usage_batch_json=batch.to_json(),
             device_sig=device_signature, receiver_sig=envelope.signature_bytes(), received_at=receive_log.received_at)
@@ -414,7 +415,7 @@ class ClearingCenter:
                 raise IssueLogExpired("usage after the issue log expired", serial=batch.serial, seq=usage.seq,
                                       used_at=usage.used_at, expires_at=on_chain.expires_at)
 
-    def _admit(self, record: db.ReceiveLogRecord) -> None:
+    def _admit(self, record: ReceiveLogRecord) -> None:
         """Same id again: replay (same answer) or DuplicateMessage; new: sequence and cap checks, then persist."""
         if self.store.receive_log(record.id) is not None:
             self.store.store_receive_log(record)  # raises DuplicateMessage on another payload
@@ -607,7 +608,7 @@ def build_app(settings: ClearingCenterSettings, *, chain: ClearhouseChain | None
     chain = chain or connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
     verifier = member_verifier(settings, chain, clock)
-    store = CcStore(db.make_engine(settings.database_url), clock)
+    store = CcStore(storage.make_engine(settings.database_url), clock)
     store.create_schema()
     cert_pem = require_path(settings.cert_path, "cert_path").read_bytes()
     key = settings.eth_private_key_bytes()

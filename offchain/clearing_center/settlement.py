@@ -20,9 +20,8 @@ import structlog
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
-from offchain.clearing_center.store import CcStore
+from offchain.clearing_center.store import CcStore, ReceiveLogRow, SettlementOutbox
 from offchain.chain.client import ClearhouseChain, SettlementItem, encode_settlement_item
-from offchain.storage.engine import ReceiveLogRow, SettlementOutbox
 from offchain.core.errors import ContractReverted
 from offchain.core.messages import UsageBatch
 
@@ -279,7 +278,7 @@ def build_worker(settings: Any, store: CcStore, chain: ClearhouseChain, log: Any
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m offchain.clearing_center.settlement --config cc.json [--once]`: run the worker alone (no HTTP)."""
     from offchain.chain.client import Deployment
-    from offchain.storage.engine import make_engine
+    from offchain.storage import make_engine
     from offchain.core.settings import ClearingCenterSettings, configure_logging, load_settings
 
     parser = argparse.ArgumentParser(description=main.__doc__)

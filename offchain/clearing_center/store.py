@@ -1,9 +1,9 @@
-"""The clearing center's state: the user balance database (claim 4), issue requests, receive logs, the settlement
-outbox and transfer requests, on the shared models of `offchain.storage.engine`, plus the two CC-only tables defined here.
+"""The clearing center's tables and repository: users and devices, the append-only user balance database,
+issue logs and issue requests, receive logs, the settlement outbox, transfer requests and the bank's receipts.
 
-It stores what the CC decided; it reads no chain view (`offchain.chain.client.ClearhouseChain` does), verifies no signature
-and sends no transaction.
-Balances are derived from append-only `user_balance_entries` rows (deposit / allocation / carry), never updated.
+Every CC table is declared here, on `CcTable` (its own MetaData: `create_schema` creates exactly these). It
+stores what the CC decided; it reads no chain view, verifies no signature and sends no transaction. Balances are
+derived from append-only `user_balance_entries` rows (deposit / allocation / carry), never updated.
 """
 
 from __future__ import annotations
@@ -12,27 +12,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import BigInteger, Engine, LargeBinary, String, func, select
+from sqlalchemy import (BigInteger, CheckConstraint, Engine, ForeignKey, Index, Integer, LargeBinary, String, Text,
+                        func, select, update)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import JSON
 
-from offchain.storage import engine as db
-from offchain.storage.engine import (
-    Address,
-    Base,
-    Bytes32,
-    Device,
-    IssueLogRow,
-    Money,
-    ReceiveLogRow,
-    SettlementOutbox,
-    TransferRequestRow,
-    User,
-    UserBalanceEntry,
-    session_scope,
-)
-from offchain.core.errors import NotFound
+from offchain.core.errors import DuplicateMessage, NotFound
 from offchain.core.messages import keccak
+from offchain.storage import engine as storage
+from offchain.storage.columns import Address, Base, Bytes32, Money, money, new_metadata, require_money, status_check
+from offchain.storage.session import get_row, insert_idempotent, payload_hash, session_scope, transition
 
 Clock = Callable[[], float]
 OPEN_SEQ_LIMIT = (1 << 48) - 1  # the contract's seqLimit while an issue log is open
@@ -47,8 +36,145 @@ def hex32(value: bytes) -> str:
     return "0x" + value.hex()
 
 
-# --- CC-only tables ------------------------------------------------------------------------------------------------
-class IssueRequestRow(Base):
+class CcTable(Base):
+    """Abstract base of the clearing center's tables (their own MetaData)."""
+
+    __abstract__ = True
+    metadata = new_metadata()
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the CC tables that do not exist yet (idempotent)."""
+    storage.create_schema(engine, CcTable.metadata)
+
+
+# --- tables --------------------------------------------------------------------------------------------------------
+class User(CcTable):
+    __tablename__ = "users"
+    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    user_id_hash: Mapped[bytes] = mapped_column(Bytes32, unique=True)
+    display_name: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class Device(CcTable):
+    __tablename__ = "devices"
+    address: Mapped[str] = mapped_column(Address, primary_key=True)
+    member_id: Mapped[str] = mapped_column(String(128), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
+    registered_at: Mapped[int] = mapped_column(BigInteger)
+
+
+ISSUE_STATUSES = ("open", "closed")
+
+
+class IssueLogRow(CcTable):
+    """One signed issue log. A top-up in place re-signs the same serial, so the key is (serial, revision)."""
+
+    __tablename__ = "issue_logs"
+    __table_args__ = (status_check("status", ISSUE_STATUSES),)
+    serial: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
+    device: Mapped[str] = mapped_column(ForeignKey("devices.address"), index=True)
+    user_id_hash: Mapped[bytes] = mapped_column(Bytes32, index=True)
+    cap: Mapped[int] = mapped_column(Money)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    previous_serial: Mapped[bytes | None] = mapped_column(Bytes32)
+    carried: Mapped[int] = mapped_column(Money)
+    new_money: Mapped[int] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    cc_signature: Mapped[bytes] = mapped_column(LargeBinary(65))
+    issue_log_json: Mapped[dict[str, Any]] = mapped_column(JSON)
+    payload_hash: Mapped[bytes] = mapped_column(Bytes32)
+    anchored_tx: Mapped[str | None] = mapped_column(String(66))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+BALANCE_KINDS = ("deposit", "allocation", "carry")
+
+
+class UserBalanceEntry(CcTable):
+    """Append-only user balance database (claim 4): deposits credited, new money allocated, amounts carried."""
+
+    __tablename__ = "user_balance_entries"
+    __table_args__ = (status_check("kind", BALANCE_KINDS), CheckConstraint("amount > 0", name="ck_amount_pos"))
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(Money)
+    serial: Mapped[bytes | None] = mapped_column(Bytes32)
+    reference: Mapped[str | None] = mapped_column(String(200))
+    payload_hash: Mapped[bytes] = mapped_column(Bytes32)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+SETTLEMENT_STATUSES = ("pending", "sent", "confirmed", "failed")
+
+
+class SettlementOutbox(CcTable):
+    """One settle() transaction: built, signed and stored before it is sent, so a crash can resend it."""
+
+    __tablename__ = "settlement_outbox"
+    __table_args__ = (status_check("status", SETTLEMENT_STATUSES),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    tx_hash: Mapped[str | None] = mapped_column(String(66), unique=True)
+    nonce: Mapped[int | None] = mapped_column(BigInteger)
+    raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+RECEIVE_STATUSES = ("accepted", "submitted", "settled", "rejected")
+
+
+class ReceiveLogRow(CcTable):
+    """A receive log (SP-signed) with its usage batch (device-signed); id = the ReceiveLog EIP-712 digest."""
+
+    __tablename__ = "receive_logs"
+    __table_args__ = (
+        status_check("status", RECEIVE_STATUSES),
+        Index("ix_receive_logs_serial_seq", "serial", "first_seq"),
+    )
+    id: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
+    sp_address: Mapped[str] = mapped_column(Address, index=True)
+    payer: Mapped[str] = mapped_column(Address)
+    serial: Mapped[bytes] = mapped_column(Bytes32)
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    count: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Money)
+    usage_batch_json: Mapped[dict[str, Any]] = mapped_column(JSON)
+    device_sig: Mapped[bytes] = mapped_column(LargeBinary(65))
+    receiver_sig: Mapped[bytes] = mapped_column(LargeBinary(65))
+    received_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default="accepted", index=True)
+    settlement_id: Mapped[int | None] = mapped_column(ForeignKey("settlement_outbox.id"), index=True)
+    reject_reason: Mapped[str | None] = mapped_column(Text)
+    payload_hash: Mapped[bytes] = mapped_column(Bytes32)
+
+
+TRANSFER_STATUSES = ("requested", "sent_to_bank", "confirmed")
+
+
+class TransferRequestRow(CcTable):
+    """A transfer request the contract assigned (id = requestId), followed until the bank confirms it."""
+
+    __tablename__ = "transfer_requests"
+    __table_args__ = (status_check("status", TRANSFER_STATUSES), CheckConstraint("amount > 0", name="ck_tr_pos"))
+    request_id: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
+    payee: Mapped[str] = mapped_column(Address, index=True)
+    amount: Mapped[int] = mapped_column(Money)
+    status: Mapped[str] = mapped_column(String(16), default="requested", index=True)
+    bank_ref: Mapped[bytes | None] = mapped_column(Bytes32)
+    tx_hash: Mapped[str | None] = mapped_column(String(66))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
+
+class IssueRequestRow(CcTable):
     """A device's issue/renew request (id = request_id, scoped by device): planned before the chain call, answered
     from here on a retry, so an interrupted request resumes with the same serial, amount and expiry."""
 
@@ -76,7 +202,7 @@ class IssueRequestRow(Base):
     raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary)
 
 
-class TransferReceiptRow(Base):
+class TransferReceiptRow(CcTable):
     """The bank's signed TransferReceipt for one transfer request, kept as evidence (Envelope JSON)."""
 
     __tablename__ = "cc_transfer_receipts"
@@ -87,6 +213,270 @@ class TransferReceiptRow(Base):
     bank_member_id: Mapped[str] = mapped_column(String(128))
     envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[int] = mapped_column(BigInteger)
+
+
+# --- repository functions (one session each; CcStore runs them in transactions) -------------------------------
+def add_user(session: Session, user_id: str, user_id_hash: bytes, display_name: str, now: int) -> User:
+    """Register a user once; the same user again is a no-op, a different hash or name is DuplicateMessage."""
+    existing = session.get(User, user_id)
+    if existing is None:
+        user = User(user_id=user_id, user_id_hash=user_id_hash, display_name=display_name, created_at=now)
+        session.add(user)
+        session.flush()
+        return user
+    if (existing.user_id_hash, existing.display_name) != (user_id_hash, display_name):
+        raise DuplicateMessage(f"user {user_id} exists with other data", kind="user", key=user_id)
+    return existing
+
+
+def add_device(session: Session, address: str, member_id: str, user_id: str, now: int) -> Device:
+    """Bind a device address to a member id and a user once; rebinding to someone else is DuplicateMessage."""
+    existing = session.get(Device, address)
+    if existing is None:
+        get_row(session, User, user_id, "user")
+        device = Device(address=address, member_id=member_id, user_id=user_id, registered_at=now)
+        session.add(device)
+        session.flush()
+        return device
+    if (existing.member_id, existing.user_id) != (member_id, user_id):
+        raise DuplicateMessage(f"device {address} is bound to another member or user", kind="device", key=address)
+    return existing
+
+
+def device_user(session: Session, address: str) -> User:
+    """The user owning device `address` (NotFound when the device is unknown)."""
+    device = get_row(session, Device, address, "device")
+    return get_row(session, User, device.user_id, "user")
+
+
+@dataclass(frozen=True)
+class IssueLogRecord:
+    """What the CC stores for one signed issue log (revision > 0: a top-up in place of the same serial)."""
+
+    serial: bytes
+    revision: int
+    device: str
+    user_id_hash: bytes
+    cap: int
+    expires_at: int
+    previous_serial: bytes | None
+    carried: int
+    new_money: int
+    cc_signature: bytes
+    issue_log_json: dict[str, Any]
+
+
+def record_issue_log(session: Session, record: IssueLogRecord, now: int) -> tuple[IssueLogRow, bool]:
+    """Store an issue log idempotently by (serial, revision); returns (row, created)."""
+    for name in ("cap", "carried", "new_money"):
+        require_money(getattr(record, name), name)
+    fields = {k: getattr(record, k) for k in IssueLogRecord.__dataclass_fields__}
+    row = IssueLogRow(**fields, payload_hash=payload_hash(fields), status="open", created_at=now)
+    return insert_idempotent(session, row, {"serial": record.serial, "revision": record.revision}, "issue_log")
+
+
+def latest_issue_log(session: Session, serial: bytes) -> IssueLogRow | None:
+    """The highest revision of `serial`, or None."""
+    query = select(IssueLogRow).where(IssueLogRow.serial == serial).order_by(IssueLogRow.revision.desc()).limit(1)
+    return session.scalars(query).first()
+
+
+def close_issue_log(session: Session, serial: bytes) -> None:
+    """Mark every revision of `serial` closed (renewal with a new serial or after expiry)."""
+    session.execute(update(IssueLogRow).where(IssueLogRow.serial == serial).values(status="closed"))
+
+
+def mark_issue_log_anchored(session: Session, serial: bytes, revision: int, tx_hash: str) -> None:
+    """Remember the transaction that recorded the issue log on chain."""
+    get_row(session, IssueLogRow, (serial, revision), "issue_log").anchored_tx = tx_hash
+
+
+@dataclass(frozen=True)
+class UserFunds:
+    """A user's totals from the append-only balance entries (claim 4)."""
+
+    deposited: int
+    allocated: int
+    carried: int
+
+    @property
+    def available(self) -> int:
+        return self.deposited - self.allocated
+
+
+def append_balance_entry(
+    session: Session,
+    idempotency_key: str,
+    user_id: str,
+    kind: str,
+    amount: int,
+    now: int,
+    *,
+    serial: bytes | None = None,
+    reference: str | None = None,
+) -> tuple[UserBalanceEntry, bool]:
+    """Append one user balance entry (deposit / allocation / carry) exactly once per idempotency key."""
+    if kind not in BALANCE_KINDS:
+        raise ValueError(f"kind must be one of {BALANCE_KINDS}")
+    require_money(amount, "amount", positive=True)
+    digest = payload_hash({"user_id": user_id, "kind": kind, "amount": amount, "serial": serial, "ref": reference})
+    row = UserBalanceEntry(
+        idempotency_key=idempotency_key, user_id=user_id, kind=kind, amount=amount, serial=serial,
+        reference=reference, payload_hash=digest, created_at=now,
+    )
+    return insert_idempotent(session, row, {"idempotency_key": idempotency_key}, "balance_entry")
+
+
+def user_funds(session: Session, user_id: str) -> UserFunds:
+    """Sum a user's balance entries per kind."""
+    query = (
+        select(UserBalanceEntry.kind, func.sum(UserBalanceEntry.amount))
+        .where(UserBalanceEntry.user_id == user_id)
+        .group_by(UserBalanceEntry.kind)
+    )
+    sums = {kind: money(total) for kind, total in session.execute(query)}
+    return UserFunds(sums.get("deposit", 0), sums.get("allocation", 0), sums.get("carry", 0))
+
+
+@dataclass(frozen=True)
+class ReceiveLogRecord:
+    """A verified receive log with its usage batch; `id` is the ReceiveLog EIP-712 digest."""
+
+    id: bytes
+    sp_address: str
+    payer: str
+    serial: bytes
+    first_seq: int
+    count: int
+    total: int
+    usage_batch_json: dict[str, Any]
+    device_sig: bytes
+    receiver_sig: bytes
+    received_at: int
+
+
+def upsert_receive_log_idempotent(session: Session, record: ReceiveLogRecord) -> tuple[ReceiveLogRow, bool]:
+    """Store a receive log once: identical replay returns (existing, False); same id, other payload raises
+    DuplicateMessage (fields: kind, key, stored_hash, got_hash)."""
+    require_money(record.total, "total", positive=True)
+    fields = {k: getattr(record, k) for k in ReceiveLogRecord.__dataclass_fields__}
+    row = ReceiveLogRow(**fields, payload_hash=payload_hash(fields), status="accepted")
+    return insert_idempotent(session, row, {"id": record.id}, "receive_log")
+
+
+def receive_logs_to_settle(session: Session, limit: int) -> list[ReceiveLogRow]:
+    """Accepted receive logs in settlement order (per serial by first_seq, oldest first)."""
+    query = (
+        select(ReceiveLogRow)
+        .where(ReceiveLogRow.status == "accepted")
+        .order_by(ReceiveLogRow.received_at, ReceiveLogRow.serial, ReceiveLogRow.first_seq)
+        .limit(limit)
+    )
+    return list(session.scalars(query))
+
+
+_RECEIVE_FLOW = {"accepted": ("submitted", "rejected"), "submitted": ("settled", "accepted", "rejected")}
+_SETTLEMENT_FLOW = {"pending": ("sent", "failed"), "sent": ("confirmed", "failed")}
+
+
+def create_settlement(session: Session, receive_log_ids: Sequence[bytes], now: int) -> SettlementOutbox:
+    """Open an outbox row for one settle() transaction and mark its receive logs submitted."""
+    outbox = SettlementOutbox(status="pending", created_at=now, updated_at=now)
+    session.add(outbox)
+    session.flush()
+    for log_id in receive_log_ids:
+        row = get_row(session, ReceiveLogRow, log_id, "receive_log")
+        transition(row, "submitted", _RECEIVE_FLOW, "receive_log")
+        row.settlement_id = outbox.id
+    return outbox
+
+
+def update_settlement(
+    session: Session,
+    settlement_id: int,
+    status: str,
+    now: int,
+    *,
+    tx_hash: str | None = None,
+    nonce: int | None = None,
+    raw_tx: bytes | None = None,
+    error: str | None = None,
+) -> SettlementOutbox:
+    """Advance a settlement; confirmed settles its receive logs, failed returns them to `accepted` for retry."""
+    outbox = get_row(session, SettlementOutbox, settlement_id, "settlement")
+    transition(outbox, status, _SETTLEMENT_FLOW, "settlement")
+    for name, value in (("tx_hash", tx_hash), ("nonce", nonce), ("raw_tx", raw_tx), ("error", error)):
+        if value is not None:
+            setattr(outbox, name, value)
+    outbox.updated_at = now
+    if status in ("confirmed", "failed"):
+        logs = session.scalars(select(ReceiveLogRow).where(ReceiveLogRow.settlement_id == settlement_id))
+        for row in logs:
+            transition(row, "settled" if status == "confirmed" else "accepted", _RECEIVE_FLOW, "receive_log")
+            if status == "failed":
+                row.settlement_id = None
+    return outbox
+
+
+def reject_receive_log(session: Session, log_id: bytes, reason: str) -> ReceiveLogRow:
+    """Take a receive log out of settlement for good (e.g. it reverted alone with a named contract error)."""
+    row = get_row(session, ReceiveLogRow, log_id, "receive_log")
+    transition(row, "rejected", _RECEIVE_FLOW, "receive_log")
+    row.reject_reason = reason
+    row.settlement_id = None
+    return row
+
+
+_TRANSFER_FLOW = {"requested": ("sent_to_bank", "confirmed"), "sent_to_bank": ("confirmed",)}
+
+
+def record_transfer_request(
+    session: Session, request_id: bytes, payee: str, amount: int, now: int, *, tx_hash: str | None = None
+) -> tuple[TransferRequestRow, bool]:
+    """Store a transfer request (from the TransferRequested event) once; another payee/amount raises."""
+    require_money(amount, "amount", positive=True)
+    row = TransferRequestRow(
+        request_id=request_id, payee=payee, amount=amount, status="requested", tx_hash=tx_hash,
+        created_at=now, updated_at=now,
+    )
+    existing = session.get(TransferRequestRow, request_id)
+    if existing is None:
+        session.add(row)
+        session.flush()
+        return row, True
+    if (existing.payee, existing.amount) != (payee, amount):
+        raise DuplicateMessage(
+            f"transfer request 0x{request_id.hex()} exists with another payee or amount",
+            kind="transfer_request", key="0x" + request_id.hex(), stored_amount=existing.amount, got_amount=amount,
+        )
+    return existing, False
+
+
+def advance_transfer_request(
+    session: Session, request_id: bytes, status: str, now: int, *, bank_ref: bytes | None = None
+) -> TransferRequestRow:
+    """Move a transfer request to `sent_to_bank` or `confirmed` (which needs the bank's reference)."""
+    row = get_row(session, TransferRequestRow, request_id, "transfer_request")
+    if status == "confirmed":
+        if bank_ref is None:
+            raise ValueError("confirming a transfer request needs bank_ref")
+        if row.bank_ref is not None and row.bank_ref != bank_ref:
+            raise DuplicateMessage(
+                "transfer request already confirmed with another bank_ref",
+                kind="transfer_request", key="0x" + request_id.hex(), stored_ref=row.bank_ref, got_ref=bank_ref,
+            )
+        row.bank_ref = bank_ref
+    transition(row, status, _TRANSFER_FLOW, "transfer_request")
+    row.updated_at = now
+    return row
+
+
+def transfer_requests_with_status(session: Session, status: str) -> list[TransferRequestRow]:
+    """Transfer requests in one status, oldest first."""
+    query = select(TransferRequestRow).where(TransferRequestRow.status == status)
+    return list(session.scalars(query.order_by(TransferRequestRow.created_at, TransferRequestRow.request_id)))
+
+
 
 
 # --- balances --------------------------------------------------------------------------------------------------------
@@ -114,7 +504,7 @@ class CcStore:
         return int(self.clock())
 
     def create_schema(self) -> None:
-        db.create_schema(self.engine)  # includes the cc_* tables: this module registered them on db.Base
+        create_schema(self.engine)
 
     # users, devices and deposits ----------------------------------------------------------------------------
     def bind_device(self, address: str, member_id: str, user_id: str) -> None:
@@ -122,8 +512,8 @@ class CcStore:
         now = self.now()
         with session_scope(self.engine) as session:
             if session.get(User, user_id) is None:
-                db.add_user(session, user_id, user_id_hash(user_id), user_id, now)
-            db.add_device(session, address, member_id, user_id, now)
+                add_user(session, user_id, user_id_hash(user_id), user_id, now)
+            add_device(session, address, member_id, user_id, now)
 
     def device_user(self, address: str) -> str | None:
         with session_scope(self.engine) as session:
@@ -136,8 +526,8 @@ class CcStore:
         now = self.now()
         with session_scope(self.engine) as session:
             if session.get(User, user_id) is None:
-                db.add_user(session, user_id, user_id_hash(user_id), user_id, now)
-            row, created = db.append_balance_entry(session, f"deposit:{hex32(deposit_id)}", user_id, "deposit",
+                add_user(session, user_id, user_id_hash(user_id), user_id, now)
+            row, created = append_balance_entry(session, f"deposit:{hex32(deposit_id)}", user_id, "deposit",
                                                    amount, now, reference=tx_hash)
             return row.id, created
 
@@ -147,7 +537,7 @@ class CcStore:
 
     @staticmethod
     def _balance(session: Session, user_id: str) -> Balance:
-        funds = db.user_funds(session, user_id)
+        funds = user_funds(session, user_id)
         return Balance(user_id, user_id_hash(user_id), funds.deposited, funds.allocated, funds.carried)
 
     def user_view(self, user_id: str) -> dict[str, Any]:
@@ -189,7 +579,7 @@ class CcStore:
         with session_scope(self.engine) as session:
             total = session.scalar(select(func.sum(IssueRequestRow.new_money)).where(
                 IssueRequestRow.user_id == user_id, IssueRequestRow.status == "planned"))
-            return db.money(total)
+            return money(total)
 
     def drop_issue_request(self, device: str, request_id: str) -> None:
         """Forget a planned request the chain refused (a revert before sending, or its transaction reverted),
@@ -215,7 +605,7 @@ class CcStore:
             if row is not None and row.status == "planned" and row.tx_hash == tx_hash:
                 row.tx_hash, row.tx_nonce, row.raw_tx = None, None, None
 
-    def complete_issue_request(self, plan: IssueRequestRow, record: db.IssueLogRecord, tx_hash: str,
+    def complete_issue_request(self, plan: IssueRequestRow, record: IssueLogRecord, tx_hash: str,
                                response: dict[str, Any]) -> None:
         """Record the signed issue log, the balance entries and the answer in one transaction (idempotent)."""
         now = self.now()
@@ -224,21 +614,21 @@ class CcStore:
             if row is None or row.status == "done":
                 return
             if plan.previous_serial is not None and plan.previous_serial != plan.serial:
-                db.close_issue_log(session, plan.previous_serial)
-            db.record_issue_log(session, record, now)
-            db.mark_issue_log_anchored(session, record.serial, record.revision, tx_hash)
+                close_issue_log(session, plan.previous_serial)
+            record_issue_log(session, record, now)
+            mark_issue_log_anchored(session, record.serial, record.revision, tx_hash)
             key = f"{plan.kind}:{plan.device}:{plan.request_id}"
             if plan.new_money > 0:
-                db.append_balance_entry(session, key + ":allocation", plan.user_id, "allocation", plan.new_money,
+                append_balance_entry(session, key + ":allocation", plan.user_id, "allocation", plan.new_money,
                                         now, serial=plan.serial, reference=plan.request_id)
             if plan.carried > 0:
-                db.append_balance_entry(session, key + ":carry", plan.user_id, "carry", plan.carried, now,
+                append_balance_entry(session, key + ":carry", plan.user_id, "carry", plan.carried, now,
                                         serial=plan.serial, reference=hex32(plan.previous_serial or bytes(32)))
             row.status, row.response = "done", response
 
     def next_revision(self, serial: bytes) -> int:
         with session_scope(self.engine) as session:
-            latest = db.latest_issue_log(session, serial)
+            latest = latest_issue_log(session, serial)
             return 0 if latest is None else latest.revision + 1
 
     # receive logs ---------------------------------------------------------------------------------------------
@@ -253,10 +643,10 @@ class CcStore:
                                                                     ReceiveLogRow.status != "rejected")
                                         .order_by(ReceiveLogRow.first_seq)))
 
-    def store_receive_log(self, record: db.ReceiveLogRecord) -> bool:
+    def store_receive_log(self, record: ReceiveLogRecord) -> bool:
         """Persist one verified receive log; True when new, False for an identical replay (else DuplicateMessage)."""
         with session_scope(self.engine) as session:
-            return db.upsert_receive_log_idempotent(session, record)[1]
+            return upsert_receive_log_idempotent(session, record)[1]
 
     def accepted_receive_logs(self) -> list[ReceiveLogRow]:
         """Accepted (not yet submitted) receive logs per serial in seq order."""
@@ -283,7 +673,7 @@ class CcStore:
     def reject_receive_logs(self, reasons: dict[bytes, str]) -> None:
         with session_scope(self.engine) as session:
             for log_id, reason in reasons.items():
-                db.reject_receive_log(session, log_id, reason)
+                reject_receive_log(session, log_id, reason)
 
     def mark_settled_without_outbox(self, log_ids: Sequence[bytes]) -> None:
         """Accepted receive logs the chain already settled (nextSeq past them): settled, never re-sent."""
@@ -298,13 +688,13 @@ class CcStore:
         """Outbox row (pending) with the signed transaction, and its logs submitted: one transaction, written
         before the broadcast so that recovery can always find out what was sent."""
         with session_scope(self.engine) as session:
-            outbox = db.create_settlement(session, log_ids, self.now())
+            outbox = create_settlement(session, log_ids, self.now())
             outbox.tx_hash, outbox.nonce, outbox.raw_tx = tx_hash, nonce, raw_tx
             return outbox.id
 
     def update_settlement(self, settlement_id: int, status: str, **fields: Any) -> None:
         with session_scope(self.engine) as session:
-            db.update_settlement(session, settlement_id, status, self.now(), **fields)
+            update_settlement(session, settlement_id, status, self.now(), **fields)
 
     def unfinished_settlements(self) -> list[SettlementOutbox]:
         with session_scope(self.engine) as session:
@@ -339,7 +729,7 @@ class CcStore:
         now, created = self.now(), 0
         with session_scope(self.engine) as session:
             for request_id, payee, amount, tx_hash in requests:
-                created += db.record_transfer_request(session, request_id, payee, amount, now, tx_hash=tx_hash)[1]
+                created += record_transfer_request(session, request_id, payee, amount, now, tx_hash=tx_hash)[1]
         return created
 
     def open_transfer_requests(self) -> list[TransferRequestRow]:
@@ -349,18 +739,19 @@ class CcStore:
 
     def mark_transfer_sent(self, request_id: bytes) -> None:
         with session_scope(self.engine) as session:
-            db.advance_transfer_request(session, request_id, "sent_to_bank", self.now())
+            advance_transfer_request(session, request_id, "sent_to_bank", self.now())
 
     def record_transfer_receipt(self, receipt: TransferReceiptRow) -> None:
         """Keep the bank's signed receipt and mark the request confirmed (same receipt twice: no-op)."""
         with session_scope(self.engine) as session:
-            db.advance_transfer_request(session, receipt.request_id, "confirmed", self.now(),
+            advance_transfer_request(session, receipt.request_id, "confirmed", self.now(),
                                         bank_ref=receipt.bank_ref)
             if session.get(TransferReceiptRow, receipt.request_id) is None:
                 session.add(receipt)
 
 
 __all__ = [
-    "CcStore", "Balance", "IssueRequestRow", "TransferReceiptRow", "OPEN_SEQ_LIMIT",
-    "user_id_hash", "hex32",
+    "CcStore", "Balance", "CcTable", "create_schema", "IssueLogRecord", "ReceiveLogRecord", "User", "Device",
+    "IssueLogRow", "UserBalanceEntry", "SettlementOutbox", "ReceiveLogRow", "TransferRequestRow", "IssueRequestRow",
+    "TransferReceiptRow", "OPEN_SEQ_LIMIT", "user_id_hash", "hex32",
 ]

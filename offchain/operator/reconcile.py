@@ -174,8 +174,8 @@ def _policy_counters(contract: Any, pid: str) -> tuple[int, int]:
 # --- reading the CC database and the bank ledger --------------------------------------------------------------------
 def cc_facts(database_url: str) -> CcFacts:
     """The CC's balance database, receive logs and transfer requests (read-only)."""
-    from offchain.clearing_center import store as cc_store  # noqa: F401 - registers the cc_* tables on db.Base
-    from offchain.storage.engine import ReceiveLogRow, TransferRequestRow, User, UserBalanceEntry, make_engine, session_scope
+    from offchain.clearing_center.store import ReceiveLogRow, TransferRequestRow, User, UserBalanceEntry
+    from offchain.storage import make_engine, session_scope
 
     engine = make_engine(database_url)
     try:
@@ -202,8 +202,8 @@ def cc_facts(database_url: str) -> CcFacts:
 
 def bank_facts(database_url: str) -> BankFacts:
     """The bank's journal: deposits, transfers, unbalanced entries and entries of an unknown kind (read-only)."""
-    from offchain.storage.engine import make_engine
     from offchain.bank.ledger import Ledger
+    from offchain.storage import make_engine
 
     engine = make_engine(database_url)
     try:

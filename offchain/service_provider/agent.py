@@ -27,7 +27,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy import Engine, insert, select
 
 from offchain.trust import container as containers
-from offchain.storage import engine as db
+from offchain import storage
+from offchain.service_provider import store as sp_store
 from offchain.core import messages
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.core.errors import (
@@ -213,7 +214,7 @@ def check_usage_signatures(batch_json: dict[str, Any], batch_signature_hex: str,
     messages.verify(batch, domain, batch_signature, signer)
     messages.verify_usage_logs(logs, signatures, domain, signer)
     return CheckedUsage(batch, batch_signature, logs, signatures, log_json,
-                        tuple(db.payload_hash(item) for item in log_json))
+                        tuple(storage.payload_hash(item) for item in log_json))
 
 
 def _parsed_log(data: Any) -> UsageLog:
@@ -252,14 +253,14 @@ class ServiceProvider:
         aad = policy.content_id + policy.version.to_bytes(4, "big")
         nonce = os.urandom(12)
         sealed = nonce + self._catalog_aead.encrypt(nonce, content_key, aad)
-        with db.session_scope(self.engine) as session:
-            existing = session.get(db.SpCatalogItem, (policy.content_id, policy.version))
+        with storage.session_scope(self.engine) as session:
+            existing = session.get(sp_store.SpCatalogItem, (policy.content_id, policy.version))
             if existing is not None:
                 if existing.policy_hash != digest or existing.container_bytes != blob:
                     raise DuplicateMessage("this content id and version is already published with another container",
                                            content_id=policy.content_id, version=policy.version)
                 return policy.content_id, policy.version
-            session.add(db.SpCatalogItem(
+            session.add(sp_store.SpCatalogItem(
                 content_id=policy.content_id, version=policy.version, container_bytes=blob,
                 content_key_encrypted=sealed, policy_json={**policy.to_json(), "title": box.header.title},
                 policy_hash=digest, created_at=int(self._clock())))
@@ -276,8 +277,8 @@ class ServiceProvider:
                                  policy_id=policy.policy_id, expected=registered or b"", got=got)
 
     def catalog(self) -> list[CatalogItemOut]:
-        with db.session_scope(self.engine) as session:
-            rows = session.scalars(select(db.SpCatalogItem).order_by(db.SpCatalogItem.created_at)).all()
+        with storage.session_scope(self.engine) as session:
+            rows = session.scalars(select(sp_store.SpCatalogItem).order_by(sp_store.SpCatalogItem.created_at)).all()
             return [CatalogItemOut(content_id=_hex(r.content_id), version=r.version, title=r.policy_json["title"],
                                    price=int(r.policy_json["price"]),
                                    policy_id=_hex(messages.policy_id(r.content_id, r.version))) for r in rows]
@@ -285,8 +286,8 @@ class ServiceProvider:
     def download(self, content_id: bytes, version: int, device_cert_pem: bytes,
                  device_member_id: str) -> tuple[bytes, dict[str, Any]]:
         """The container and its content key wrapped to the requesting device's certificate key."""
-        with db.session_scope(self.engine) as session:
-            row = session.get(db.SpCatalogItem, (content_id, version))
+        with storage.session_scope(self.engine) as session:
+            row = session.get(sp_store.SpCatalogItem, (content_id, version))
             if row is None:
                 raise NotFound("no such content in the catalog", content_id=content_id, version=version)
             blob, sealed = row.container_bytes, row.content_key_encrypted
@@ -300,8 +301,8 @@ class ServiceProvider:
 
     def prices(self, policy_ids: Sequence[bytes]) -> dict[bytes, int]:
         """Catalog price of each policy id this SP sells (others are absent)."""
-        with db.session_scope(self.engine) as session:
-            rows = session.scalars(select(db.SpCatalogItem)).all()
+        with storage.session_scope(self.engine) as session:
+            rows = session.scalars(select(sp_store.SpCatalogItem)).all()
             by_id = {messages.policy_id(r.content_id, r.version): int(r.policy_json["price"]) for r in rows}
         return {pid: by_id[pid] for pid in policy_ids if pid in by_id}
 
@@ -344,11 +345,11 @@ class ServiceProvider:
         self.check_terms(upload)
         batch = upload.batch
         batch_id = batch.digest(self.domain)
-        payload = db.payload_hash({"batch": batch.to_json(), "sig": upload.batch_signature})
+        payload = storage.payload_hash({"batch": batch.to_json(), "sig": upload.batch_signature})
         last_seq = batch.first_seq + batch.count - 1
         now = int(self._clock())
-        with db.session_scope(self.engine) as session:
-            existing = session.get(db.SpBatch, batch_id)
+        with storage.session_scope(self.engine) as session:
+            existing = session.get(sp_store.SpBatch, batch_id)
             if existing is not None:
                 return UsageAck(receive_log_id=existing.receive_log_json["id"], acked_through_seq=last_seq)
             self._check_continuity(session, batch, upload.device.eth_address)
@@ -356,8 +357,8 @@ class ServiceProvider:
                                                 received_at=now), self.domain, self._private_key, self._cert_pem)
             receive_id = _hex(envelope.decode().id(self.domain))
             if upload.logs:
-                session.execute(insert(db.SpUsageLog), _log_rows(upload, now))  # one bulk INSERT, same transaction
-            session.add(db.SpBatch(
+                session.execute(insert(sp_store.SpUsageLog), _log_rows(upload, now))  # one bulk INSERT, same transaction
+            session.add(sp_store.SpBatch(
                 id=batch_id, serial=batch.serial, first_seq=batch.first_seq, count=batch.count,
                 # batch_json carries the device certificate too: the CC needs it with the batch (claim 8)
                 batch_json={"usage_batch": batch.to_json(), "device_certificate": upload.device_certificate},
@@ -367,8 +368,8 @@ class ServiceProvider:
         return UsageAck(receive_log_id=receive_id, acked_through_seq=last_seq)
 
     def _check_continuity(self, session: Any, batch: UsageBatch, uploader: str) -> None:
-        rows = session.execute(select(db.SpUsageLog.seq, db.SpUsageLog.device).where(
-            db.SpUsageLog.serial == batch.serial).order_by(db.SpUsageLog.seq.desc()).limit(1)).first()
+        rows = session.execute(select(sp_store.SpUsageLog.seq, sp_store.SpUsageLog.device).where(
+            sp_store.SpUsageLog.serial == batch.serial).order_by(sp_store.SpUsageLog.seq.desc()).limit(1)).first()
         if rows is None:
             return
         highest, device = rows
@@ -386,9 +387,9 @@ class ServiceProvider:
     def unforwarded(self, limit: int) -> list[tuple[bytes, dict[str, Any]]]:
         """(batch id, receive-log item in the CC's wire format) of batches neither accepted nor rejected by the CC,
         oldest first."""
-        with db.session_scope(self.engine) as session:
-            rows = session.scalars(select(db.SpBatch).where(db.SpBatch.status.in_(_OPEN_BATCH_STATUSES))
-                                   .order_by(db.SpBatch.created_at, db.SpBatch.serial, db.SpBatch.first_seq)
+        with storage.session_scope(self.engine) as session:
+            rows = session.scalars(select(sp_store.SpBatch).where(sp_store.SpBatch.status.in_(_OPEN_BATCH_STATUSES))
+                                   .order_by(sp_store.SpBatch.created_at, sp_store.SpBatch.serial, sp_store.SpBatch.first_seq)
                                    .limit(limit)).all()
             return [(r.id, {"receive_log": r.receive_log_json["envelope"], "usage_batch": r.batch_json["usage_batch"],
                             "device_signature": _hex(r.device_sig),
@@ -397,8 +398,8 @@ class ServiceProvider:
     def mark_acked(self, receive_log_ids: Sequence[str]) -> int:
         wanted = set(receive_log_ids)
         now = int(self._clock())
-        with db.session_scope(self.engine) as session:
-            rows = session.scalars(select(db.SpBatch).where(db.SpBatch.status.in_(_OPEN_BATCH_STATUSES))).all()
+        with storage.session_scope(self.engine) as session:
+            rows = session.scalars(select(sp_store.SpBatch).where(sp_store.SpBatch.status.in_(_OPEN_BATCH_STATUSES))).all()
             done = [r for r in rows if r.receive_log_json["id"] in wanted]
             for row in done:
                 row.status, row.updated_at = "acked", now
@@ -407,23 +408,23 @@ class ServiceProvider:
     def mark_rejected(self, rejections: Sequence[Rejection]) -> int:
         """Park batches the CC refused for good (status `rejected`, its error kept); they are not forwarded again."""
         now = int(self._clock())
-        with db.session_scope(self.engine) as session:
+        with storage.session_scope(self.engine) as session:
             for rejection in rejections:
-                db.set_sp_batch_status(session, [rejection.batch_id], "rejected", now)
-                row = session.get(db.SpBatch, rejection.batch_id)
+                sp_store.set_sp_batch_status(session, [rejection.batch_id], "rejected", now)
+                row = session.get(sp_store.SpBatch, rejection.batch_id)
                 row.reject_error, row.reject_message = rejection.error, rejection.message
         return len(rejections)
 
     def forwarding_status(self) -> dict[str, int]:
-        with db.session_scope(self.engine) as session:
-            statuses = session.scalars(select(db.SpBatch.status)).all()
-        return {status: statuses.count(status) for status in db.SP_BATCH_STATUSES}
+        with storage.session_scope(self.engine) as session:
+            statuses = session.scalars(select(sp_store.SpBatch.status)).all()
+        return {status: statuses.count(status) for status in sp_store.SP_BATCH_STATUSES}
 
     def rejected_batches(self, limit: int = STATUS_REJECTED_MAX) -> list[dict[str, Any]]:
         """The latest batches the CC refused for good, with its error: what an operator has to look at."""
-        with db.session_scope(self.engine) as session:
-            rows = session.scalars(select(db.SpBatch).where(db.SpBatch.status == "rejected")
-                                   .order_by(db.SpBatch.updated_at.desc()).limit(limit)).all()
+        with storage.session_scope(self.engine) as session:
+            rows = session.scalars(select(sp_store.SpBatch).where(sp_store.SpBatch.status == "rejected")
+                                   .order_by(sp_store.SpBatch.updated_at.desc()).limit(limit)).all()
             return [{"receive_log_id": r.receive_log_json["id"], "serial": _hex(r.serial), "first_seq": r.first_seq,
                      "count": r.count, "error": r.reject_error, "message": r.reject_message,
                      "rejected_at": r.updated_at} for r in rows]
@@ -448,7 +449,7 @@ def verified_upload(checked: CheckedUsage, device: MemberIdentity, certificate: 
 def _log_rows(upload: VerifiedUpload, now: int) -> list[dict[str, Any]]:
     """Column values of every log row (for one bulk insert); JSON and hash precomputed off the loop if present."""
     log_json = upload.log_json or tuple(item.to_json() for item in upload.logs)
-    hashes = upload.payload_hashes or tuple(db.payload_hash(item) for item in log_json)
+    hashes = upload.payload_hashes or tuple(storage.payload_hash(item) for item in log_json)
     device = upload.device.eth_address
     return [{"device": device, "serial": item.serial, "seq": item.seq, "log_json": data, "signature": sig,
              "payload_hash": digest, "received_at": now}
@@ -571,8 +572,8 @@ def build_app(settings: ServiceProviderSettings, *, chain: Any = None, clock: Cl
     chain = chain if chain is not None else connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
     verifier = member_verifier(settings, chain, clock)
-    engine = db.make_engine(settings.database_url)
-    db.create_schema(engine)
+    engine = storage.make_engine(settings.database_url)
+    sp_store.create_schema(engine)
     provider = ServiceProvider(
         engine=engine, domain=deployment_domain(settings.deployment_path),
         private_key=settings.eth_private_key_bytes(), cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(),

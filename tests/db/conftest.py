@@ -7,18 +7,24 @@ gets its own fresh database, dropped afterwards. Without the variable only the p
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine
 
-from offchain.storage.engine import Base, create_schema, make_engine
+from offchain.bank import store as bank_store
+from offchain.clearing_center import store as cc_store
+from offchain.service_provider import store as sp_store
+from offchain.storage import create_schema, make_engine
+
+ROLE_METADATA = (cc_store.CcTable.metadata, sp_store.SpTable.metadata, bank_store.BankTable.metadata)
+
 
 @pytest.fixture
 def engine(db_url: str) -> Iterator[Engine]:
-    """An engine with the full schema; the tables are dropped afterwards so the next test starts empty."""
+    """An engine with every role's tables; they are dropped afterwards so the next test starts empty."""
     eng = make_engine(db_url)
-    create_schema(eng)
+    create_schema(eng, *ROLE_METADATA)
     yield eng
-    Base.metadata.drop_all(eng)
+    for metadata in ROLE_METADATA:
+        metadata.drop_all(eng)
     eng.dispose()

@@ -8,8 +8,12 @@ import os
 import pytest
 from sqlalchemy import Engine
 
-from offchain.storage import engine as db
-from offchain.storage.engine import CatalogEntry, IssueLogRecord, ReceiveLogRecord, session_scope
+from offchain import storage
+from offchain.clearing_center import store as cc
+from offchain.clearing_center.store import IssueLogRecord, ReceiveLogRecord
+from offchain.service_provider import store as sp
+from offchain.service_provider.store import CatalogEntry
+from offchain.storage import session_scope
 from offchain.core.errors import ContainerTampered, DuplicateMessage, InvalidAmount, InvalidTransition, NotFound
 
 DEVICE = "0x00000000000000000000000000000000000000D1"
@@ -27,88 +31,88 @@ def receive_log(log_id: bytes = b"\x01" * 32, *, total: int = 30, first_seq: int
 
 def test_receive_log_upsert_identical_replay_returns_existing(engine: Engine) -> None:
     with session_scope(engine) as session:
-        row, created = db.upsert_receive_log_idempotent(session, receive_log())
+        row, created = cc.upsert_receive_log_idempotent(session, receive_log())
         assert created and row.status == "accepted"
     with session_scope(engine) as session:
-        again, created = db.upsert_receive_log_idempotent(session, receive_log())
+        again, created = cc.upsert_receive_log_idempotent(session, receive_log())
         assert not created and again.id == row.id and again.total == 30
 
 
 def test_receive_log_upsert_same_id_different_payload_raises(engine: Engine) -> None:
     with session_scope(engine) as session:
-        db.upsert_receive_log_idempotent(session, receive_log())
+        cc.upsert_receive_log_idempotent(session, receive_log())
     with pytest.raises(DuplicateMessage) as info, session_scope(engine) as session:
-        db.upsert_receive_log_idempotent(session, receive_log(total=31))
+        cc.upsert_receive_log_idempotent(session, receive_log(total=31))
     assert info.value.kind == "receive_log" and info.value.stored_hash != info.value.got_hash
     with session_scope(engine) as session:
-        assert session.get(db.ReceiveLogRow, b"\x01" * 32).total == 30
+        assert session.get(cc.ReceiveLogRow, b"\x01" * 32).total == 30
 
 
 def test_settlement_confirmed_settles_its_receive_logs(engine: Engine) -> None:
     ids = [bytes([i]) * 32 for i in (1, 2)]
     with session_scope(engine) as session:
         for i, log_id in enumerate(ids):
-            db.upsert_receive_log_idempotent(session, receive_log(log_id, first_seq=3 * i))
-        pending = db.receive_logs_to_settle(session, limit=10)
+            cc.upsert_receive_log_idempotent(session, receive_log(log_id, first_seq=3 * i))
+        pending = cc.receive_logs_to_settle(session, limit=10)
         assert [r.id for r in pending] == ids
-        outbox = db.create_settlement(session, ids, now=1)
+        outbox = cc.create_settlement(session, ids, now=1)
     with session_scope(engine) as session:
-        assert db.receive_logs_to_settle(session, limit=10) == []
-        db.update_settlement(session, outbox.id, "sent", 2, tx_hash="0x" + "ab" * 32, nonce=7, raw_tx=b"\x02")
-        db.update_settlement(session, outbox.id, "confirmed", 3)
+        assert cc.receive_logs_to_settle(session, limit=10) == []
+        cc.update_settlement(session, outbox.id, "sent", 2, tx_hash="0x" + "ab" * 32, nonce=7, raw_tx=b"\x02")
+        cc.update_settlement(session, outbox.id, "confirmed", 3)
     with session_scope(engine) as session:
-        assert {session.get(db.ReceiveLogRow, i).status for i in ids} == {"settled"}
+        assert {session.get(cc.ReceiveLogRow, i).status for i in ids} == {"settled"}
         with pytest.raises(InvalidTransition) as info:
-            db.update_settlement(session, outbox.id, "pending", 4)
+            cc.update_settlement(session, outbox.id, "pending", 4)
         assert (info.value.current, info.value.wanted) == ("confirmed", "pending")
 
 
 def test_settlement_failed_returns_receive_logs_for_retry(engine: Engine) -> None:
     with session_scope(engine) as session:
-        db.upsert_receive_log_idempotent(session, receive_log())
-        outbox = db.create_settlement(session, [b"\x01" * 32], now=1)
-        db.update_settlement(session, outbox.id, "failed", 2, error="CapExceeded")
+        cc.upsert_receive_log_idempotent(session, receive_log())
+        outbox = cc.create_settlement(session, [b"\x01" * 32], now=1)
+        cc.update_settlement(session, outbox.id, "failed", 2, error="CapExceeded")
     with session_scope(engine) as session:
-        [row] = db.receive_logs_to_settle(session, limit=10)
+        [row] = cc.receive_logs_to_settle(session, limit=10)
         assert row.settlement_id is None
-        assert session.get(db.SettlementOutbox, outbox.id).error == "CapExceeded"
-        db.reject_receive_log(session, row.id, "CapExceeded alone")
-        assert db.receive_logs_to_settle(session, limit=10) == []
+        assert session.get(cc.SettlementOutbox, outbox.id).error == "CapExceeded"
+        cc.reject_receive_log(session, row.id, "CapExceeded alone")
+        assert cc.receive_logs_to_settle(session, limit=10) == []
 
 
 def test_transfer_request_flow_and_conflicting_replay(engine: Engine) -> None:
     request_id = b"\x07" * 32
     with session_scope(engine) as session:
-        assert db.record_transfer_request(session, request_id, SP, 500, 1)[1]
-        assert not db.record_transfer_request(session, request_id, SP, 500, 2)[1]
+        assert cc.record_transfer_request(session, request_id, SP, 500, 1)[1]
+        assert not cc.record_transfer_request(session, request_id, SP, 500, 2)[1]
         with pytest.raises(DuplicateMessage):
-            db.record_transfer_request(session, request_id, SP, 501, 2)
-        db.advance_transfer_request(session, request_id, "sent_to_bank", 3)
-        db.advance_transfer_request(session, request_id, "confirmed", 4, bank_ref=b"\x09" * 32)
+            cc.record_transfer_request(session, request_id, SP, 501, 2)
+        cc.advance_transfer_request(session, request_id, "sent_to_bank", 3)
+        cc.advance_transfer_request(session, request_id, "confirmed", 4, bank_ref=b"\x09" * 32)
         with pytest.raises(DuplicateMessage):
-            db.advance_transfer_request(session, request_id, "confirmed", 5, bank_ref=b"\x0a" * 32)
-        assert [r.request_id for r in db.transfer_requests_with_status(session, "confirmed")] == [request_id]
+            cc.advance_transfer_request(session, request_id, "confirmed", 5, bank_ref=b"\x0a" * 32)
+        assert [r.request_id for r in cc.transfer_requests_with_status(session, "confirmed")] == [request_id]
         with pytest.raises(NotFound):
-            db.advance_transfer_request(session, b"\x00" * 32, "confirmed", 5, bank_ref=b"\x0a" * 32)
+            cc.advance_transfer_request(session, b"\x00" * 32, "confirmed", 5, bank_ref=b"\x0a" * 32)
 
 
 def test_user_balance_entries_sum_and_are_idempotent(engine: Engine) -> None:
     with session_scope(engine) as session:
-        db.add_user(session, "alice", b"\xaa" * 32, "Alice", 1)
-        db.add_device(session, DEVICE, "device-1", "alice", 1)
-        db.append_balance_entry(session, "deposit:1", "alice", "deposit", 1_000, 1)
-        db.append_balance_entry(session, "deposit:1", "alice", "deposit", 1_000, 2)  # replay: no effect
-        db.append_balance_entry(session, "issue:1", "alice", "allocation", 300, 3, serial=SERIAL)
-        db.append_balance_entry(session, "carry:1", "alice", "carry", 50, 4, serial=SERIAL)
+        cc.add_user(session, "alice", b"\xaa" * 32, "Alice", 1)
+        cc.add_device(session, DEVICE, "device-1", "alice", 1)
+        cc.append_balance_entry(session, "deposit:1", "alice", "deposit", 1_000, 1)
+        cc.append_balance_entry(session, "deposit:1", "alice", "deposit", 1_000, 2)  # replay: no effect
+        cc.append_balance_entry(session, "issue:1", "alice", "allocation", 300, 3, serial=SERIAL)
+        cc.append_balance_entry(session, "carry:1", "alice", "carry", 50, 4, serial=SERIAL)
         with pytest.raises(DuplicateMessage):
-            db.append_balance_entry(session, "deposit:1", "alice", "deposit", 999, 5)
+            cc.append_balance_entry(session, "deposit:1", "alice", "deposit", 999, 5)
         with pytest.raises(InvalidAmount):
-            db.append_balance_entry(session, "deposit:2", "alice", "deposit", 0, 5)
-        funds = db.user_funds(session, "alice")
+            cc.append_balance_entry(session, "deposit:2", "alice", "deposit", 0, 5)
+        funds = cc.user_funds(session, "alice")
         assert (funds.deposited, funds.allocated, funds.carried, funds.available) == (1_000, 300, 50, 700)
-        assert db.device_user(session, DEVICE).user_id == "alice"
+        assert cc.device_user(session, DEVICE).user_id == "alice"
         with pytest.raises(DuplicateMessage):
-            db.add_device(session, DEVICE, "device-1", "bob", 6)
+            cc.add_device(session, DEVICE, "device-1", "bob", 6)
 
 
 def test_issue_log_revisions_and_closing(engine: Engine) -> None:
@@ -117,73 +121,73 @@ def test_issue_log_revisions_and_closing(engine: Engine) -> None:
                               b"\x01" * 65, {"cap": cap})
 
     with session_scope(engine) as session:
-        db.add_user(session, "alice", b"\xaa" * 32, "Alice", 1)
-        db.add_device(session, DEVICE, "device-1", "alice", 1)
-        assert db.record_issue_log(session, record(0, 100), 1)[1]
-        assert not db.record_issue_log(session, record(0, 100), 2)[1]
+        cc.add_user(session, "alice", b"\xaa" * 32, "Alice", 1)
+        cc.add_device(session, DEVICE, "device-1", "alice", 1)
+        assert cc.record_issue_log(session, record(0, 100), 1)[1]
+        assert not cc.record_issue_log(session, record(0, 100), 2)[1]
         with pytest.raises(DuplicateMessage):
-            db.record_issue_log(session, record(0, 101), 2)
-        db.record_issue_log(session, record(1, 250), 3)  # top-up in place of the same serial
-        db.mark_issue_log_anchored(session, SERIAL, 1, "0x" + "cd" * 32)
-        latest = db.latest_issue_log(session, SERIAL)
+            cc.record_issue_log(session, record(0, 101), 2)
+        cc.record_issue_log(session, record(1, 250), 3)  # top-up in place of the same serial
+        cc.mark_issue_log_anchored(session, SERIAL, 1, "0x" + "cd" * 32)
+        latest = cc.latest_issue_log(session, SERIAL)
         assert (latest.revision, latest.cap, latest.anchored_tx) == (1, 250, "0x" + "cd" * 32)
-        db.close_issue_log(session, SERIAL)
+        cc.close_issue_log(session, SERIAL)
     with session_scope(engine) as session:
-        assert db.latest_issue_log(session, SERIAL).status == "closed"
+        assert cc.latest_issue_log(session, SERIAL).status == "closed"
 
 
 def test_sp_usage_logs_unique_per_serial_seq(engine: Engine) -> None:
     with session_scope(engine) as session:
-        assert db.record_sp_usage_log(session, DEVICE, SERIAL, 0, {"fee": 10}, b"\x01" * 65, 1)[1]
-        assert not db.record_sp_usage_log(session, DEVICE, SERIAL, 0, {"fee": 10}, b"\x01" * 65, 2)[1]
+        assert sp.record_sp_usage_log(session, DEVICE, SERIAL, 0, {"fee": 10}, b"\x01" * 65, 1)[1]
+        assert not sp.record_sp_usage_log(session, DEVICE, SERIAL, 0, {"fee": 10}, b"\x01" * 65, 2)[1]
         with pytest.raises(DuplicateMessage):
-            db.record_sp_usage_log(session, DEVICE, SERIAL, 0, {"fee": 11}, b"\x02" * 65, 2)
+            sp.record_sp_usage_log(session, DEVICE, SERIAL, 0, {"fee": 11}, b"\x02" * 65, 2)
 
 
 def test_sp_batch_flow_and_conflicting_batch_at_same_position(engine: Engine) -> None:
     batch_id = b"\xb1" * 32
     with session_scope(engine) as session:
-        db.record_sp_batch(session, batch_id, {"n": 1}, b"\x01" * 65, 1, serial=SERIAL, first_seq=0, count=2)
+        sp.record_sp_batch(session, batch_id, {"n": 1}, b"\x01" * 65, 1, serial=SERIAL, first_seq=0, count=2)
         with pytest.raises(DuplicateMessage):
-            db.record_sp_batch(session, b"\xb2" * 32, {"n": 2}, b"\x01" * 65, 1, serial=SERIAL, first_seq=0, count=2)
-        db.attach_receive_log(session, batch_id, {"receivedAt": 5}, b"\x02" * 65, 5)
-        assert [b.id for b in db.sp_batches_with_status(session, "pending", 10)] == [batch_id]
-        db.set_sp_batch_status(session, [batch_id], "forwarded", 6)
-        db.set_sp_batch_status(session, [batch_id], "acked", 7)
+            sp.record_sp_batch(session, b"\xb2" * 32, {"n": 2}, b"\x01" * 65, 1, serial=SERIAL, first_seq=0, count=2)
+        sp.attach_receive_log(session, batch_id, {"receivedAt": 5}, b"\x02" * 65, 5)
+        assert [b.id for b in sp.sp_batches_with_status(session, "pending", 10)] == [batch_id]
+        sp.set_sp_batch_status(session, [batch_id], "forwarded", 6)
+        sp.set_sp_batch_status(session, [batch_id], "acked", 7)
         with pytest.raises(InvalidTransition):
-            db.set_sp_batch_status(session, [batch_id], "pending", 8)
+            sp.set_sp_batch_status(session, [batch_id], "pending", 8)
         with pytest.raises(DuplicateMessage):
-            db.attach_receive_log(session, batch_id, {"receivedAt": 6}, b"\x02" * 65, 9)
+            sp.attach_receive_log(session, batch_id, {"receivedAt": 6}, b"\x02" * 65, 9)
 
 
 def test_catalog_content_key_encrypted_at_rest(engine: Engine) -> None:
     key, content_key = os.urandom(32), os.urandom(32)
     entry = CatalogEntry(b"\xc0" * 32, 1, None, b"container-bytes", content_key, {"price": 10}, b"\x0f" * 32)
     with session_scope(engine) as session:
-        row = db.put_catalog_item(session, entry, key, 1)
+        row = sp.put_catalog_item(session, entry, key, 1)
         assert content_key not in row.content_key_encrypted
     with session_scope(engine) as session:
-        assert db.get_catalog_item(session, entry.content_id, 1, key) == entry
+        assert sp.get_catalog_item(session, entry.content_id, 1, key) == entry
         with pytest.raises(ContainerTampered):
-            db.get_catalog_item(session, entry.content_id, 1, os.urandom(32))
-        assert [r.version for r in db.latest_catalog_items(session)] == [1]
+            sp.get_catalog_item(session, entry.content_id, 1, os.urandom(32))
+        assert [r.version for r in sp.latest_catalog_items(session)] == [1]
 
 
 def test_money_rejects_floats_and_negatives_before_sql(engine: Engine) -> None:
     with pytest.raises(InvalidAmount) as info, session_scope(engine) as session:
-        db.record_transfer_request(session, b"\x05" * 32, SP, 1.5, 1)  # type: ignore[arg-type]
+        cc.record_transfer_request(session, b"\x05" * 32, SP, 1.5, 1)  # type: ignore[arg-type]
     assert info.value.field == "amount"
     with pytest.raises(InvalidAmount), session_scope(engine) as session:
-        db.upsert_receive_log_idempotent(session, receive_log(total=-1))
+        cc.upsert_receive_log_idempotent(session, receive_log(total=-1))
 
 
 def test_payload_hash_is_canonical() -> None:
-    assert db.payload_hash({"a": 1, "b": b"\x01"}) == db.payload_hash({"b": b"\x01", "a": 1})
-    assert db.payload_hash({"a": 1}) != db.payload_hash({"a": 2})
+    assert storage.payload_hash({"a": 1, "b": b"\x01"}) == storage.payload_hash({"b": b"\x01", "a": 1})
+    assert storage.payload_hash({"a": 1}) != storage.payload_hash({"a": 2})
 
 
 def test_make_engine_sqlite_uses_wal_and_foreign_keys(tmp_path) -> None:
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'sub' / 'x.db'}")
+    engine = storage.make_engine(f"sqlite:///{tmp_path / 'sub' / 'x.db'}")
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1

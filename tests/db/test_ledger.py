@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from offchain.storage.engine import JournalEntry, Posting, make_engine, session_scope
+from offchain.bank.store import JournalEntry, Posting
+from offchain.storage import make_engine, session_scope
 from offchain.core.errors import DuplicateMessage, InsufficientFunds, InvalidAmount, UnknownAccount
 from offchain.bank.ledger import CASH_ACCOUNT, CC_MANAGEMENT_ACCOUNT, Ledger, payee_account, user_account
 

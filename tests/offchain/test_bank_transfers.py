@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from offchain.storage import engine as db
+from offchain import storage
+from offchain.bank import store as bank_store
 from offchain.bank.agent import Bank
 from offchain.trust.certs import CertificateVerifier, Envelope
 from offchain.chain.client import TransferRequestInfo
@@ -41,8 +42,8 @@ def test_transfer_already_confirmed_on_chain_is_not_paid_again(tmp_path: Path, v
     """A request some bank already paid and confirmed (ledger restored from a backup, or a second bank) must not
     be paid a second time just because this ledger has no entry for it."""
     payee = member(Role.CONTENT_PROVIDER).address
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'bank.db'}")
-    db.create_schema(engine)
+    engine = storage.make_engine(f"sqlite:///{tmp_path / 'bank.db'}")
+    bank_store.create_schema(engine)
     ledger = Ledger(engine)
     ledger.deposit(b"\x01" * 32, "alice", 1_000)
     chain = StubChain(TransferRequestInfo(REQUEST_ID, payee, 400, confirmed=True, bank_ref=b"\x09" * 32))
@@ -64,8 +65,8 @@ def test_transfer_refused_when_envelope_holds_another_kind(tmp_path: Path, verif
     from offchain.core.messages import TransferReceipt
 
     payee = member(Role.CONTENT_PROVIDER).address
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'bank.db'}")
-    db.create_schema(engine)
+    engine = storage.make_engine(f"sqlite:///{tmp_path / 'bank.db'}")
+    bank_store.create_schema(engine)
     ledger = Ledger(engine)
     ledger.deposit(b"\x01" * 32, "alice", 1_000)
     chain = StubChain(TransferRequestInfo(REQUEST_ID, payee, 400, confirmed=False, bank_ref=bytes(32)))

@@ -11,17 +11,11 @@ from sqlalchemy import text
 
 from offchain.operator.audit import index as audit
 from offchain.operator import reconcile
-from offchain.clearing_center import store as cc_store  # noqa: F401 - registers the cc_* tables
-from offchain.storage.engine import (
-    ReceiveLogRow,
-    add_user,
-    append_balance_entry,
-    create_schema,
-    make_engine,
-    record_transfer_request,
-    session_scope,
-)
+from offchain.bank import store as bank_store
 from offchain.bank.ledger import Ledger
+from offchain.clearing_center import store as cc_store
+from offchain.clearing_center.store import ReceiveLogRow, add_user, append_balance_entry, record_transfer_request
+from offchain.storage import make_engine, session_scope
 from offchain.core.messages import keccak
 
 NOW = 1_700_100_000
@@ -37,7 +31,7 @@ def index(world: ChainWorld, tmp_path):
 def _mirror_bank(index: audit.AuditIndex, url: str, *, pay_unconfirmed: bool = False) -> Ledger:
     """A bank ledger that booked exactly what the chain shows (deposits and confirmed transfers)."""
     engine = make_engine(url)
-    create_schema(engine)
+    bank_store.create_schema(engine)
     deposits = index.events("DepositRecorded")
     confirmed = {e.args["requestId"]: e for e in index.events("TransferConfirmed")}
     refs = iter([bytes.fromhex(e.args["bankRef"][2:]) for e in deposits]
@@ -58,7 +52,7 @@ def _mirror_bank(index: audit.AuditIndex, url: str, *, pay_unconfirmed: bool = F
 def _mirror_cc(index: audit.AuditIndex, url: str) -> None:
     """A CC database that credited every deposit, allocated every cap and recorded every batch and request."""
     engine = make_engine(url)
-    create_schema(engine)
+    cc_store.create_schema(engine)
     users = {keccak(name.encode()).hex(): name for name in ("alice", "bob")}
     with session_scope(engine) as session:
         for name in users.values():
@@ -162,7 +156,7 @@ def test_altered_cc_deposit_credit_is_unexplained(index, dbs) -> None:
 
 def test_confirmed_transfer_missing_in_bank_ledger_is_unexplained(index, tmp_path) -> None:
     bank_url = f"sqlite:///{tmp_path}/empty-bank.db"
-    create_schema(make_engine(bank_url))
+    bank_store.create_schema(make_engine(bank_url))
     report = _report(index, None, bank_url)
     causes = [d.cause for d in report.unexplained]
     assert any("confirmed on chain but missing in the bank ledger" in c for c in causes)

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from offchain.storage import engine as db
+from offchain import storage
+from offchain.clearing_center import store as cc_store
 from offchain.core import messages
 from offchain.trust.ca import CertificateAuthority, MemberCredentials
 from offchain.clearing_center.store import CcStore, user_id_hash
@@ -104,7 +105,7 @@ def make_world(chain_env: Any, tmp: Path, database_url: str | None = None) -> Cc
              for name, role in ROLES.items()}
     verifier = CertificateVerifier(ca.root_pem, ca.crl_pem())
     peers = {name: verifier.verify(c.cert_pem) for name, c in creds.items()}
-    store = CcStore(db.make_engine(database_url or f"sqlite:///{tmp}/cc.db"), time.time)
+    store = CcStore(storage.make_engine(database_url or f"sqlite:///{tmp}/cc.db"), time.time)
     store.create_schema()
     cc = ClearingCenter(store, chain_env.client("clearing_center"), verifier, chain_env.actors["clearing_center"].key,
                         creds["clearing_center"].cert_pem, issue_expiry_s=3600)
@@ -119,7 +120,7 @@ def world(chain_env: Any, tmp_path: Path, db_url: str) -> Iterator[CcWorld]:
     """The CC on SQLite and on PostgreSQL (the `db_url` parameters); tables are dropped afterwards."""
     made = make_world(chain_env, tmp_path, db_url)
     yield made
-    db.Base.metadata.drop_all(made.store.engine)
+    cc_store.CcTable.metadata.drop_all(made.store.engine)
     made.store.engine.dispose()
 
 
@@ -345,7 +346,7 @@ def test_receive_log_same_twice_same_answer_other_payload_duplicate(world: CcWor
     assert len(first["accepted"]) == 1 and first["rejected"] == []
     assert world.receive(item) == first
     row = world.store.receive_log(bytes.fromhex(first["accepted"][0][2:]))
-    tampered = db.ReceiveLogRecord(row.id, row.sp_address, row.payer, row.serial, row.first_seq, row.count,
+    tampered = cc_store.ReceiveLogRecord(row.id, row.sp_address, row.payer, row.serial, row.first_seq, row.count,
                                    row.total + 1, row.usage_batch_json, row.device_sig, row.receiver_sig,
                                    row.received_at)
     with pytest.raises(DuplicateMessage):
