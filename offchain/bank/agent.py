@@ -226,7 +226,7 @@ def build_app(settings: BankSettings, *, chain: Any = None, clock: Clock = time.
     bank_store.create_schema(engine)
     bank = Bank(ledger=Ledger(engine, cc_management_account=settings.cc_management_account, clock=clock),
                 chain=chain, domain=deployment_domain(settings.deployment_path),
-                private_key=settings.eth_private_key_bytes(),
+                private_key=settings.eth_signing_key(),
                 cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(), verifier=verifier, clock=clock)
     cc_client = None
     if settings.cc_url:

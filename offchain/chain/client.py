@@ -471,7 +471,9 @@ class ClearhouseChain:
         self.address = deployment.address
         self.contract = w3.eth.contract(address=deployment.address, abi=deployment.abi)
         self.domain = deployment.domain
-        self._account = Account.from_key(private_key)
+        # private_key: the 32 key bytes, or a Signer from offchain.trust.keys (a PKCS#11 token key)
+        self._account = Account.from_key(private_key) if isinstance(private_key, (bytes, bytearray, str)) \
+            else private_key
         self.sender = self._account.address
         self._gas_margin = gas_margin
         self._timeout_s = receipt_timeout_s

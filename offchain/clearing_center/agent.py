@@ -611,7 +611,7 @@ def build_app(settings: ClearingCenterSettings, *, chain: ClearhouseChain | None
     store = CcStore(storage.make_engine(settings.database_url), clock)
     store.create_schema()
     cert_pem = require_path(settings.cert_path, "cert_path").read_bytes()
-    key = settings.eth_private_key_bytes()
+    key = settings.eth_signing_key()
     log = structlog.get_logger("clearing_center").bind(member_id=settings.member_id)
     cc = ClearingCenter(store, chain, verifier, key, cert_pem, issue_expiry_s=settings.issue_expiry_s, clock=clock,
                         log=log)

@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     store = CcStore(make_engine(settings.database_url), time.time)
     store.create_schema()
     w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 60}))
-    chain = ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_private_key_bytes())
+    chain = ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_signing_key())
     worker = build_worker(settings, store, chain, log)
     while True:
         report = worker.tick()

@@ -110,6 +110,13 @@ class CrlUnavailable(CertificateError):
     http_status = 503
 
 
+class CrlExpired(CrlUnavailable):
+    """The CRL is past its next_update (fields: next_update, now): every caller is refused until the CA re-signs
+    it with `clearhouse ca refresh-crl`."""
+
+    code = "crl_expired"
+
+
 # --- replay and idempotency ---------------------------------------------------------------------------------
 class ReplayError(ClearhouseError):
     code = "replay"
@@ -324,6 +331,12 @@ class ServiceUnavailable(TransportError):
 class ConfigError(ClearhouseError):
     code = "config_error"
     http_status = 500
+
+
+class HsmError(ConfigError):
+    """A PKCS#11 token refused or failed an operation (fields: token_label, label, ...)."""
+
+    code = "hsm_error"
 
 
 class NotFound(ClearhouseError):

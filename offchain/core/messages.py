@@ -11,9 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import IntEnum
 from functools import lru_cache
-from typing import Any, ClassVar, NamedTuple, TypeVar, Union
+from typing import Any, ClassVar, NamedTuple, Protocol, TypeVar, Union
 
 import coincurve
 
@@ -27,19 +26,7 @@ from offchain.core.errors import (
     SignatureError,
     SignerMismatch,
 )
-
-try:  # safe-pysha3 (pinned) is ~4x faster than pycryptodome per call; both give Ethereum keccak-256.
-    from sha3 import keccak_256 as _keccak_256
-
-    def keccak(data: bytes) -> bytes:
-        return _keccak_256(data).digest()
-
-except ImportError:  # pragma: no cover - fallback when the C extension is missing
-    from eth_utils import keccak as _eth_keccak
-
-    def keccak(data: bytes) -> bytes:
-        return _eth_keccak(data)
-
+from offchain.core.types import Role, keccak
 
 SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 SECP256K1_HALF_N = SECP256K1_N // 2
@@ -55,15 +42,6 @@ DOMAIN_TYPE_HASH = keccak(DOMAIN_TYPE_STRING.encode())
 MONEY_FIELDS = frozenset({"cap", "carried", "spent", "fee", "amount"})
 _ZERO12 = bytes(12)
 _ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
-
-
-class Role(IntEnum):
-    NONE = 0
-    CLEARING_CENTER = 1
-    SERVICE_PROVIDER = 2
-    CONTENT_PROVIDER = 3
-    BANK = 4
-    DEVICE = 5
 
 
 # --- addresses -------------------------------------------------------------------------------------------------
@@ -493,8 +471,19 @@ def policy_id(content_id: bytes, version: int) -> bytes:
 
 
 # --- signing and recovery ---------------------------------------------------------------------------------------------
-def sign(message: Message, domain: Domain, private_key: bytes) -> bytes:
-    """65-byte r || s || v signature (v in {27, 28}; libsecp256k1 always produces low s)."""
+class DigestSigner(Protocol):
+    """A key that signs a 32-byte digest without revealing itself (offchain.trust.keys: file or PKCS#11)."""
+
+    @property
+    def address(self) -> str: ...
+
+    def sign_digest(self, digest: bytes) -> bytes: ...
+
+
+def sign(message: Message, domain: Domain, private_key: bytes | DigestSigner) -> bytes:
+    """65-byte r || s || v signature (v in {27, 28}; libsecp256k1 always produces low s, a DigestSigner must)."""
+    if not isinstance(private_key, (bytes, bytearray)):
+        return private_key.sign_digest(message.digest(domain))
     signature = coincurve.PrivateKey(bytes(private_key)).sign_recoverable(message.digest(domain), hasher=None)
     return signature[:64] + bytes((signature[64] + 27,))
 

@@ -45,6 +45,12 @@ class BaseServiceSettings(BaseSettings):
     crl_path: Path | None = Field(None, description="PEM certificate revocation list published by the CA.")
     eth_key_path: Path | None = Field(None, description="File holding the hex secp256k1 signing key.")
     eth_private_key: SecretStr | None = Field(None, description="Hex secp256k1 signing key (instead of a file).")
+    key_backend: Literal["file", "pkcs11"] = Field(
+        "file", description="Where the secp256k1 signing key lives: a file/setting, or a PKCS#11 token (HSM).")
+    pkcs11_module: Path | None = Field(None, description="pkcs11: the vendor's PKCS#11 module (.so).")
+    pkcs11_token_label: str | None = Field(None, description="pkcs11: label of the token holding the key.")
+    pkcs11_pin: SecretStr | None = Field(None, description="pkcs11: the token's user PIN.")
+    pkcs11_key_label: str | None = Field(None, description="pkcs11: label of the key; empty means member_id.")
     rpc_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC endpoint of the chain node.")
     chain_id: int | None = Field(None, ge=1, description="If set, the node's chain id must equal it.")
     deployment_path: Path = Field(Path("deployments/local.json"), description="Deployment file of the contract.")
@@ -66,7 +72,23 @@ class BaseServiceSettings(BaseSettings):
     def _one_signing_key(self) -> BaseServiceSettings:
         if self.eth_key_path is not None and self.eth_private_key is not None:
             raise ValueError("set eth_key_path or eth_private_key, not both")
+        if self.key_backend == "pkcs11" and (self.pkcs11_module is None or not self.pkcs11_token_label
+                                             or self.pkcs11_pin is None):
+            raise ValueError("key_backend pkcs11 needs pkcs11_module, pkcs11_token_label and pkcs11_pin")
         return self
+
+    def eth_signing_key(self) -> Any:
+        """The signing key for the chain client and `messages.sign`: the 32 key bytes (`file` backend) or an
+        `offchain.trust.keys.Pkcs11Signer` whose key never leaves the token (`pkcs11`)."""
+        if self.key_backend == "file":
+            return self.eth_private_key_bytes()
+        from offchain.trust.keys import Pkcs11Config, open_secp256k1
+
+        if self.pkcs11_module is None or not self.pkcs11_token_label or self.pkcs11_pin is None:
+            raise ConfigError("key_backend pkcs11 needs pkcs11_module, pkcs11_token_label and pkcs11_pin",
+                              field="key_backend")
+        config = Pkcs11Config(self.pkcs11_module, self.pkcs11_token_label, self.pkcs11_pin.get_secret_value())
+        return open_secp256k1(config, self.pkcs11_key_label or self.member_id)
 
     def eth_private_key_bytes(self) -> bytes:
         """The 32-byte signing key from `eth_private_key` or `eth_key_path`; ConfigError when missing or bad."""

@@ -24,7 +24,8 @@ from aiohttp import web
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, Field
-from sqlalchemy import Engine, insert, select
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
 from offchain.trust import container as containers
 from offchain import storage
@@ -231,7 +232,8 @@ class ServiceProvider:
                  serial_owner_lookup: SerialOwnerLookup | None = None) -> None:
         self.engine = engine
         self.domain = domain
-        self.address = messages.address_from_public_key(_public_key(private_key))
+        self.address = messages.address_from_public_key(_public_key(private_key)) \
+            if isinstance(private_key, (bytes, bytearray)) else private_key.address  # a PKCS#11 Signer
         self._private_key = private_key
         self._cert_pem = cert_pem
         self._verifier = verifier
@@ -249,21 +251,12 @@ class ServiceProvider:
                                    expected=provider.member_id, got=box.provider.member_id)
         self._check_on_chain(box.policy)
         box.decrypt(content_key)  # ContainerTampered unless this key opens this container (key commitment + GCM)
-        policy, digest = box.policy, containers.policy_hash(box.policy)
-        aad = policy.content_id + policy.version.to_bytes(4, "big")
-        nonce = os.urandom(12)
-        sealed = nonce + self._catalog_aead.encrypt(nonce, content_key, aad)
+        policy = box.policy
+        sealed = sp_store.seal_content_key(self._catalog_aead, policy.content_id, policy.version, content_key)
         with storage.session_scope(self.engine) as session:
-            existing = session.get(sp_store.SpCatalogItem, (policy.content_id, policy.version))
-            if existing is not None:
-                if existing.policy_hash != digest or existing.container_bytes != blob:
-                    raise DuplicateMessage("this content id and version is already published with another container",
-                                           content_id=policy.content_id, version=policy.version)
-                return policy.content_id, policy.version
-            session.add(sp_store.SpCatalogItem(
-                content_id=policy.content_id, version=policy.version, container_bytes=blob,
-                content_key_encrypted=sealed, policy_json={**policy.to_json(), "title": box.header.title},
-                policy_hash=digest, created_at=int(self._clock())))
+            sp_store.add_catalog_item(session, content_id=policy.content_id, version=policy.version, container=blob,
+                                      sealed_key=sealed, policy_json={**policy.to_json(), "title": box.header.title},
+                                      policy_hash=containers.policy_hash(policy), now=int(self._clock()))
         return policy.content_id, policy.version
 
     def _check_on_chain(self, policy: containers.Policy) -> None:
@@ -278,7 +271,7 @@ class ServiceProvider:
 
     def catalog(self) -> list[CatalogItemOut]:
         with storage.session_scope(self.engine) as session:
-            rows = session.scalars(select(sp_store.SpCatalogItem).order_by(sp_store.SpCatalogItem.created_at)).all()
+            rows = sp_store.catalog_items(session)
             return [CatalogItemOut(content_id=_hex(r.content_id), version=r.version, title=r.policy_json["title"],
                                    price=int(r.policy_json["price"]),
                                    policy_id=_hex(messages.policy_id(r.content_id, r.version))) for r in rows]
@@ -287,22 +280,16 @@ class ServiceProvider:
                  device_member_id: str) -> tuple[bytes, dict[str, Any]]:
         """The container and its content key wrapped to the requesting device's certificate key."""
         with storage.session_scope(self.engine) as session:
-            row = session.get(sp_store.SpCatalogItem, (content_id, version))
-            if row is None:
-                raise NotFound("no such content in the catalog", content_id=content_id, version=version)
+            row = sp_store.catalog_item(session, content_id, version)
             blob, sealed = row.container_bytes, row.content_key_encrypted
-        try:
-            content_key = self._catalog_aead.decrypt(sealed[:12], sealed[12:], content_id + version.to_bytes(4, "big"))
-        except InvalidTag:
-            raise ConfigError("catalog key cannot open a stored content key (catalog_key changed?)",
-                              content_id=content_id, version=version) from None
+        content_key = sp_store.open_content_key(self._catalog_aead, content_id, version, sealed)
         wrapped = containers.wrap_content_key(content_key, content_id, device_cert_pem, device_member_id)
         return blob, wrapped.to_json()
 
     def prices(self, policy_ids: Sequence[bytes]) -> dict[bytes, int]:
         """Catalog price of each policy id this SP sells (others are absent)."""
         with storage.session_scope(self.engine) as session:
-            rows = session.scalars(select(sp_store.SpCatalogItem)).all()
+            rows = sp_store.catalog_items(session)
             by_id = {messages.policy_id(r.content_id, r.version): int(r.policy_json["price"]) for r in rows}
         return {pid: by_id[pid] for pid in policy_ids if pid in by_id}
 
@@ -349,16 +336,14 @@ class ServiceProvider:
         last_seq = batch.first_seq + batch.count - 1
         now = int(self._clock())
         with storage.session_scope(self.engine) as session:
-            existing = session.get(sp_store.SpBatch, batch_id)
+            existing = sp_store.find_batch(session, batch_id)
             if existing is not None:
                 return UsageAck(receive_log_id=existing.receive_log_json["id"], acked_through_seq=last_seq)
             self._check_continuity(session, batch, upload.device.eth_address)
             envelope = Envelope.seal(ReceiveLog(usage_batch=batch.struct_hash(), payer=upload.device.eth_address,
                                                 received_at=now), self.domain, self._private_key, self._cert_pem)
             receive_id = _hex(envelope.decode().id(self.domain))
-            if upload.logs:
-                session.execute(insert(sp_store.SpUsageLog), _log_rows(upload, now))  # one bulk INSERT, same transaction
-            session.add(sp_store.SpBatch(
+            sp_store.store_upload(session, _log_rows(upload, now), sp_store.SpBatch(
                 id=batch_id, serial=batch.serial, first_seq=batch.first_seq, count=batch.count,
                 # batch_json carries the device certificate too: the CC needs it with the batch (claim 8)
                 batch_json={"usage_batch": batch.to_json(), "device_certificate": upload.device_certificate},
@@ -367,12 +352,11 @@ class ServiceProvider:
                 created_at=now, updated_at=now))
         return UsageAck(receive_log_id=receive_id, acked_through_seq=last_seq)
 
-    def _check_continuity(self, session: Any, batch: UsageBatch, uploader: str) -> None:
-        rows = session.execute(select(sp_store.SpUsageLog.seq, sp_store.SpUsageLog.device).where(
-            sp_store.SpUsageLog.serial == batch.serial).order_by(sp_store.SpUsageLog.seq.desc()).limit(1)).first()
-        if rows is None:
+    def _check_continuity(self, session: Session, batch: UsageBatch, uploader: str) -> None:
+        latest = sp_store.latest_usage_log(session, batch.serial)
+        if latest is None:
             return
-        highest, device = rows
+        highest, device = latest
         if device != uploader:  # another device's rows would block the owner's own logs of this serial
             raise IdentityMismatch("usage logs of this serial were received from another device",
                                    serial=batch.serial, expected=device, got=uploader)
@@ -388,49 +372,34 @@ class ServiceProvider:
         """(batch id, receive-log item in the CC's wire format) of batches neither accepted nor rejected by the CC,
         oldest first."""
         with storage.session_scope(self.engine) as session:
-            rows = session.scalars(select(sp_store.SpBatch).where(sp_store.SpBatch.status.in_(_OPEN_BATCH_STATUSES))
-                                   .order_by(sp_store.SpBatch.created_at, sp_store.SpBatch.serial, sp_store.SpBatch.first_seq)
-                                   .limit(limit)).all()
+            rows = sp_store.open_batches(session, limit)
             return [(r.id, {"receive_log": r.receive_log_json["envelope"], "usage_batch": r.batch_json["usage_batch"],
                             "device_signature": _hex(r.device_sig),
                             "device_certificate": r.batch_json["device_certificate"]}) for r in rows]
 
     def mark_acked(self, receive_log_ids: Sequence[str]) -> int:
-        wanted = set(receive_log_ids)
-        now = int(self._clock())
         with storage.session_scope(self.engine) as session:
-            rows = session.scalars(select(sp_store.SpBatch).where(sp_store.SpBatch.status.in_(_OPEN_BATCH_STATUSES))).all()
-            done = [r for r in rows if r.receive_log_json["id"] in wanted]
-            for row in done:
-                row.status, row.updated_at = "acked", now
-        return len(done)
+            return sp_store.ack_batches(session, receive_log_ids, int(self._clock()))
 
     def mark_rejected(self, rejections: Sequence[Rejection]) -> int:
         """Park batches the CC refused for good (status `rejected`, its error kept); they are not forwarded again."""
         now = int(self._clock())
         with storage.session_scope(self.engine) as session:
             for rejection in rejections:
-                sp_store.set_sp_batch_status(session, [rejection.batch_id], "rejected", now)
-                row = session.get(sp_store.SpBatch, rejection.batch_id)
-                row.reject_error, row.reject_message = rejection.error, rejection.message
+                sp_store.reject_batch(session, rejection.batch_id, rejection.error, rejection.message, now)
         return len(rejections)
 
     def forwarding_status(self) -> dict[str, int]:
         with storage.session_scope(self.engine) as session:
-            statuses = session.scalars(select(sp_store.SpBatch.status)).all()
-        return {status: statuses.count(status) for status in sp_store.SP_BATCH_STATUSES}
+            return sp_store.batch_status_counts(session)
 
     def rejected_batches(self, limit: int = STATUS_REJECTED_MAX) -> list[dict[str, Any]]:
         """The latest batches the CC refused for good, with its error: what an operator has to look at."""
         with storage.session_scope(self.engine) as session:
-            rows = session.scalars(select(sp_store.SpBatch).where(sp_store.SpBatch.status == "rejected")
-                                   .order_by(sp_store.SpBatch.updated_at.desc()).limit(limit)).all()
+            rows = sp_store.rejected_batches(session, limit)
             return [{"receive_log_id": r.receive_log_json["id"], "serial": _hex(r.serial), "first_seq": r.first_seq,
                      "count": r.count, "error": r.reject_error, "message": r.reject_message,
                      "rejected_at": r.updated_at} for r in rows]
-
-
-_OPEN_BATCH_STATUSES = ("pending", "forwarded")
 
 
 def upload_signature_args(body: UsageUploadBody, domain: Domain,
@@ -576,7 +545,7 @@ def build_app(settings: ServiceProviderSettings, *, chain: Any = None, clock: Cl
     sp_store.create_schema(engine)
     provider = ServiceProvider(
         engine=engine, domain=deployment_domain(settings.deployment_path),
-        private_key=settings.eth_private_key_bytes(), cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(),
+        private_key=settings.eth_signing_key(), cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(),
         verifier=verifier, catalog_key=settings.catalog_key_bytes(), clock=clock,
         policy_hash_lookup=_policy_hash_lookup(chain), serial_owner_lookup=_serial_owner_lookup(chain))
     client = JsonClient(settings.cc_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))

@@ -233,7 +233,7 @@ def connect_chain(settings: Any) -> Any:
     from offchain.chain.client import ClearhouseChain, Deployment
 
     w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 60}))
-    return ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_private_key_bytes())
+    return ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_signing_key())
 
 
 def member_verifier(settings: Any, chain: Any, clock: Callable[[], float]) -> Any:

@@ -11,7 +11,7 @@ import ipaddress
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from hashlib import sha256
@@ -25,7 +25,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from offchain.trust.certs import ETH_URN, MEMBER_URN, ROLE_URN, USER_URN, MemberIdentity, role_urn_name
 from offchain.core.errors import ConfigError, NotFound
-from offchain.core.messages import Role, to_checksum_address
+from offchain.core.messages import to_checksum_address
+from offchain.core.types import Clock, Role
 
 __all__ = ["CertificateAuthority", "MemberCredentials", "MemberIdentity"]
 
@@ -37,7 +38,6 @@ ROOT_VALID_DAYS = 3650
 CRL_VALID_S = 7 * 24 * 3600
 MAX_USER_ID_LEN = 128  # the CC's HTTP bodies accept user ids of this length
 BACKDATE_S = 300  # tolerate small clock skew between the CA and the verifiers
-Clock = Callable[[], float]
 
 
 def _utc(ts: float) -> dt.datetime:
@@ -111,15 +111,18 @@ class CertificateAuthority:
 
     # --- construction -------------------------------------------------------------------------------------
     @classmethod
-    def create(cls, directory: Path, name: str = "Clearhouse Root CA", clock: Clock = time.time) -> CertificateAuthority:
-        """Create a new root in `directory` (which must not already hold a CA)."""
+    def create(cls, directory: Path, name: str = "Clearhouse Root CA", clock: Clock = time.time,
+               key: ec.EllipticCurvePrivateKey | None = None) -> CertificateAuthority:
+        """Create a new root in `directory` (which must not already hold a CA). With `key` (a token key from
+        offchain.trust.keys) the root key is not written: the caller records where it lives."""
         directory = Path(directory)
-        if (directory / ROOT_KEY_FILE).exists():
+        if (directory / ROOT_KEY_FILE).exists() or (directory / ROOT_CERT_FILE).exists():
             raise ConfigError(f"a CA already exists in {directory}; load it instead", directory=str(directory))
         directory.mkdir(parents=True, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP384R1())
+        if key is None:
+            key = ec.generate_private_key(ec.SECP384R1())
+            _write_private(directory / ROOT_KEY_FILE, _key_pem(key))
         root = _build_root(key, name, clock())
-        _write_private(directory / ROOT_KEY_FILE, _key_pem(key))
         (directory / ROOT_CERT_FILE).write_bytes(root.public_bytes(serialization.Encoding.PEM))
         ca = cls(directory, key, root, {"issued": [], "revoked": []}, clock)
         ca._save_index()
@@ -127,11 +130,13 @@ class CertificateAuthority:
         return ca
 
     @classmethod
-    def load(cls, directory: Path, clock: Clock = time.time) -> CertificateAuthority:
-        """Load a CA created by `create` from `directory`."""
+    def load(cls, directory: Path, clock: Clock = time.time,
+             key: ec.EllipticCurvePrivateKey | None = None) -> CertificateAuthority:
+        """Load a CA created by `create` from `directory` (`key`: the root key when it lives in a token)."""
         directory = Path(directory)
         try:
-            key = serialization.load_pem_private_key((directory / ROOT_KEY_FILE).read_bytes(), password=None)
+            if key is None:
+                key = serialization.load_pem_private_key((directory / ROOT_KEY_FILE).read_bytes(), password=None)
             root = x509.load_pem_x509_certificate((directory / ROOT_CERT_FILE).read_bytes())
             index = json.loads((directory / INDEX_FILE).read_text())
         except (OSError, ValueError) as exc:
@@ -207,6 +212,11 @@ class CertificateAuthority:
         if self._clock() - last_update > CRL_VALID_S / 2:
             self._write_crl()
         return path.read_bytes()
+
+    def refresh_crl(self) -> x509.CertificateRevocationList:
+        """Re-sign the CRL now (same revoked entries, next CRL number, next_update = now + CRL_VALID_S)."""
+        self._write_crl()
+        return x509.load_pem_x509_crl((self.directory / CRL_FILE).read_bytes())
 
     # --- internal ------------------------------------------------------------------------------------------
     def _write_crl(self) -> None:
