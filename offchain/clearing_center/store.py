@@ -243,12 +243,6 @@ def add_device(session: Session, address: str, member_id: str, user_id: str, now
     return existing
 
 
-def device_user(session: Session, address: str) -> User:
-    """The user owning device `address` (NotFound when the device is unknown)."""
-    device = get_row(session, Device, address, "device")
-    return get_row(session, User, device.user_id, "user")
-
-
 @dataclass(frozen=True)
 class IssueLogRecord:
     """What the CC stores for one signed issue log (revision > 0: a top-up in place of the same serial)."""
@@ -292,9 +286,11 @@ def mark_issue_log_anchored(session: Session, serial: bytes, revision: int, tx_h
 
 
 @dataclass(frozen=True)
-class UserFunds:
-    """A user's totals from the append-only balance entries (claim 4)."""
+class Balance:
+    """A user's totals from the append-only balance entries (claim 4); `available` is not yet allocated."""
 
+    user_id: str
+    user_id_hash: bytes
     deposited: int
     allocated: int
     carried: int
@@ -327,7 +323,7 @@ def append_balance_entry(
     return insert_idempotent(session, row, {"idempotency_key": idempotency_key}, "balance_entry")
 
 
-def user_funds(session: Session, user_id: str) -> UserFunds:
+def user_funds(session: Session, user_id: str) -> Balance:
     """Sum a user's balance entries per kind."""
     query = (
         select(UserBalanceEntry.kind, func.sum(UserBalanceEntry.amount))
@@ -335,7 +331,8 @@ def user_funds(session: Session, user_id: str) -> UserFunds:
         .group_by(UserBalanceEntry.kind)
     )
     sums = {kind: money(total) for kind, total in session.execute(query)}
-    return UserFunds(sums.get("deposit", 0), sums.get("allocation", 0), sums.get("carry", 0))
+    return Balance(user_id, user_id_hash(user_id), sums.get("deposit", 0), sums.get("allocation", 0),
+                   sums.get("carry", 0))
 
 
 @dataclass(frozen=True)
@@ -362,17 +359,6 @@ def upsert_receive_log_idempotent(session: Session, record: ReceiveLogRecord) ->
     fields = {k: getattr(record, k) for k in ReceiveLogRecord.__dataclass_fields__}
     row = ReceiveLogRow(**fields, payload_hash=payload_hash(fields), status="accepted")
     return insert_idempotent(session, row, {"id": record.id}, "receive_log")
-
-
-def receive_logs_to_settle(session: Session, limit: int) -> list[ReceiveLogRow]:
-    """Accepted receive logs in settlement order (per serial by first_seq, oldest first)."""
-    query = (
-        select(ReceiveLogRow)
-        .where(ReceiveLogRow.status == "accepted")
-        .order_by(ReceiveLogRow.received_at, ReceiveLogRow.serial, ReceiveLogRow.first_seq)
-        .limit(limit)
-    )
-    return list(session.scalars(query))
 
 
 _RECEIVE_FLOW = {"accepted": ("submitted", "rejected"), "submitted": ("settled", "accepted", "rejected")}
@@ -471,27 +457,6 @@ def advance_transfer_request(
     return row
 
 
-def transfer_requests_with_status(session: Session, status: str) -> list[TransferRequestRow]:
-    """Transfer requests in one status, oldest first."""
-    query = select(TransferRequestRow).where(TransferRequestRow.status == status)
-    return list(session.scalars(query.order_by(TransferRequestRow.created_at, TransferRequestRow.request_id)))
-
-
-
-
-# --- balances --------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Balance:
-    user_id: str
-    user_id_hash: bytes
-    deposited: int
-    allocated: int
-    carried: int
-
-    @property
-    def available(self) -> int:
-        return self.deposited - self.allocated
-
 
 class CcStore:
     """Typed queries of the CC database; every method is one transaction."""
@@ -533,19 +498,14 @@ class CcStore:
 
     def balance(self, user_id: str) -> Balance:
         with session_scope(self.engine) as session:
-            return self._balance(session, user_id)
-
-    @staticmethod
-    def _balance(session: Session, user_id: str) -> Balance:
-        funds = user_funds(session, user_id)
-        return Balance(user_id, user_id_hash(user_id), funds.deposited, funds.allocated, funds.carried)
+            return user_funds(session, user_id)
 
     def user_view(self, user_id: str) -> dict[str, Any]:
         """The balance database view of one user: totals, entries and issue logs."""
         with session_scope(self.engine) as session:
             if session.get(User, user_id) is None:
                 raise NotFound(f"no user {user_id!r} in the balance database", user_id=user_id)
-            balance = self._balance(session, user_id)
+            balance = user_funds(session, user_id)
             entries = session.scalars(select(UserBalanceEntry).where(UserBalanceEntry.user_id == user_id)
                                       .order_by(UserBalanceEntry.id)).all()
             logs = session.scalars(select(IssueLogRow).where(IssueLogRow.user_id_hash == balance.user_id_hash)

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import logging
 import multiprocessing
-import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine

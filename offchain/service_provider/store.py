@@ -2,25 +2,27 @@
 catalog of secure containers.
 
 Every SP table is declared here, on `SpTable` (its own MetaData: `create_schema` creates exactly these). It
-stores what the SP decided and verifies no signature.
+stores what the SP decided and verifies no signature. Content keys are stored sealed with AES-256-GCM under the
+settings' `catalog_key`, bound to their (content id, version); the SP never decrypts content itself.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import BigInteger, CheckConstraint, Engine, Integer, LargeBinary, String, Text, UniqueConstraint, select
+from sqlalchemy import (BigInteger, CheckConstraint, Engine, Integer, LargeBinary, String, Text, UniqueConstraint,
+                        insert, select)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import JSON
 
-from offchain.core.errors import ContainerTampered, DuplicateMessage
+from offchain.core.errors import ConfigError, DuplicateMessage, NotFound
 from offchain.storage import engine as storage
 from offchain.storage.columns import Address, Base, Bytes32, new_metadata, status_check
-from offchain.storage.session import get_row, insert_idempotent, payload_hash, transition
+from offchain.storage.session import get_row, transition
 
 
 class SpTable(Base):
@@ -96,117 +98,109 @@ class SpCatalogItem(SpTable):
 
 
 
-# --- repository functions ----------------------------------------------------------------------------------------
-def record_sp_usage_log(
-    session: Session, device: str, serial: bytes, seq: int, log_json: dict[str, Any], signature: bytes, now: int
-) -> tuple[SpUsageLog, bool]:
-    """Store a device's usage log once per (serial, seq); another log at the same position raises."""
-    digest = payload_hash({"device": device, "log": log_json, "signature": signature})
-    row = SpUsageLog(
-        device=device, serial=serial, seq=seq, log_json=log_json, signature=signature,
-        payload_hash=digest, received_at=now,
-    )
-    return insert_idempotent(session, row, {"serial": serial, "seq": seq}, "usage_log")
-
-
-def record_sp_batch(
-    session: Session, batch_id: bytes, batch_json: dict[str, Any], device_sig: bytes, now: int,
-    *, serial: bytes, first_seq: int, count: int,
-) -> tuple[SpBatch, bool]:
-    """Store a usage batch once by its digest; another batch at the same (serial, first_seq) raises."""
-    digest = payload_hash({"batch": batch_json, "device_sig": device_sig})
-    row = SpBatch(
-        id=batch_id, serial=serial, first_seq=first_seq, count=count, batch_json=batch_json,
-        device_sig=device_sig, status="pending", payload_hash=digest, created_at=now, updated_at=now,
-    )
-    by_position = session.scalars(select(SpBatch).filter_by(serial=serial, first_seq=first_seq)).one_or_none()
-    if by_position is not None and by_position.id != batch_id:
-        raise DuplicateMessage(
-            "another usage batch already starts at this sequence number",
-            kind="usage_batch", key=f"serial=0x{serial.hex()},first_seq={first_seq}", stored_id=by_position.id,
-        )
-    return insert_idempotent(session, row, {"id": batch_id}, "usage_batch")
-
-
-def attach_receive_log(
-    session: Session, batch_id: bytes, receive_log_json: dict[str, Any], receiver_sig: bytes, now: int
-) -> SpBatch:
-    """Attach the SP's signed receive log to a batch (once; a different one raises DuplicateMessage)."""
-    row = get_row(session, SpBatch, batch_id, "usage_batch")
-    if row.receive_log_json is not None and (row.receive_log_json, row.receiver_sig) != (
-        receive_log_json, receiver_sig
-    ):
-        raise DuplicateMessage("batch already has another receive log", kind="usage_batch", key=batch_id)
-    row.receive_log_json, row.receiver_sig, row.updated_at = receive_log_json, receiver_sig, now
-    return row
-
-
+# --- repository functions (one session each; the agent owns the transaction) --------------------------------------
 _SP_BATCH_FLOW = {"pending": ("forwarded", "acked", "rejected"), "forwarded": ("acked", "pending", "rejected")}
+OPEN_BATCH_STATUSES = ("pending", "forwarded")  # neither accepted nor refused for good by the CC
 
 
-def sp_batches_with_status(session: Session, status: str, limit: int) -> list[SpBatch]:
-    """Batches in one status, oldest first (the forwarder reads `pending`)."""
-    query = select(SpBatch).where(SpBatch.status == status).order_by(SpBatch.created_at, SpBatch.serial)
-    return list(session.scalars(query.limit(limit)))
+def catalog_aad(content_id: bytes, version: int) -> bytes:
+    """The AES-GCM associated data of a sealed content key: content id || version (4 bytes, big-endian), so a
+    sealed key moved to another catalog row does not open."""
+    return content_id + version.to_bytes(4, "big")
 
 
-def set_sp_batch_status(session: Session, batch_ids: Sequence[bytes], status: str, now: int) -> None:
-    """forwarded after sending, acked when the CC accepted, back to pending when forwarding failed."""
-    for batch_id in batch_ids:
-        row = get_row(session, SpBatch, batch_id, "usage_batch")
-        transition(row, status, _SP_BATCH_FLOW, "usage_batch")
-        row.updated_at = now
-
-
-@dataclass(frozen=True)
-class CatalogEntry:
-    """A catalog item with its content key decrypted (keep it in memory only)."""
-
-    content_id: bytes
-    version: int
-    container_path: str | None
-    container_bytes: bytes | None
-    content_key: bytes
-    policy_json: dict[str, Any]
-    policy_hash: bytes
-
-
-def _catalog_aad(content_id: bytes, version: int) -> bytes:
-    return b"clearhouse-sp-catalog|" + content_id + version.to_bytes(4, "big")
-
-
-def put_catalog_item(session: Session, entry: CatalogEntry, at_rest_key: bytes, now: int) -> SpCatalogItem:
-    """Offer a container; its content key is sealed with AES-256-GCM bound to (content_id, version)."""
+def seal_content_key(aead: AESGCM, content_id: bytes, version: int, content_key: bytes) -> bytes:
+    """nonce (12 bytes) || AES-256-GCM(content_key) bound to (content_id, version): what `sp_catalog` stores."""
     nonce = os.urandom(12)
-    sealed = nonce + AESGCM(at_rest_key).encrypt(
-        nonce, entry.content_key, _catalog_aad(entry.content_id, entry.version)
-    )
-    row = SpCatalogItem(
-        content_id=entry.content_id, version=entry.version, container_path=entry.container_path,
-        container_bytes=entry.container_bytes, content_key_encrypted=sealed, policy_json=entry.policy_json,
-        policy_hash=entry.policy_hash, created_at=now,
-    )
-    session.add(row)
-    session.flush()
+    return nonce + aead.encrypt(nonce, content_key, catalog_aad(content_id, version))
+
+
+def open_content_key(aead: AESGCM, content_id: bytes, version: int, sealed: bytes) -> bytes:
+    """The content key of a catalog row; ConfigError when `aead` (the settings' catalog_key) cannot open it."""
+    try:
+        return aead.decrypt(sealed[:12], sealed[12:], catalog_aad(content_id, version))
+    except InvalidTag:
+        raise ConfigError("catalog key cannot open a stored content key (catalog_key changed?)",
+                          content_id=content_id, version=version) from None
+
+
+def add_catalog_item(session: Session, *, content_id: bytes, version: int, container: bytes, sealed_key: bytes,
+                     policy_json: dict[str, Any], policy_hash: bytes, now: int) -> bool:
+    """Offer a container once per (content id, version); True when new. The same container again is a no-op,
+    another one under the same id and version is DuplicateMessage."""
+    existing = session.get(SpCatalogItem, (content_id, version))
+    if existing is not None:
+        if existing.policy_hash != policy_hash or existing.container_bytes != container:
+            raise DuplicateMessage("this content id and version is already published with another container",
+                                   content_id=content_id, version=version)
+        return False
+    session.add(SpCatalogItem(content_id=content_id, version=version, container_bytes=container,
+                              content_key_encrypted=sealed_key, policy_json=policy_json, policy_hash=policy_hash,
+                              created_at=now))
+    return True
+
+
+def catalog_item(session: Session, content_id: bytes, version: int) -> SpCatalogItem:
+    """One catalog row (NotFound when this SP does not offer it)."""
+    row = session.get(SpCatalogItem, (content_id, version))
+    if row is None:
+        raise NotFound("no such content in the catalog", content_id=content_id, version=version)
     return row
 
 
-def get_catalog_item(session: Session, content_id: bytes, version: int, at_rest_key: bytes) -> CatalogEntry:
-    """Read a catalog item and decrypt its content key (ContainerTampered if the sealed key does not open)."""
-    row = get_row(session, SpCatalogItem, (content_id, version), "catalog_item")
-    sealed = row.content_key_encrypted
-    try:
-        content_key = AESGCM(at_rest_key).decrypt(sealed[:12], sealed[12:], _catalog_aad(content_id, version))
-    except Exception as exc:  # cryptography raises InvalidTag; a wrong key looks the same
-        raise ContainerTampered(
-            "stored content key does not decrypt: wrong catalog_key or tampered row",
-            content_id=content_id, version=version,
-        ) from exc
-    return CatalogEntry(
-        content_id, version, row.container_path, row.container_bytes, content_key, row.policy_json, row.policy_hash
-    )
+def catalog_items(session: Session) -> list[SpCatalogItem]:
+    """Every catalog row, oldest first (the SP's listing and its price list)."""
+    return list(session.scalars(select(SpCatalogItem).order_by(SpCatalogItem.created_at)))
 
 
-def latest_catalog_items(session: Session) -> list[SpCatalogItem]:
-    """Every catalog row, by content id and version (the SP's listing)."""
-    return list(session.scalars(select(SpCatalogItem).order_by(SpCatalogItem.content_id, SpCatalogItem.version)))
+def find_batch(session: Session, batch_id: bytes) -> SpBatch | None:
+    return session.get(SpBatch, batch_id)
+
+
+def latest_usage_log(session: Session, serial: bytes) -> tuple[int, str] | None:
+    """(highest seq, device) of the usage logs received for `serial`, or None."""
+    row = session.execute(select(SpUsageLog.seq, SpUsageLog.device).where(SpUsageLog.serial == serial)
+                          .order_by(SpUsageLog.seq.desc()).limit(1)).first()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def store_upload(session: Session, log_rows: Sequence[dict[str, Any]], batch: SpBatch) -> None:
+    """The logs of one upload (one bulk INSERT) and its batch row, in the caller's transaction."""
+    if log_rows:
+        session.execute(insert(SpUsageLog), list(log_rows))
+    session.add(batch)
+
+
+def open_batches(session: Session, limit: int) -> list[SpBatch]:
+    """Batches the CC has neither accepted nor refused for good, oldest first (what the forwarder sends)."""
+    return list(session.scalars(select(SpBatch).where(SpBatch.status.in_(OPEN_BATCH_STATUSES))
+                                .order_by(SpBatch.created_at, SpBatch.serial, SpBatch.first_seq).limit(limit)))
+
+
+def ack_batches(session: Session, receive_log_ids: Sequence[str], now: int) -> int:
+    """Mark `acked` the open batches whose receive log id the CC accepted; returns how many."""
+    wanted = set(receive_log_ids)
+    rows = session.scalars(select(SpBatch).where(SpBatch.status.in_(OPEN_BATCH_STATUSES))).all()
+    done = [r for r in rows if r.receive_log_json["id"] in wanted]
+    for row in done:
+        row.status, row.updated_at = "acked", now
+    return len(done)
+
+
+def reject_batch(session: Session, batch_id: bytes, error: str, message: str, now: int) -> None:
+    """Park a batch the CC refused for good (`rejected`, with the CC's error code and message)."""
+    row = get_row(session, SpBatch, batch_id, "usage_batch")
+    transition(row, "rejected", _SP_BATCH_FLOW, "usage_batch")
+    row.updated_at, row.reject_error, row.reject_message = now, error, message
+
+
+def batch_status_counts(session: Session) -> dict[str, int]:
+    """How many batches are in each status (every status listed, zero included)."""
+    statuses = session.scalars(select(SpBatch.status)).all()
+    return {status: statuses.count(status) for status in SP_BATCH_STATUSES}
+
+
+def rejected_batches(session: Session, limit: int) -> list[SpBatch]:
+    """The latest batches the CC refused for good."""
+    return list(session.scalars(select(SpBatch).where(SpBatch.status == "rejected")
+                                .order_by(SpBatch.updated_at.desc()).limit(limit)))

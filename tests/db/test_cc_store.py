@@ -1,20 +1,18 @@
-"""Repository helpers of offchain.storage.engine on SQLite and PostgreSQL: idempotent upserts, status flows, the user
-balance database, the SP catalog's at-rest encryption and the Money column."""
+"""The clearing center's repository functions (offchain/clearing_center/store.py) on SQLite and PostgreSQL:
+idempotent upserts, status flows, the user balance database and the Money column; plus storage's payload hash
+and engine settings."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
 
 from offchain import storage
 from offchain.clearing_center import store as cc
 from offchain.clearing_center.store import IssueLogRecord, ReceiveLogRecord
-from offchain.service_provider import store as sp
-from offchain.service_provider.store import CatalogEntry
 from offchain.storage import session_scope
-from offchain.core.errors import ContainerTampered, DuplicateMessage, InvalidAmount, InvalidTransition, NotFound
+from offchain.core.errors import DuplicateMessage, InvalidAmount, InvalidTransition, NotFound
 
 DEVICE = "0x00000000000000000000000000000000000000D1"
 SP = "0x00000000000000000000000000000000000000A1"
@@ -27,6 +25,12 @@ def receive_log(log_id: bytes = b"\x01" * 32, *, total: int = 30, first_seq: int
         usage_batch_json={"serial": "0x" + SERIAL.hex(), "firstSeq": first_seq}, device_sig=b"\x0d" * 65,
         receiver_sig=b"\x0e" * 65, received_at=1_700_000_000,
     )
+
+
+def accepted(session: Session) -> list[cc.ReceiveLogRow]:
+    """Accepted receive logs in the CC's settlement order (an independent read, not the store's own query)."""
+    query = select(cc.ReceiveLogRow).where(cc.ReceiveLogRow.status == "accepted")
+    return list(session.scalars(query.order_by(cc.ReceiveLogRow.serial, cc.ReceiveLogRow.first_seq)))
 
 
 def test_receive_log_upsert_identical_replay_returns_existing(engine: Engine) -> None:
@@ -53,11 +57,11 @@ def test_settlement_confirmed_settles_its_receive_logs(engine: Engine) -> None:
     with session_scope(engine) as session:
         for i, log_id in enumerate(ids):
             cc.upsert_receive_log_idempotent(session, receive_log(log_id, first_seq=3 * i))
-        pending = cc.receive_logs_to_settle(session, limit=10)
+        pending = accepted(session)
         assert [r.id for r in pending] == ids
         outbox = cc.create_settlement(session, ids, now=1)
     with session_scope(engine) as session:
-        assert cc.receive_logs_to_settle(session, limit=10) == []
+        assert accepted(session) == []
         cc.update_settlement(session, outbox.id, "sent", 2, tx_hash="0x" + "ab" * 32, nonce=7, raw_tx=b"\x02")
         cc.update_settlement(session, outbox.id, "confirmed", 3)
     with session_scope(engine) as session:
@@ -73,11 +77,11 @@ def test_settlement_failed_returns_receive_logs_for_retry(engine: Engine) -> Non
         outbox = cc.create_settlement(session, [b"\x01" * 32], now=1)
         cc.update_settlement(session, outbox.id, "failed", 2, error="CapExceeded")
     with session_scope(engine) as session:
-        [row] = cc.receive_logs_to_settle(session, limit=10)
+        [row] = accepted(session)
         assert row.settlement_id is None
         assert session.get(cc.SettlementOutbox, outbox.id).error == "CapExceeded"
         cc.reject_receive_log(session, row.id, "CapExceeded alone")
-        assert cc.receive_logs_to_settle(session, limit=10) == []
+        assert accepted(session) == []
 
 
 def test_transfer_request_flow_and_conflicting_replay(engine: Engine) -> None:
@@ -91,7 +95,7 @@ def test_transfer_request_flow_and_conflicting_replay(engine: Engine) -> None:
         cc.advance_transfer_request(session, request_id, "confirmed", 4, bank_ref=b"\x09" * 32)
         with pytest.raises(DuplicateMessage):
             cc.advance_transfer_request(session, request_id, "confirmed", 5, bank_ref=b"\x0a" * 32)
-        assert [r.request_id for r in cc.transfer_requests_with_status(session, "confirmed")] == [request_id]
+        assert session.get(cc.TransferRequestRow, request_id).status == "confirmed"
         with pytest.raises(NotFound):
             cc.advance_transfer_request(session, b"\x00" * 32, "confirmed", 5, bank_ref=b"\x0a" * 32)
 
@@ -110,7 +114,7 @@ def test_user_balance_entries_sum_and_are_idempotent(engine: Engine) -> None:
             cc.append_balance_entry(session, "deposit:2", "alice", "deposit", 0, 5)
         funds = cc.user_funds(session, "alice")
         assert (funds.deposited, funds.allocated, funds.carried, funds.available) == (1_000, 300, 50, 700)
-        assert cc.device_user(session, DEVICE).user_id == "alice"
+        assert session.get(cc.Device, DEVICE).user_id == "alice"
         with pytest.raises(DuplicateMessage):
             cc.add_device(session, DEVICE, "device-1", "bob", 6)
 
@@ -134,43 +138,6 @@ def test_issue_log_revisions_and_closing(engine: Engine) -> None:
         cc.close_issue_log(session, SERIAL)
     with session_scope(engine) as session:
         assert cc.latest_issue_log(session, SERIAL).status == "closed"
-
-
-def test_sp_usage_logs_unique_per_serial_seq(engine: Engine) -> None:
-    with session_scope(engine) as session:
-        assert sp.record_sp_usage_log(session, DEVICE, SERIAL, 0, {"fee": 10}, b"\x01" * 65, 1)[1]
-        assert not sp.record_sp_usage_log(session, DEVICE, SERIAL, 0, {"fee": 10}, b"\x01" * 65, 2)[1]
-        with pytest.raises(DuplicateMessage):
-            sp.record_sp_usage_log(session, DEVICE, SERIAL, 0, {"fee": 11}, b"\x02" * 65, 2)
-
-
-def test_sp_batch_flow_and_conflicting_batch_at_same_position(engine: Engine) -> None:
-    batch_id = b"\xb1" * 32
-    with session_scope(engine) as session:
-        sp.record_sp_batch(session, batch_id, {"n": 1}, b"\x01" * 65, 1, serial=SERIAL, first_seq=0, count=2)
-        with pytest.raises(DuplicateMessage):
-            sp.record_sp_batch(session, b"\xb2" * 32, {"n": 2}, b"\x01" * 65, 1, serial=SERIAL, first_seq=0, count=2)
-        sp.attach_receive_log(session, batch_id, {"receivedAt": 5}, b"\x02" * 65, 5)
-        assert [b.id for b in sp.sp_batches_with_status(session, "pending", 10)] == [batch_id]
-        sp.set_sp_batch_status(session, [batch_id], "forwarded", 6)
-        sp.set_sp_batch_status(session, [batch_id], "acked", 7)
-        with pytest.raises(InvalidTransition):
-            sp.set_sp_batch_status(session, [batch_id], "pending", 8)
-        with pytest.raises(DuplicateMessage):
-            sp.attach_receive_log(session, batch_id, {"receivedAt": 6}, b"\x02" * 65, 9)
-
-
-def test_catalog_content_key_encrypted_at_rest(engine: Engine) -> None:
-    key, content_key = os.urandom(32), os.urandom(32)
-    entry = CatalogEntry(b"\xc0" * 32, 1, None, b"container-bytes", content_key, {"price": 10}, b"\x0f" * 32)
-    with session_scope(engine) as session:
-        row = sp.put_catalog_item(session, entry, key, 1)
-        assert content_key not in row.content_key_encrypted
-    with session_scope(engine) as session:
-        assert sp.get_catalog_item(session, entry.content_id, 1, key) == entry
-        with pytest.raises(ContainerTampered):
-            sp.get_catalog_item(session, entry.content_id, 1, os.urandom(32))
-        assert [r.version for r in sp.latest_catalog_items(session)] == [1]
 
 
 def test_money_rejects_floats_and_negatives_before_sql(engine: Engine) -> None:
