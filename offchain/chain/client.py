@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -29,6 +28,7 @@ from web3.types import TxReceipt
 
 from offchain.core.errors import ChainError, ChainUnreachable, ConfigError, ContractReverted
 from offchain.core.messages import Domain
+from offchain.core.types import UserFunds, project_root
 
 ARTIFACTS_PATH = Path(".build") / "clearhouse-artifacts.json"
 ANVIL_FALLBACK = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
@@ -192,7 +192,7 @@ def deploy(
     contract: str = "Clearhouse",
 ) -> Deployment:
     """Deploy Clearhouse (authority fixed as immutable) and return its Deployment; raises ChainError on failure."""
-    root = Path(root or os.environ.get("CLEARHOUSE_ROOT") or Path(__file__).resolve().parents[2])
+    root = Path(root or project_root())
     artifacts = compile_contracts(root)
     art = artifacts[contract]
     address, receipt = deploy_artifact(w3, deployer_key, art, [to_checksum_address(authority)])
@@ -234,7 +234,7 @@ def _anvil_binary() -> str:
     found = shutil.which("anvil")
     if found:
         return found
-    root = Path(os.environ.get("CLEARHOUSE_ROOT") or Path(__file__).resolve().parents[2])
+    root = project_root()
     candidate = root / ANVIL_FALLBACK
     if candidate.exists():
         return str(candidate)
@@ -435,16 +435,6 @@ class PolicyInfo:
     @property
     def accrued(self) -> int:
         return self.settled - self.requested
-
-
-@dataclass(frozen=True)
-class UserFunds:
-    deposited: int
-    allocated: int
-
-    @property
-    def available(self) -> int:
-        return self.deposited - self.allocated
 
 
 @dataclass(frozen=True)

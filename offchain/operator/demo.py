@@ -26,9 +26,9 @@ from rich.table import Table
 from web3 import Web3
 
 from offchain.core.errors import AllowanceExceeded, ChainUnreachable, ClearhouseError, ConfigError, LimitError
-from offchain.core.messages import Role
+from offchain.core.types import PACKAGE_ROOT, Role, to_hex
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = PACKAGE_ROOT
 READY_TIMEOUT_S = 40.0
 SETTLE_TIMEOUT_S = 60.0
 SERVICES = ("cc", "sp", "bank")
@@ -71,10 +71,6 @@ class DemoState:
     claim13: dict[str, str] = field(default_factory=dict)
     published: dict[str, Any] = field(default_factory=dict)
     uses: dict[str, int] = field(default_factory=dict)
-
-
-def _hex(value: bytes) -> str:
-    return "0x" + bytes(value).hex()
 
 
 # --- processes ---------------------------------------------------------------------------------------------------
@@ -299,7 +295,7 @@ def story_claim14(consortium: Any, state: DemoState, console: Console) -> None:
             console.print(f"  alice-phone: allowance exhausted ({alice.balance().remaining} left, Song costs 120)")
         old = alice.balance()
         renewed = alice.renew(800)  # nothing uploaded yet: the CC must issue a new serial (claim 14)
-        state.claim14 = {"device": "alice-phone", "old_serial": _hex(old.serial), "new_serial": _hex(renewed.serial),
+        state.claim14 = {"device": "alice-phone", "old_serial": to_hex(old.serial), "new_serial": to_hex(renewed.serial),
                          "carried": str(old.cap - old.spent), "cap": str(renewed.cap)}
         use(alice, state, "Song: Night Drive")
         use(alice, state, "Article: Offline Money")
@@ -324,7 +320,7 @@ def story_claim13(consortium: Any, state: DemoState, processes: Processes) -> No
                   lambda: reader.issue_log(wallet.serial).next_seq >= wallet.next_seq, SETTLE_TIMEOUT_S,
                   "the CC settles every settle_interval_s; see cc.log", alive=lambda: processes.check_alive("cc"))
         renewed = bob.renew(300)
-        state.claim13 = {"device": "bob-tablet", "serial": _hex(wallet.serial), "renewed_serial": _hex(renewed.serial),
+        state.claim13 = {"device": "bob-tablet", "serial": to_hex(wallet.serial), "renewed_serial": to_hex(renewed.serial),
                          "cap_before": str(wallet.cap), "cap_after": str(renewed.cap)}
         use(bob, state, "Film: The Ledger")
         bob.upload()

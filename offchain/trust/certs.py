@@ -23,7 +23,8 @@ from cryptography.x509.verification import PolicyBuilder, Store, VerificationErr
 from offchain.core import messages
 from offchain.core.errors import (CertificateExpired, CertificateNotYetValid, CertificateRevoked, CrlUnavailable,
                              IdentityMismatch, MalformedMessage, SignatureError, UntrustedCertificate, WrongRole)
-from offchain.core.messages import Domain, Message, Role, to_checksum_address
+from offchain.core.messages import Domain, Message, to_checksum_address
+from offchain.core.types import Clock, Role
 
 __all__ = ["CertificateVerifier", "Envelope", "MemberIdentity", "MEMBER_URN", "ROLE_URN", "ETH_URN", "USER_URN",
            "role_urn_name", "require_same_member", "load_certificate"]
@@ -33,7 +34,6 @@ ROLE_URN = "urn:clearhouse:role:"
 ETH_URN = "urn:clearhouse:eth:"
 USER_URN = "urn:clearhouse:user:"  # devices only: the user whose deposits the device spends
 PATH_CACHE_SIZE = 4096
-Clock = Callable[[], float]
 ChainStatus = Callable[[str, Role], bool]
 
 

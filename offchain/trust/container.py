@@ -37,7 +37,8 @@ from offchain.core.errors import (
     PolicyMismatch,
     WrongDevice,
 )
-from offchain.core.messages import Role, keccak, policy_id, to_checksum_address
+from offchain.core.messages import policy_id, to_checksum_address
+from offchain.core.types import Role, keccak, to_hex
 
 if TYPE_CHECKING:
     from offchain.trust.ca import MemberCredentials
@@ -83,10 +84,6 @@ def canonical_json(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode()
 
 
-def _hex(data: bytes) -> str:
-    return "0x" + data.hex()
-
-
 # --- policy -------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Payee:
@@ -112,7 +109,7 @@ class Policy:
         return policy_id(self.content_id, self.version)
 
     def to_json(self) -> dict[str, Any]:
-        return {"content_id": _hex(self.content_id), "version": self.version, "price": self.price,
+        return {"content_id": to_hex(self.content_id), "version": self.version, "price": self.price,
                 "payees": [{"account": p.account, "bps": p.bps} for p in self.payees],
                 "remainder_payee": self.payees[0].account if self.payees else None}
 
@@ -227,11 +224,11 @@ class ContainerHeader:
     key_commitment: bytes
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "content_id": _hex(self.content_id), "provider_member_id": self.provider_member_id,
-                "provider_address": self.provider_address, "provider_cert_sha256": _hex(self.provider_cert_sha256),
+        return {"format": FORMAT, "content_id": to_hex(self.content_id), "provider_member_id": self.provider_member_id,
+                "provider_address": self.provider_address, "provider_cert_sha256": to_hex(self.provider_cert_sha256),
                 "policy": self.policy.to_json(), "title": self.title, "media_type": self.media_type,
-                "cipher": "AES-256-GCM", "nonce": _hex(self.nonce), "content_length": self.content_length,
-                "key_commitment": _hex(self.key_commitment)}
+                "cipher": "AES-256-GCM", "nonce": to_hex(self.nonce), "content_length": self.content_length,
+                "key_commitment": to_hex(self.key_commitment)}
 
     def encode(self) -> bytes:
         return canonical_json(self.to_json())
@@ -430,10 +427,10 @@ class WrappedKey:
     ciphertext: bytes
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": WRAP_FORMAT, "content_id": _hex(self.content_id), "device_member_id": self.device_member_id,
-                "device_key_fingerprint": _hex(self.device_key_fingerprint),
-                "ephemeral_public_key": _hex(self.ephemeral_public_key), "nonce": _hex(self.nonce),
-                "ciphertext": _hex(self.ciphertext)}
+        return {"format": WRAP_FORMAT, "content_id": to_hex(self.content_id), "device_member_id": self.device_member_id,
+                "device_key_fingerprint": to_hex(self.device_key_fingerprint),
+                "ephemeral_public_key": to_hex(self.ephemeral_public_key), "nonce": to_hex(self.nonce),
+                "ciphertext": to_hex(self.ciphertext)}
 
     @classmethod
     def from_json(cls, data: Any) -> WrappedKey:

@@ -11,6 +11,7 @@ from eth_account import Account
 from offchain.operator.audit import index as audit
 from offchain.core.errors import NotFound
 from offchain.core.messages import keccak, sign
+from offchain.core.types import to_hex
 
 from typing import Any as ChainWorld  # the `world` fixture of tests/operator/conftest.py
 
@@ -22,28 +23,24 @@ def index(world: ChainWorld, tmp_path):
         yield idx
 
 
-def _hex(value: bytes) -> str:
-    return "0x" + value.hex()
-
-
 def test_serial_trail_shows_claim14_renewal_and_decoded_usage(world: ChainWorld, index) -> None:
     s1 = world.notes["serials"]["s1"]
     trail = audit.serial_trail(index, s1)
     usage = trail.section("Usage logs (decoded from settle calldata)")
     assert [(row[3], row[5]) for row in usage.rows] == [(0, 100), (1, 250), (2, 100)]
     closing = trail.section("Renewals closing this serial").rows
-    assert len(closing) == 1 and closing[0][3] == _hex(world.notes["serials"]["s3"])
+    assert len(closing) == 1 and closing[0][3] == to_hex(world.notes["serials"]["s3"])
     deposits = trail.section("Deposits of the user").rows
     assert [row[4] for row in deposits] == [1_000]
     assert trail.checks and trail.failures == 0
 
 
 def test_serial_trail_of_renewed_serial_follows_lineage_to_user(world: ChainWorld, index) -> None:
-    s3 = _hex(world.notes["serials"]["s3"])
+    s3 = to_hex(world.notes["serials"]["s3"])
     trail = audit.serial_trail(index, s3)
     origin = trail.section("Origin").rows[0]
     assert origin[1] == world.actors["dev1"].address
-    assert origin[3].endswith(_hex(world.notes["serials"]["s1"]))
+    assert origin[3].endswith(to_hex(world.notes["serials"]["s1"]))
     assert trail.failures == 0
 
 
@@ -130,6 +127,6 @@ def test_render_json_and_csv_round_trip_rows(world: ChainWorld, index) -> None:
 def test_main_serial_prints_table_and_returns_zero(world: ChainWorld, tmp_path) -> None:
     out = io.StringIO()
     code = audit.main_serial(rpc_url=world.w3.provider.endpoint_uri, deployment_path=world.deployment_path,
-                             serial=_hex(world.notes["serials"]["s3"]), cache_dir=tmp_path, stream=out)
+                             serial=to_hex(world.notes["serials"]["s3"]), cache_dir=tmp_path, stream=out)
     assert code == 0
     assert "Settled batches" in out.getvalue() and "checks passed" in out.getvalue()

@@ -21,6 +21,7 @@ from web3 import Web3
 from web3.exceptions import Web3RPCError
 
 from offchain.core.errors import ChainUnreachable, ClearhouseError, ConfigError, NotFound, SignatureError
+from offchain.core.types import from_hex, hex32
 from offchain.core.messages import (
     BalanceStatement,
     Domain,
@@ -137,24 +138,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
     return value
-
-
-def hex_bytes(value: str | bytes) -> bytes:
-    if isinstance(value, (bytes, bytearray)):
-        return bytes(value)
-    text = value[2:] if value.startswith("0x") else value
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise AuditError(f"not hex: {value!r}", value=value) from None
-
-
-def hex32(value: str | bytes) -> str:
-    """Canonical lower-case 0x-hex of a bytes32 given as hex or bytes."""
-    raw = hex_bytes(value)
-    if len(raw) != 32:
-        raise AuditError(f"expected 32 bytes, got {len(raw)}: {value!r}", value=value)
-    return "0x" + raw.hex()
 
 
 # --- the index ---------------------------------------------------------------------------------------------------
@@ -310,7 +293,7 @@ class AuditIndex:
         return len(hashes)
 
     def _store_call(self, tx: Mapping[str, Any], receipt: Mapping[str, Any]) -> None:
-        raw_input = hex_bytes(tx["input"]) if isinstance(tx["input"], str) else bytes(tx["input"])
+        raw_input = from_hex(tx["input"]) if isinstance(tx["input"], str) else bytes(tx["input"])
         function, params = self._decode_input(raw_input, tx.get("to"))
         tx_hash = "0x" + bytes(tx["hash"]).hex()
         kept_input = raw_input if function in CALLDATA_FUNCTIONS else b""

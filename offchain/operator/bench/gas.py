@@ -26,12 +26,14 @@ from offchain.chain.client import (
     start_anvil,
 )
 from offchain.core.messages import Domain, ReceiveLog, UsageBatch, UsageLog, policy_id, sign
+from offchain.core.types import PACKAGE_ROOT, Role
 
 BATCH_SIZES = (1, 16, 256)
 CONTENT_COUNTS = (1, 4, 16)
 PRICE = 1_000
 TARGETS = {1: 45_000, 16: 4_500, 256: 1_000}
-ROLES = {"clearing_center": 1, "provider": 2, "content_provider": 3, "bank": 4, "device": 5}
+ROLES = {"clearing_center": Role.CLEARING_CENTER, "provider": Role.SERVICE_PROVIDER,
+         "content_provider": Role.CONTENT_PROVIDER, "bank": Role.BANK, "device": Role.DEVICE}
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,7 @@ def _print_table(rows: Sequence[dict[str, int]], naive: dict[str, object]) -> No
 
 def run(out_path: str = "bench/results/gas.json", *, root: Path | None = None, quiet: bool = False) -> list[dict]:
     """Run the benchmark on a private anvil, write gas.json (list) and gas_naive.json next to it; return the list."""
-    root = Path(root or Path(__file__).resolve().parents[3])
+    root = Path(root or PACKAGE_ROOT)
     with start_anvil(hardfork="paris") as node:
         w3 = node.web3()
         bench = _setup(w3, root)

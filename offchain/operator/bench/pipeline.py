@@ -21,9 +21,10 @@ from rich.table import Table
 from web3 import Web3
 
 from offchain.operator.demo import PASSPHRASE, DemoError, Processes, client, open_device, start_services
-from offchain.core.messages import Domain, Role, UsageBatch, UsageLog, sign
+from offchain.core.messages import Domain, UsageBatch, UsageLog, sign
+from offchain.core.types import PACKAGE_ROOT, Role, to_hex
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = PACKAGE_ROOT
 DEFAULT_LOGS = 65_536
 DEFAULT_DEVICES = 8
 DEFAULT_BATCH_SIZE = 512
@@ -63,10 +64,6 @@ class PipelineResult:
                 "settled_logs": self.settled_logs, "settle_gas": self.settle_gas, "batch_size": self.batch_size,
                 "uploads": self.uploads, "intake_s": round(self.intake_s, 3),
                 "end_to_end_s": round(self.end_to_end_s, 3), "cpu_s": self.cpu_s}
-
-
-def _hex(value: bytes) -> str:
-    return "0x" + bytes(value).hex()
 
 
 def split_logs(total: int, parts: int) -> list[int]:
@@ -133,8 +130,8 @@ def signed_bodies(serial: bytes, count: int, *, policy: bytes, receiver: str, do
         logs = [UsageLog(serial=serial, seq=seq, policy_id=policy, fee=PRICE_MINOR, receiver=receiver,
                          used_at=used_at) for seq in range(first, min(first + batch_size, count))]
         batch = UsageBatch.from_logs(logs)
-        bodies.append({"batch": batch.to_json(), "batch_signature": _hex(sign(batch, domain, eth_key)),
-                       "logs": [{"log": log.to_json(), "signature": _hex(sign(log, domain, eth_key))} for log in logs],
+        bodies.append({"batch": batch.to_json(), "batch_signature": to_hex(sign(batch, domain, eth_key)),
+                       "logs": [{"log": log.to_json(), "signature": to_hex(sign(log, domain, eth_key))} for log in logs],
                        "certificate": certificate})
     return tuple(bodies)
 
