@@ -1,0 +1,3 @@
+from offchain.operator.sim.command import sim
+
+sim()

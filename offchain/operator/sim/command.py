@@ -1,0 +1,26 @@
+"""The `clearhouse sim` command (registered in offchain/cli.py); also `python -m offchain.operator.sim`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.command("sim")
+@click.option("--seeds", default="1-5", show_default=True, help="Seeds to run: `7`, `1-20` or `1,4,9-12`.")
+@click.option("--budget-s", type=float, default=None, help="Stop starting new seeds after this many seconds.")
+@click.option("--faults", default="all", show_default=True,
+              help="Fault kinds: kill,pause,stall,restart-node,link,disk,dup (or all, or none).")
+@click.option("--steps", type=int, default=24, show_default=True, help="Workload steps per seed.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where seed folders go (default var/sim/).")
+@click.option("--keep", is_flag=True, help="Keep the folder of passing seeds too.")
+def sim(seeds: str, budget_s: float | None, faults: str, steps: int, workdir: Path | None, keep: bool) -> None:
+    """Fault simulation: per seed a fresh consortium, the seed's workload and faults, heal, then the checker."""
+    from offchain.operator.sim.plan import parse_faults, parse_seeds
+    from offchain.operator.sim.runner import main_sim
+
+    sys.exit(main_sim(parse_seeds(seeds), parse_faults(faults), budget_s=budget_s, workdir=workdir, keep=keep,
+                      steps=steps, echo=click.echo))
