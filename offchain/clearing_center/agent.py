@@ -434,7 +434,9 @@ class ClearingCenter:
                 raise SequenceError("usage logs overlap a receive log the CC already holds", serial=record.serial,
                                     expected=other.first_seq + other.count, got=record.first_seq,
                                     held_receive_log_id=hex32(other.id))
-        pending = sum(r.total for r in held if r.status in ("accepted", "submitted"))
+        # In flight = held logs the chain's cursor has not passed. Not by status: a log whose settlement is mined
+        # but not yet recorded (still `submitted`) is in `on_chain.spent` already and must not count twice.
+        pending = sum(r.total for r in held if r.first_seq >= on_chain.next_seq)
         if on_chain.spent + pending + record.total > on_chain.cap:
             raise AllowanceExceeded("usage beyond the issue log's cap", serial=record.serial, cap=on_chain.cap,
                                     wanted=on_chain.spent + pending + record.total)

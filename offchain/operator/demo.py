@@ -33,6 +33,9 @@ READY_TIMEOUT_S = 40.0
 SETTLE_TIMEOUT_S = 60.0
 SERVICES = ("cc", "sp", "bank")
 PASSPHRASE = "clearhouse-demo"
+HSM_TOKEN = "clearhouse-demo"
+HSM_PIN = "clearhouse-demo-pin"  # a throwaway SoftHSM2 token under the workdir; a real HSM's PIN comes from env
+KEEP_CRL_REFRESH_S = 3600.0  # --keep: re-sign the CRL hourly (it is valid 7 days; production: daily)
 
 
 class DemoError(ClearhouseError):
@@ -185,13 +188,26 @@ def _wait_for(what: str, predicate: Callable[[], bool], timeout_s: float, hint: 
     raise DemoError(f"timed out after {timeout_s:.0f}s waiting for {what}", hint=hint)
 
 
-def deploy_and_provision(state: DemoState, rpc_url: str) -> Any:
-    """Deploy Clearhouse with fresh deployer/authority keys and provision CA, members and settings files."""
+def demo_hsm(workdir: Path) -> Any:
+    """--hsm: a fresh SoftHSM2 token under the workdir, named in SOFTHSM2_CONF for this process and the services
+    it starts (a real HSM: its vendor's module path and token label instead, see docs/hsm.md)."""
+    from offchain.trust import keys
+
+    conf = keys.init_softhsm(workdir / "softhsm", [HSM_TOKEN], HSM_PIN)
+    os.environ["SOFTHSM2_CONF"] = str(conf)
+    return keys.Pkcs11Config(keys.softhsm_module(), HSM_TOKEN, HSM_PIN)
+
+
+def deploy_and_provision(state: DemoState, rpc_url: str, hsm: Any = None) -> Any:
+    """Deploy Clearhouse with fresh deployer/authority keys and provision CA, members and settings files; with
+    `hsm` (a Pkcs11Config) the authority, the CA root and the CC, SP and bank keys are generated in the token."""
     from offchain.chain.client import deploy
     from offchain.operator.provision import MemberSpec, provision
+    from offchain.trust import keys
 
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
-    deployer, authority = Account.create(), Account.create()
+    deployer = Account.create()
+    authority: Any = keys.generate_secp256k1(hsm, "authority") if hsm else Account.create()
     for account in (deployer, authority):
         w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])  # type: ignore[arg-type]
     deployment = deploy(w3, bytes(deployer.key), authority.address, root=ROOT, network="demo")
@@ -200,8 +216,9 @@ def deploy_and_provision(state: DemoState, rpc_url: str) -> Any:
                MemberSpec("press", Role.CONTENT_PROVIDER), MemberSpec("alice-phone", Role.DEVICE, user_id="alice"),
                MemberSpec("bob-tablet", Role.DEVICE, user_id="bob"))
     # fast_kdf: the demo's device keystores are throwaway; real devices use the default scrypt cost.
-    consortium = provision(state.workdir / "consortium", w3, deployment, bytes(authority.key), members=members,
-                           rpc_url=rpc_url, passphrase=PASSPHRASE, fast_kdf=True)
+    consortium = provision(state.workdir / "consortium", w3, deployment,
+                           authority if hsm else bytes(authority.key), members=members,
+                           rpc_url=rpc_url, passphrase=PASSPHRASE, fast_kdf=True, hsm=hsm)
     state.rpc_url, state.deployment_path = rpc_url, consortium.deployment_path
     return consortium
 
@@ -248,7 +265,7 @@ def publish_contents(consortium: Any, state: DemoState) -> None:
     sp, cc = consortium.member("sp").eth_address, consortium.member("cc").eth_address
     for spec in CONTENTS:
         member = consortium.member(spec.provider)
-        provider = ContentProvider(member.credentials(), ClearhouseChain(w3, deployment, member.eth_private_key()),
+        provider = ContentProvider(member.credentials(), ClearhouseChain(w3, deployment, member.signing_key()),
                                    client(consortium, spec.provider, "sp"))
         body = f"{spec.name}\n".encode() * 64
         payees = [(member.eth_address, spec.provider_bps), (sp, spec.sp_bps), (cc, spec.cc_bps)]
@@ -276,7 +293,7 @@ def _reader(consortium: Any) -> Any:
     from offchain.chain.client import ClearhouseChain, Deployment
 
     w3 = Web3(Web3.HTTPProvider(consortium.rpc_url, request_kwargs={"timeout": 60}))
-    return ClearhouseChain(w3, Deployment.load(consortium.deployment_path), consortium.member("cc").eth_private_key())
+    return ClearhouseChain(w3, Deployment.load(consortium.deployment_path), consortium.member("cc").signing_key())
 
 
 def story_claim14(consortium: Any, state: DemoState, console: Console) -> None:
@@ -424,7 +441,7 @@ def report(consortium: Any, state: DemoState, processes: Processes, console: Con
 
 # --- entry point ----------------------------------------------------------------------------------------------------
 def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: str | None,
-        anvil_port: int | None, keep: bool = False) -> None:
+        anvil_port: int | None, keep: bool = False, hsm: bool = False) -> None:
     """The demo's steps in order; raises DemoError (or another ClearhouseError) on the first failure."""
     from offchain.operator.audit import index as audit
     steps = Steps(console)
@@ -434,8 +451,15 @@ def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: st
         chain = _chain(rpc_url, anvil_port)
         url = chain.__enter__()
     try:
+        token = None
+        if hsm:
+            with steps.step("creating a SoftHSM2 token for the CA root, authority, CC, SP and bank keys"):
+                token = demo_hsm(state.workdir)
         with steps.step("deploying Clearhouse and provisioning CA, members and settings"):
-            consortium = deploy_and_provision(state, url)
+            consortium = deploy_and_provision(state, url, token)
+        if token is not None:
+            console.print(f"  keys in PKCS#11 token {token.token_label!r} (non-extractable): CA root (P-384), "
+                          "authority, cc, sp, bank")
         with steps.step("starting clearing center, service provider and bank (mutual TLS)"):
             start_services(consortium, processes)
         with steps.step("alice deposits 2,000 and bob 1,000 at the bank"):
@@ -460,12 +484,25 @@ def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: st
 
 
 def hold(consortium: Any, state: DemoState, console: Console) -> None:
-    """--keep: leave the chain and the services up, say how to use them, and wait for Ctrl-C."""
+    """--keep: leave the chain and the services up, re-sign the CRL on a timer, say how to use them, and wait
+    for Ctrl-C."""
+    from offchain.trust.crl import RefreshTimer
+
+    timer = RefreshTimer(lambda: consortium.ca().refresh_crl(), interval_s=KEEP_CRL_REFRESH_S).start()
+    try:
+        _hold(consortium, state, console)
+    finally:
+        timer.stop()
+
+
+def _hold(consortium: Any, state: DemoState, console: Console) -> None:
     device = next(m for m in consortium.members.values() if m.user_id)
     chain_args = f"--rpc {state.rpc_url} --deployment {consortium.deployment_path}"
     console.rule("Still running (--keep): Ctrl-C stops everything")
     console.print(f"chain  {state.rpc_url}   services  " + "  ".join(f"{k} {v}" for k, v in consortium.urls.items()))
     console.print(f"export CLEARHOUSE_DEVICE_PASSPHRASE={PASSPHRASE}")
+    console.print(f"clearhouse ca refresh-crl --ca-dir {consortium.ca_dir}   (also runs every "
+                  f"{KEEP_CRL_REFRESH_S:.0f} s while the demo holds)")
     console.print(f"clearhouse device --config {consortium.settings_paths[device.member_id]} balance")
     console.print(f"clearhouse audit device {device.eth_address} {chain_args}")
     console.print(f"clearhouse audit verify {chain_args}")
@@ -483,7 +520,7 @@ def default_workdir() -> Path:
 
 
 def main_demo(*, rpc_url: str | None = None, workdir: Path | None = None, anvil_port: int | None = None,
-              console: Console | None = None, keep: bool = False) -> int:
+              console: Console | None = None, keep: bool = False, hsm: bool = False) -> int:
     """`clearhouse demo`: 0 on success; 1 with what failed and what to do; 130 when interrupted (Ctrl-C/SIGTERM).
 
     Everything it started (anvil, services) is stopped before it returns, whatever happened.
@@ -497,7 +534,7 @@ def main_demo(*, rpc_url: str | None = None, workdir: Path | None = None, anvil_
     processes = Processes(state.workdir)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        run(state, processes, console, rpc_url=rpc_url, anvil_port=anvil_port, keep=keep)
+        run(state, processes, console, rpc_url=rpc_url, anvil_port=anvil_port, keep=keep, hsm=hsm)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopped every process the demo started")
         return 130

@@ -17,6 +17,7 @@ from typing import Any
 
 from web3 import Web3
 
+from offchain.trust import keys
 from offchain.trust.ca import CertificateAuthority, MemberCredentials
 from offchain.chain.client import ClearhouseChain, Deployment
 from offchain.core.messages import Domain, Role, address_from_public_key, keccak
@@ -48,11 +49,21 @@ class Member:
     directory: Path
     cert_path: Path
     key_path: Path
-    eth_key_path: Path
+    eth_key_path: Path  # the hex key, or (pkcs11) a marker naming the token and key label
     user_id: str = ""
+    hsm: keys.Pkcs11Config | None = None  # set when the member's signing key lives in a PKCS#11 token
 
     def eth_private_key(self) -> bytes:
+        if self.hsm is not None:
+            raise keys.HsmError(f"{self.member_id}'s signing key is in token {self.hsm.token_label!r}: use "
+                                "signing_key()", member_id=self.member_id, token_label=self.hsm.token_label)
         return bytes.fromhex(self.eth_key_path.read_text().strip().removeprefix("0x"))
+
+    def signing_key(self) -> bytes | keys.Signer:
+        """What the chain client and `messages.sign` take: the key bytes, or the token's Signer."""
+        if self.hsm is not None:
+            return keys.open_secp256k1(self.hsm, self.member_id)
+        return self.eth_private_key()
 
     def credentials(self) -> MemberCredentials:
         return MemberCredentials(self.member_id, self.role, self.eth_address, self.cert_path.read_bytes(),
@@ -75,6 +86,7 @@ class Consortium:
     settings_paths: dict[str, Path]  # "cc", "sp", "bank" and every device member id -> JSON settings file
     passphrase: str = DEFAULT_PASSPHRASE
     extra: dict[str, Any] = field(default_factory=dict)
+    hsm: keys.Pkcs11Config | None = None  # the token of the CA root, the authority and the HSM members
 
     def member(self, member_id: str) -> Member:
         return self.members[member_id]
@@ -83,7 +95,7 @@ class Consortium:
         return [m for m in self.members.values() if m.role == role]
 
     def ca(self) -> CertificateAuthority:
-        return CertificateAuthority.load(self.ca_dir)
+        return keys.load_ca(self.ca_dir, pin=self.hsm.pin if self.hsm else None)
 
 
 def free_port() -> int:
@@ -107,25 +119,39 @@ def _new_eth_key() -> tuple[bytes, str]:
 
 
 def create_member(ca: CertificateAuthority, authority: ClearhouseChain, w3: Web3, workdir: Path,
-                  spec: MemberSpec, *, valid_days: int = 365) -> Member:
-    """Keys, certificate, funding and on-chain registration of one member."""
-    eth_key, address = _new_eth_key()
-    creds = ca.issue_member(spec.member_id, spec.role, address, valid_days=valid_days, user_id=spec.user_id or None)
+                  spec: MemberSpec, *, valid_days: int = 365, hsm: keys.Pkcs11Config | None = None) -> Member:
+    """Keys, certificate, funding and on-chain registration of one member (with `hsm`, its signing key is
+    generated in that token, non-extractable, labelled with the member id)."""
     directory = workdir / "members" / spec.member_id
+    directory.mkdir(parents=True, exist_ok=True)
+    if hsm is None:
+        eth_key, address = _new_eth_key()
+        eth_key_path = directory / "eth.key"
+        _write_private(eth_key_path, eth_key.hex())
+    else:
+        address = keys.generate_secp256k1(hsm, spec.member_id).address
+        eth_key_path = directory / "eth.key.pkcs11.json"
+        keys.write_pkcs11_marker(eth_key_path, hsm, spec.member_id, "secp256k1")
+    creds = ca.issue_member(spec.member_id, spec.role, address, valid_days=valid_days, user_id=spec.user_id or None)
     cert_path, key_path = creds.write(directory)
-    eth_key_path = directory / "eth.key"
-    _write_private(eth_key_path, eth_key.hex())
     w3.provider.make_request("anvil_setBalance", [address, hex(DEV_BALANCE_WEI)])  # type: ignore[arg-type]
     authority.register_member(address, int(spec.role), keccak(spec.member_id.encode()), creds.fingerprint,
                               creds.valid_from, creds.valid_until)
-    return Member(spec.member_id, spec.role, address, directory, cert_path, key_path, eth_key_path, spec.user_id)
+    return Member(spec.member_id, spec.role, address, directory, cert_path, key_path, eth_key_path, spec.user_id,
+                  hsm)
 
 
 def _service_settings(member: Member, consortium_paths: dict[str, Any], port: int) -> dict[str, Any]:
+    if member.hsm is None:
+        key_settings: dict[str, Any] = {"eth_key_path": str(member.eth_key_path)}
+    else:  # dev consortium: the PIN sits in the 0600 settings file; production gives CLEARHOUSE_PKCS11_PIN
+        key_settings = {"key_backend": "pkcs11", "pkcs11_module": str(member.hsm.module),
+                        "pkcs11_token_label": member.hsm.token_label, "pkcs11_pin": member.hsm.pin,
+                        "pkcs11_key_label": member.member_id}
     return {
         "member_id": member.member_id, "host": "127.0.0.1", "port": port, "cert_path": str(member.cert_path),
         "key_path": str(member.key_path), "ca_path": str(consortium_paths["root"]),
-        "crl_path": str(consortium_paths["crl"]), "eth_key_path": str(member.eth_key_path),
+        "crl_path": str(consortium_paths["crl"]), **key_settings,
         "rpc_url": consortium_paths["rpc_url"], "deployment_path": str(consortium_paths["deployment"]),
         "database_url": f"sqlite:///{member.directory / 'service.db'}",
     }
@@ -174,18 +200,27 @@ def create_device_keystore(member: Member, passphrase: str, *, fast_kdf: bool) -
     return path
 
 
-def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: bytes, *,
+def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: bytes | keys.Signer, *,
               members: Sequence[MemberSpec] = DEFAULT_MEMBERS, rpc_url: str | None = None,
-              passphrase: str = DEFAULT_PASSPHRASE, fast_kdf: bool = False) -> Consortium:
-    """Create the CA and every member under `workdir`, register them on chain, write settings; returns it all."""
+              passphrase: str = DEFAULT_PASSPHRASE, fast_kdf: bool = False, hsm: keys.Pkcs11Config | None = None,
+              hsm_members: frozenset[str] = frozenset({"cc", "sp", "bank"})) -> Consortium:
+    """Create the CA and every member under `workdir`, register them on chain, write settings; returns it all.
+
+    With `hsm`, the CA root key is generated in that token and so are the signing keys of `hsm_members`;
+    `authority_key` is then usually the token's Signer too (see `offchain.operator.demo` --hsm)."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    ca = CertificateAuthority.create(workdir / "ca")
+    ca = keys.create_ca(workdir / "ca", hsm)
     # The authority is the CA's Ethereum key: kept beside the CA's root key (file permissions only, like it).
-    _write_private(ca.directory / "authority-eth.key", authority_key.hex())
+    if isinstance(authority_key, (bytes, bytearray)):
+        _write_private(ca.directory / "authority-eth.key", bytes(authority_key).hex())
+    elif hsm is not None and isinstance(authority_key, keys.Pkcs11Signer):
+        keys.write_pkcs11_marker(ca.directory / "authority-eth.pkcs11.json", hsm, authority_key.label, "secp256k1")
     deployment_path = deployment.write(workdir / "deployment.json")
     authority = ClearhouseChain(w3, deployment, authority_key)
-    created = {spec.member_id: create_member(ca, authority, w3, workdir, spec) for spec in members}
+    created = {spec.member_id: create_member(ca, authority, w3, workdir, spec,
+                                             hsm=hsm if spec.member_id in hsm_members else None)
+               for spec in members}
     for member in created.values():
         if member.role == Role.DEVICE:
             create_device_keystore(member, passphrase, fast_kdf=fast_kdf)
@@ -195,7 +230,7 @@ def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: by
     urls, settings_paths = write_settings(workdir, created, paths, ports)
     return Consortium(workdir=workdir, ca_dir=ca.directory, root_path=ca.root_path, crl_path=paths["crl"],
                       deployment_path=deployment_path, rpc_url=rpc, domain=deployment.domain, members=created,
-                      urls=urls, settings_paths=settings_paths, passphrase=passphrase)
+                      urls=urls, settings_paths=settings_paths, passphrase=passphrase, hsm=hsm)
 
 
 __all__ = ["MemberSpec", "Member", "Consortium", "DEFAULT_MEMBERS", "provision", "create_member", "free_port",

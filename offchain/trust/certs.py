@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from offchain.core import messages
+from offchain.trust.crl import CrlFreshness
 from offchain.core.errors import (CertificateExpired, CertificateNotYetValid, CertificateRevoked, CrlUnavailable,
                              IdentityMismatch, MalformedMessage, SignatureError, UntrustedCertificate, WrongRole)
 from offchain.core.messages import Domain, Message, to_checksum_address
@@ -91,6 +92,7 @@ class CertificateVerifier:
         self._path_ok: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()  # services call verify from worker threads (asyncio.to_thread)
         self._crl_cache: tuple[bytes, x509.CertificateRevocationList] | None = None
+        self._freshness = CrlFreshness()
 
     def verify(self, cert_pem: bytes | str, expected_role: Role | None = None) -> MemberIdentity:
         """Full check of a member certificate; returns its identity or raises a CertificateError subclass."""
@@ -173,10 +175,7 @@ class CertificateVerifier:
         else:
             crl = self._parse_crl(data)
             self._crl_cache = (data, crl)
-        next_update = crl.next_update_utc
-        if next_update is None or next_update.timestamp() < now:
-            raise CrlUnavailable("the CRL is past its next_update: fetch a fresh one from the CA",
-                                 next_update=None if next_update is None else int(next_update.timestamp()))
+        self._freshness.check(crl, now)  # CrlExpired past next_update, a rate-limited warning shortly before
         return crl
 
     def _parse_crl(self, data: bytes) -> x509.CertificateRevocationList:
