@@ -21,8 +21,9 @@ from offchain.core import messages
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.core.errors import (ChainError, ContractReverted, DuplicateMessage, MalformedMessage, NotFound,
                              TransferMismatch)
-from offchain.transport.server import (JsonClient, Route, add_routes, connect_chain, deployment_domain, member_verifier, new_app,
-                           require_path, serve_app)
+from offchain.transport.client import JsonClient
+from offchain.transport.server import Route, add_routes, new_app, serve_app
+from offchain.transport.wiring import connect_chain, deployment_domain, member_verifier, require_path
 from offchain.bank.ledger import Ledger
 from offchain.core.messages import Domain, Role, TransferReceipt, TransferRequest, keccak
 from offchain.core.settings import BankSettings, configure_logging

@@ -44,8 +44,9 @@ from offchain.core.errors import (
     StatementRejected,
     TransactionPending,
 )
-from offchain.transport.server import (JsonClient, Route, add_routes, connect_chain, member_verifier, new_app, require_path,
-                           serve_app)
+from offchain.transport.client import JsonClient
+from offchain.transport.server import Route, add_routes, new_app, serve_app
+from offchain.transport.wiring import connect_chain, member_verifier, require_path
 from offchain.core.messages import BalanceStatement, IssueLog, ReceiveLog, Role, TransferReceipt, TransferRequest, UsageBatch
 from offchain.core.settings import ClearingCenterSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings

@@ -14,7 +14,7 @@ from typing import Any
 from offchain.trust import container as containers
 from offchain.trust.ca import MemberCredentials
 from offchain.core.errors import ContractReverted, PolicyMismatch
-from offchain.transport.server import SyncJsonClient
+from offchain.transport.client import SyncJsonClient
 from offchain.core.messages import keccak
 
 

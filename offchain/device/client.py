@@ -21,7 +21,8 @@ from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.trust.container import WrappedKey, verify_container
 from offchain.core.errors import (ContractReverted, DuplicateMessage, IdentityMismatch, MalformedMessage, NotFound,
                              PolicyMismatch, SequenceError)
-from offchain.transport.server import SyncJsonClient, deployment_domain, file_reader, require_path
+from offchain.transport.client import SyncJsonClient
+from offchain.transport.wiring import deployment_domain, file_reader, require_path
 from offchain.core import messages
 from offchain.core.messages import Domain, IssueLog, Role
 from offchain.device.secure_module import SecureModule, WalletBalance, cc_verify_fn

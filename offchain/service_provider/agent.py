@@ -49,8 +49,9 @@ from offchain.core.errors import (
     TlsHandshakeFailed,
     TransportError,
 )
-from offchain.transport.server import (JsonClient, Route, add_routes, connect_chain, deployment_domain, member_verifier, new_app,
-                           require_path, serve_app)
+from offchain.transport.client import JsonClient
+from offchain.transport.server import Route, add_routes, new_app, serve_app
+from offchain.transport.wiring import connect_chain, deployment_domain, member_verifier, require_path
 from offchain.core.messages import Domain, ReceiveLog, Role, UsageBatch, UsageLog
 from offchain.core.settings import ServiceProviderSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings

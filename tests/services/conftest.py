@@ -22,7 +22,7 @@ from web3 import Web3
 
 from offchain.chain.client import ClearhouseChain, deploy
 from offchain.core.errors import ClearhouseError
-from offchain.transport.server import SyncJsonClient
+from offchain.transport.client import SyncJsonClient
 from offchain.core.messages import Role
 from offchain.operator.provision import DEFAULT_MEMBERS, Consortium, MemberSpec, provision
 

@@ -27,7 +27,7 @@ from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.clearing_center.agent import ClearingCenter, DepositNotice, IssueBody, ReceiveItem, RenewBody, build_app
 from offchain.core.errors import (AllowanceExceeded, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,
                              StatementRejected, TransactionPending)
-from offchain.transport.server import JsonClient
+from offchain.transport.client import JsonClient
 from offchain.core.messages import BalanceStatement, IssueLog, ReceiveLog, Role, UsageBatch, UsageLog
 from offchain.core.settings import ClearingCenterSettings
 from offchain.clearing_center.settlement import SettlementWorker

@@ -15,7 +15,7 @@ import pytest
 
 from offchain.trust.ca import CertificateAuthority
 from offchain.core.errors import CertificateExpired, CertificateRevoked, ServiceUnavailable, WrongRole
-from offchain.transport.server import SyncJsonClient
+from offchain.transport.client import SyncJsonClient
 from offchain.core.messages import Role
 
 Services = Any  # tests/services/conftest.py Services

@@ -1,0 +1,177 @@
+"""The clients services and tools use to call each other: async `JsonClient` (services) and blocking
+`SyncJsonClient` (CLI, devices, demo), both JSON over mutual TLS with our CA only.
+
+A failed call raises the peer's named error (rebuilt by `error_from_payload`), TlsHandshakeFailed (a certificate
+was refused: retrying does not help) or ServiceUnavailable (refused, dropped or timed out: retry later). The
+server side (routes, middleware, OpenAPI) is `offchain.transport.server`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from offchain.core import errors
+from offchain.core.errors import ClearhouseError, ServiceUnavailable, TlsHandshakeFailed
+from offchain.core.messages import Role
+
+Identity = Any  # offchain.trust.certs.MemberIdentity (kept loose so this module does not import the TLS stack)
+PROBE_TIMEOUT_S = 5.0  # JsonClient: the probe that tells a refused certificate from a dropped connection
+
+
+def error_from_payload(status: int, payload: Any, url: str) -> ClearhouseError:
+    """Rebuild the named error a peer service answered with: `offchain.core.errors.from_payload` (an allow-list
+    of codes and each class's declared fields; unknown codes become RemoteError)."""
+    return errors.from_payload(status, payload, url)
+
+
+class JsonClient:
+    """Async JSON-over-mTLS client for service-to-service calls; raises the peer's named errors.
+
+    A failed call raises one of three kinds: the peer's named error (it answered non-2xx), TlsHandshakeFailed
+    (one side refused the other's certificate: a configuration problem, retrying does not help) or
+    ServiceUnavailable (refused, dropped or timed out: retry later).
+    """
+
+    def __init__(self, base_url: str, ssl_context: ssl.SSLContext, *, timeout_s: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._ssl = ssl_context
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        url = self.base_url + path
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        try:
+            async with self._session.request(method, url, json=body, ssl=self._ssl) as response:
+                payload = await response.json(content_type=None)
+                status = response.status
+        except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+            raise TlsHandshakeFailed(f"TLS handshake with {url} failed: {exc}", url=url, reason=str(exc)) from None
+        except aiohttp.ServerDisconnectedError as exc:
+            raise await _diagnose_disconnect(method, url, self._ssl, exc) from None
+        except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as exc:
+            raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
+                                     reason=type(exc).__name__) from None
+        if status >= 400:
+            raise error_from_payload(status, payload, url)
+        return payload
+
+    async def post(self, path: str, body: Any) -> Any:
+        return await self.request("POST", path, body)
+
+    async def get(self, path: str) -> Any:
+        return await self.request("GET", path)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+async def _diagnose_disconnect(method: str, url: str, context: ssl.SSLContext, exc: BaseException
+                               ) -> ClearhouseError:
+    """Tell a refused client certificate (TlsHandshakeFailed) from a dropped connection (ServiceUnavailable).
+
+    Under TLS 1.3 the server checks our certificate after our side of the handshake has completed, and asyncio
+    servers close without sending the alert: the request only sees a disconnect. A fresh probe connection that is
+    closed again without a single byte of HTTP answer means the server refused our certificate.
+    """
+    parts = urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or 443
+    try:
+        answered = await asyncio.wait_for(_probe_answers(host, port, context), PROBE_TIMEOUT_S)
+    except (OSError, asyncio.TimeoutError) as probe_exc:  # ssl.SSLError is an OSError
+        return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}) and the probe failed "
+                                  f"({probe_exc!r}); retry later", url=url, reason=type(probe_exc).__name__)
+    if answered:
+        return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}); retry later", url=url,
+                                  reason=type(exc).__name__)
+    return TlsHandshakeFailed(f"{url} closed the TLS connection without answering: it refused our client "
+                              "certificate (another CA, expired, or none presented)", url=url,
+                              reason="closed after handshake")
+
+
+async def _probe_answers(host: str, port: int, context: ssl.SSLContext) -> bool:
+    """Connect, send a bare HTTP request and report whether any byte comes back before the server closes."""
+    reader, writer = await asyncio.open_connection(host, port, ssl=context, server_hostname=host)
+    try:
+        writer.write(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        return bool(await reader.read(1))
+    finally:
+        writer.close()
+
+
+class SyncJsonClient:
+    """Blocking JSON-over-mTLS client for operator tools and devices (CLI, demo); same error mapping.
+
+    Uses the stdlib (urllib) with exactly `offchain.trust.tls.client_ssl_context`: our CA only, no system roots."""
+
+    def __init__(self, base_url: str, cert_path: str, key_path: str, ca_path: str, *,
+                 timeout_s: float = 30.0) -> None:
+        from offchain.trust import tls
+        self.base_url = base_url.rstrip("/")
+        self._ssl = tls.client_ssl_context(cert_path, key_path, ca_path)
+        self._timeout_s = timeout_s
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        url = self.base_url + path
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, method=method,
+                                         headers={"Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(request, context=self._ssl, timeout=self._timeout_s) as response:
+                return _json_or_none(response.read())
+        except urllib.error.HTTPError as exc:
+            raise error_from_payload(exc.code, _json_or_none(exc.read()), url) from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
+                                     reason=type(exc).__name__) from None
+
+    def post(self, path: str, body: Any) -> Any:
+        return self.request("POST", path, body)
+
+    def get(self, path: str) -> Any:
+        return self.request("GET", path)
+
+    def server_identity(self, verifier: Any, expected_role: Role | None = None) -> Identity:
+        """The server's verified identity: a TLS connection to `base_url` (our CA only), its certificate checked by
+        `verifier` (offchain.trust.certs.CertificateVerifier), WrongRole unless it has `expected_role`. Nothing is sent.
+
+        The check runs on its own connection, as every request does; a server swapping certificates between
+        connections still needs a certificate and key from our CA for each."""
+        parts = urlsplit(self.base_url)
+        host, port = parts.hostname or "localhost", parts.port or 443
+        try:
+            with socket.create_connection((host, port), timeout=self._timeout_s) as raw:
+                with self._ssl.wrap_socket(raw, server_hostname=host) as connection:
+                    der = connection.getpeercert(binary_form=True)
+        except OSError as exc:  # ssl.SSLError is an OSError
+            raise ServiceUnavailable(f"TLS connection to {self.base_url} failed: {exc!r}; retry later",
+                                     url=self.base_url, reason=type(exc).__name__) from None
+        if not der:
+            raise TlsHandshakeFailed(f"{self.base_url} presented no certificate", url=self.base_url,
+                                     reason="no server certificate")
+        return verifier.verify(ssl.DER_cert_to_PEM_cert(der), expected_role)
+
+    def close(self) -> None:
+        """Nothing to release: every request uses its own connection."""
+
+
+def _json_or_none(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+__all__ = ["JsonClient", "SyncJsonClient", "error_from_payload", "PROBE_TIMEOUT_S"]
