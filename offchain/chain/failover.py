@@ -73,7 +73,7 @@ class FailoverHTTPProvider(JSONBaseProvider):
             except TRANSPORT_ERRORS as exc:
                 errors.append(f"{self.rpc_urls[index]}: {type(exc).__name__}")
                 self._advance(index, method, exc)
-        raise ChainUnreachable(f"no RPC endpoint answers ({'; '.join(errors)})", rpc_urls=",".join(self.rpc_urls),
+        raise ChainUnreachable(f"no RPC endpoint answers ({'; '.join(errors)})", rpc_urls=list(self.rpc_urls),
                                method=method)
 
     def _advance(self, failed: int, method: str, exc: BaseException) -> None:

@@ -35,8 +35,13 @@ class FinalityTimeout(ChainError):
     code = "finality_timeout"
     http_status = 504
 
-    def __init__(self, message: str, *, tx_hash: str, wanted: str, state: str, timeout_s: float) -> None:
-        super().__init__(message, tx_hash=tx_hash, wanted=wanted, state=state, timeout_s=timeout_s)
+    def __init__(self, message: str, *, tx_hash: str | None = None, wanted: str | None = None,
+                 state: str | None = None, timeout_s: float | None = None) -> None:
+        super().__init__(message)
+        self.tx_hash = tx_hash
+        self.wanted = wanted
+        self.state = state
+        self.timeout_s = timeout_s
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,20 @@ class NetworkError(ChainError):
     code = "network_failed"
     http_status = 503
 
+    def __init__(self, message: str, *, hint: str | None = None, method: str | None = None, node: int | None = None,
+                 path: str | None = None, period_s: int | None = None, signers: int | None = None,
+                 url: str | None = None, what: str | None = None, workdir: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.method = method
+        self.node = node
+        self.path = path
+        self.period_s = period_s
+        self.signers = signers
+        self.url = url
+        self.what = what
+        self.workdir = workdir
+
 
 def _quiet(_: str) -> None:
     return None
@@ -183,10 +197,11 @@ class CliqueNetwork:
                  prefund: Sequence[str] = (), fixed_ports: bool = False, seed: bytes | None = None,
                  geth: str | None = None, progress: Progress = _quiet) -> None:
         if signers < 1:
-            raise ConfigError("a Clique network needs at least one signer", signers=signers)
+            raise NetworkError("a Clique network needs at least one signer", signers=signers,
+                               hint="--signers 4 (three must stay online)")
         if period_s < 1:
-            raise ConfigError("period must be at least 1 s (period 0 seals only when there are transactions)",
-                              period_s=period_s)
+            raise NetworkError("period must be at least 1 s (period 0 seals only when there are transactions)",
+                               period_s=period_s, hint="--period 1")
         self.workdir = Path(workdir).resolve()
         self.period_s = period_s
         self.chain_id = chain_id
