@@ -124,3 +124,16 @@ def test_token_ca_key_never_reveals_itself(hsm, tmp_path) -> None:
         key.private_numbers()
     with pytest.raises(HsmError):
         key.private_bytes()
+
+
+def test_refresh_crl_with_root_key_in_token_needs_the_pin(hsm, tmp_path, monkeypatch) -> None:
+    from offchain.core.errors import ConfigError
+    from offchain.trust.crl import refresh_crl
+
+    keys.create_ca(tmp_path / "ca", hsm, label="crl-" + tmp_path.name[-20:])
+    monkeypatch.delenv(keys.PIN_ENV, raising=False)
+    with pytest.raises(ConfigError) as info:
+        refresh_crl(tmp_path / "ca")
+    assert info.value.fields["env"] == keys.PIN_ENV
+    monkeypatch.setenv(keys.PIN_ENV, hsm.pin)
+    assert refresh_crl(tmp_path / "ca").crl_number == 2
