@@ -106,6 +106,18 @@ def bench_pipeline(out: str, logs: int, devices: int) -> None:
     pipeline.run(out_path=out, logs=logs, devices=devices)
 
 
+@bench.command("explorer")
+@click.option("--out", default="bench/results/explorer.json", show_default=True)
+@click.option("--logs", default=100_000, show_default=True, help="Settled usage logs to index.")
+@click.option("--batch", default=4_000, show_default=True, help="Usage logs per settled batch.")
+@_edge
+def bench_explorer(out: str, logs: int, batch: int) -> None:
+    """Explorer page render time (overview, a serial's lineage) with LOGS settled usage logs indexed."""
+    from offchain.operator.bench import explorer as bench_explorer_module
+
+    bench_explorer_module.run(out_path=out, logs=logs, batch=batch)
+
+
 # --- device -----------------------------------------------------------------------------------------------------
 @main.group()
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
@@ -311,10 +323,8 @@ def content_package(config_path: Path, sp_url: str, content_file: Path, name: st
               help="Where keys, databases and logs go (default var/demo-<timestamp>/).")
 @click.option("--anvil-port", type=int, default=None, help="Port for the anvil the demo starts (default: free port).")
 @click.option("--keep", is_flag=True, help="Leave the chain and the services running after the report (Ctrl-C stops).")
-@click.option("--hsm", is_flag=True, help="Keep the CA root, authority, CC, SP and bank keys in a SoftHSM2 token.")
 @click.pass_context
-def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_port: int | None, keep: bool,
-         hsm: bool) -> None:
+def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_port: int | None, keep: bool) -> None:
     """Run the whole settlement story: chain, deploy, CA, services, deposits, uses, renewals, settlement, payouts."""
     import os
 
@@ -322,7 +332,7 @@ def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_po
 
     if ctx.find_root().params.get("debug"):
         os.environ["CLEARHOUSE_DEBUG"] = "1"  # the demo handles its own errors; this makes it re-raise them
-    sys.exit(main_demo(rpc_url=rpc_url, workdir=workdir, anvil_port=anvil_port, keep=keep, hsm=hsm))
+    sys.exit(main_demo(rpc_url=rpc_url, workdir=workdir, anvil_port=anvil_port, keep=keep))
 
 
 _CHAIN_OPTIONS = [
@@ -447,6 +457,33 @@ def reconcile(rpc_url: str, deployment_path: Path, cache_dir: Path | None, cc_co
                             output="json" if as_json else "table", cache_dir=cache_dir, grace_s=grace_s))
 
 
+# --- explorer ---------------------------------------------------------------------------------------------------
+@main.command()
+@_chain_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address (loopback by default).")
+@click.option("--port", type=int, default=8780, show_default=True, help="Listen port (0 picks a free one).")
+@click.option("--confirmations", type=int, default=6, show_default=True,
+              help="Depth at which a transaction counts as final.")
+@click.option("--network-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Multi-node network file: adds each node's head, peers and signers to the overview.")
+@click.option("--cc-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The CC's settings file, for the reconciliation status.")
+@click.option("--bank-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The bank's settings file, for the reconciliation status and what the bank paid.")
+@click.option("--mtls", is_flag=True, help="Serve HTTPS and require a consortium client certificate.")
+@click.option("--ca", "ca_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--cert", "cert_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--key", "key_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None)
+@click.option("--crl", "crl_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="With --mtls: also refuse revoked client certificates.")
+@_edge
+def explorer(**options: Any) -> None:
+    """An auditor's read-only web view: search, lineage flows with re-verified signatures, exports."""
+    from offchain.operator.explorer.app import main_explorer
+
+    main_explorer(**options)
+
+
 # --- certificate authority --------------------------------------------------------------------------------------
 @main.group()
 def member() -> None:
@@ -473,23 +510,6 @@ def member_revoke(member_id: str, ca_dir: Path, authority_key_file: Path, rpc_ur
     authority = ClearhouseChain(Web3(Web3.HTTPProvider(rpc_url)), Deployment.load(deployment_path), key)
     addresses = revoke_member(CertificateAuthority.load(ca_dir), authority, member_id)
     _print_json({"member_id": member_id, "revoked_addresses": addresses, "crl": str(ca_dir / "crl.pem")})
-
-
-@main.group("ca")
-def ca_group() -> None:
-    """The certificate authority's maintenance (its root key in a file or a PKCS#11 token)."""
-
-
-@ca_group.command("refresh-crl")
-@click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@_edge
-def ca_refresh_crl(ca_dir: Path) -> None:
-    """Re-sign the CRL now with a fresh next_update, keeping every revoked entry (run it daily: cron, a timer).
-
-    A token-held root key needs the PIN in CLEARHOUSE_PKCS11_PIN."""
-    from offchain.trust.crl import refresh_crl
-
-    _print_json(refresh_crl(ca_dir).to_json())
 
 
 def _print_json(value: Any) -> None:
