@@ -52,7 +52,7 @@ def main(debug: bool) -> None:
 
 
 # --- services --------------------------------------------------------------------------------------------------
-_SERVICES = {"cc": "offchain.clearing_center.agent", "sp": "offchain.service_provider.agent", "bank": "offchain.bank.agent"}
+_SERVICES = {"cc": "offchain.clearing_center.api", "sp": "offchain.service_provider.api", "bank": "offchain.bank.api"}
 
 
 @main.command()
@@ -323,8 +323,10 @@ def content_package(config_path: Path, sp_url: str, content_file: Path, name: st
               help="Where keys, databases and logs go (default var/demo-<timestamp>/).")
 @click.option("--anvil-port", type=int, default=None, help="Port for the anvil the demo starts (default: free port).")
 @click.option("--keep", is_flag=True, help="Leave the chain and the services running after the report (Ctrl-C stops).")
+@click.option("--hsm", is_flag=True, help="Keep the CA root, authority, CC, SP and bank keys in a SoftHSM2 token.")
 @click.pass_context
-def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_port: int | None, keep: bool) -> None:
+def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_port: int | None, keep: bool,
+         hsm: bool) -> None:
     """Run the whole settlement story: chain, deploy, CA, services, deposits, uses, renewals, settlement, payouts."""
     import os
 
@@ -332,7 +334,7 @@ def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_po
 
     if ctx.find_root().params.get("debug"):
         os.environ["CLEARHOUSE_DEBUG"] = "1"  # the demo handles its own errors; this makes it re-raise them
-    sys.exit(main_demo(rpc_url=rpc_url, workdir=workdir, anvil_port=anvil_port, keep=keep))
+    sys.exit(main_demo(rpc_url=rpc_url, workdir=workdir, anvil_port=anvil_port, keep=keep, hsm=hsm))
 
 
 _CHAIN_OPTIONS = [
@@ -510,6 +512,23 @@ def member_revoke(member_id: str, ca_dir: Path, authority_key_file: Path, rpc_ur
     authority = ClearhouseChain(Web3(Web3.HTTPProvider(rpc_url)), Deployment.load(deployment_path), key)
     addresses = revoke_member(CertificateAuthority.load(ca_dir), authority, member_id)
     _print_json({"member_id": member_id, "revoked_addresses": addresses, "crl": str(ca_dir / "crl.pem")})
+
+
+@main.group("ca")
+def ca_group() -> None:
+    """The certificate authority's maintenance (its root key in a file or a PKCS#11 token)."""
+
+
+@ca_group.command("refresh-crl")
+@click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@_edge
+def ca_refresh_crl(ca_dir: Path) -> None:
+    """Re-sign the CRL now with a fresh next_update, keeping every revoked entry (run it daily: cron, a timer).
+
+    A token-held root key needs the PIN in CLEARHOUSE_PKCS11_PIN."""
+    from offchain.trust.crl import refresh_crl
+
+    _print_json(refresh_crl(ca_dir).to_json())
 
 
 def _print_json(value: Any) -> None:
