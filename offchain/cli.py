@@ -52,7 +52,7 @@ def main(debug: bool) -> None:
 
 
 # --- services --------------------------------------------------------------------------------------------------
-_SERVICES = {"cc": "offchain.clearing_center.api", "sp": "offchain.service_provider.api", "bank": "offchain.bank.api"}
+_SERVICES = {"cc": "offchain.clearing_center.agent", "sp": "offchain.service_provider.agent", "bank": "offchain.bank.agent"}
 
 
 @main.command()
