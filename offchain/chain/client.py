@@ -1,7 +1,7 @@
 """Chain access for Clearhouse: compile (py-solc-x through the wasm shim), deploy, start anvil, and a thin client.
 
 The client sends one signed transaction per contract call with a locally managed nonce and a fast receipt wait,
-and turns every revert into `ContractReverted(error_name=..., args=...)` decoded from the ABI. It does not retry
+and turns every revert into `ContractReverted(error_name=..., error_args=...)` decoded from the ABI. It does not retry
 effects: callers own idempotency (ids are in the logs). Private keys stay in memory; never log them.
 """
 
@@ -347,11 +347,11 @@ def decode_revert(abi: Sequence[dict[str, Any]], data: bytes | None, function: s
         args = {n or f"arg{i}": v for i, (n, v) in enumerate(zip(names, values))}
         shown = ", ".join(f"{k}={_plain(v)}" for k, v in args.items())
         return ContractReverted(
-            f"{function} reverted with {name}({shown})", error_name=name, args=args, function=function
+            f"{function} reverted with {name}({shown})", error_name=name, error_args=args, function=function
         )
     raw = "0x" + data.hex() if data else "0x"
     return ContractReverted(
-        f"{function} reverted without a known custom error (data {raw})", error_name=None, args={}, function=function,
+        f"{function} reverted without a known custom error (data {raw})", error_name=None, error_args={}, function=function,
         data=raw,
     )
 
@@ -451,7 +451,7 @@ class ClearhouseChain:
     """Thin client of one deployed Clearhouse for one member key: one method per contract function.
 
     Writes estimate gas first (so a revert is decoded before anything is sent), sign locally with a local nonce,
-    and wait for the receipt polling every 5 ms. Every revert raises ContractReverted(error_name=..., args=...).
+    and wait for the receipt polling every 5 ms. Every revert raises ContractReverted(error_name=..., error_args=...).
     """
 
     def __init__(self, w3: Web3, deployment: Deployment, private_key: bytes, *, gas_margin: float = 1.25,
@@ -581,7 +581,7 @@ class ClearhouseChain:
             return self._as_revert(exc, function)
         return ContractReverted(
             f"{function} failed in block {receipt['blockNumber']} (out of gas or state changed)",
-            error_name=None, args={}, function=function, tx_hash=receipt["transactionHash"].hex(),
+            error_name=None, error_args={}, function=function, tx_hash=receipt["transactionHash"].hex(),
         )
 
     # writes ----------------------------------------------------------------------------------------------------

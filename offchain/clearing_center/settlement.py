@@ -45,7 +45,7 @@ DEFAULT_GAS_BUDGET = 12_000_000  # per settle transaction: well below anvil's an
 
 def revert_reason(error: ContractReverted) -> str:
     """`Name(arg=value, ...)` of a decoded revert, as stored in `receive_logs.reject_reason`."""
-    values = error.fields.get("args") or {}  # not `error.args`: BaseException turns that into a tuple of keys
+    values = error.error_args if isinstance(error.error_args, dict) else {}
     args = ", ".join(f"{k}={'0x' + v.hex() if isinstance(v, bytes) else v}" for k, v in values.items())
     return f"{error.error_name or 'UnknownRevert'}({args})"
 

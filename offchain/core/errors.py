@@ -1,37 +1,96 @@
 """The one error hierarchy of Clearhouse: `ClearhouseError` and one subclass per domain.
 
-Every error carries the fields that explain it and a message that says what happened and what the caller can
-do. Code catches these by class; only the CLI and HTTP edges catch broad exceptions. HTTP edges map `code`
-(stable, snake_case) and `http_status` onto the wire.
+Every error declares its fields, typed, in its `__init__` (stripe-python's `CardError(message, param, code)`
+style) and carries a message that says what happened and what the caller can do. Code catches these by class;
+only the CLI and HTTP edges catch broad exceptions. HTTP edges send `to_payload()`; a client rebuilds a peer's
+error with `from_payload`, which accepts only the codes of this module and each class's declared fields, so a
+peer's body can neither crash the client nor relabel the error's `code` or `http_status`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Union
+
+Hex = Union[bytes, str]
+"""An id (serial, digest, tx hash) as raw bytes or as its 0x-hex."""
+Scalar = Union[str, int, float, bool, bytes, None]
+"""A compared value (expected / got): an amount, an address, an id or a status name."""
+
+RESERVED_NAMES = frozenset({"message", "code", "http_status", "fields", "args", "remote_status", "remote_url",
+                            "with_traceback", "add_note", "to_payload", "to_dict", "from_payload", "field_names"})
+MAX_REMOTE_TEXT = 2_000  # characters kept of one string a peer sends (message or field)
 
 
 class ClearhouseError(Exception):
     """Root of every error Clearhouse raises on purpose."""
 
-    code: str = "clearhouse_error"
-    http_status: int = 400
+    code: ClassVar[str] = "clearhouse_error"
+    http_status: ClassVar[int] = 400
+    _field_names: ClassVar[tuple[str, ...]] = ()
+    remote_status: int | None = None
+    """The HTTP status the peer answered with, when this error was rebuilt from a peer's body."""
+    remote_url: str | None = None
 
-    def __init__(self, message: str, **fields: Any) -> None:
+    def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-        self.fields = fields
-        for name, value in fields.items():
-            setattr(self, name, value)
 
-    def to_dict(self) -> dict[str, Any]:
-        def plain(v: Any) -> Any:
-            if isinstance(v, (bytes, bytearray)):
-                return "0x" + bytes(v).hex()
-            if isinstance(v, (str, int, float, bool)) or v is None:
-                return v
-            return str(v)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        params = inspect.signature(cls.__init__).parameters.values()
+        names = tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+        clash = RESERVED_NAMES.intersection(names)
+        if clash:
+            raise TypeError(f"{cls.__name__} declares reserved field names {sorted(clash)}")
+        required = [p.name for p in params if p.default is inspect.Parameter.empty
+                    and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        if required != ["self", "message"]:
+            raise TypeError(f"{cls.__name__}.__init__ may require only the message, not {required[2:]}")
+        cls._field_names = names
 
-        return {"error": self.code, "message": self.message, "fields": {k: plain(v) for k, v in self.fields.items()}}
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        """The fields this class declares in its `__init__` (keyword-only), in order."""
+        return cls._field_names
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        """The declared fields that are set (not None), plus `remote_status` for an error rebuilt from a peer."""
+        found = {name: getattr(self, name) for name in self._field_names if getattr(self, name) is not None}
+        if self.remote_status is not None:
+            found["remote_status"] = self.remote_status
+        return found
+
+    def to_payload(self) -> dict[str, Any]:
+        """The JSON body an HTTP edge answers with: {"error": code, "message", "fields": {declared, set}}."""
+        values = {name: getattr(self, name) for name in self._field_names}
+        return {"error": self.code, "message": self.message,
+                "fields": {k: _plain(v) for k, v in values.items() if v is not None}}
+
+    to_dict = to_payload  # the name the HTTP edges and the CLI used first
+
+    @staticmethod
+    def from_payload(status: int, payload: Any, url: str) -> ClearhouseError:
+        """Rebuild the error a peer answered with; see the module-level `from_payload`."""
+        return from_payload(status, payload, url)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray)):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return str(value)
 
 
 # --- signatures -------------------------------------------------------------------------------------------
@@ -39,9 +98,18 @@ class SignatureError(ClearhouseError):
     code = "signature_invalid"
     http_status = 401
 
+    def __init__(self, message: str, *, digest: Hex | None = None, signature: Hex | None = None) -> None:
+        super().__init__(message)
+        self.digest = digest
+        self.signature = signature
+
 
 class InvalidSignatureLength(SignatureError):
     code = "signature_length"
+
+    def __init__(self, message: str, *, length: int | None = None) -> None:
+        super().__init__(message)
+        self.length = length
 
 
 class InvalidSignatureS(SignatureError):
@@ -49,9 +117,17 @@ class InvalidSignatureS(SignatureError):
 
     code = "signature_high_s"
 
+    def __init__(self, message: str, *, s: Hex | None = None) -> None:
+        super().__init__(message)
+        self.s = s
+
 
 class InvalidSignatureV(SignatureError):
     code = "signature_bad_v"
+
+    def __init__(self, message: str, *, v: int | None = None) -> None:
+        super().__init__(message)
+        self.v = v
 
 
 class SignerMismatch(SignatureError):
@@ -59,12 +135,27 @@ class SignerMismatch(SignatureError):
 
     code = "signer_mismatch"
 
+    def __init__(self, message: str, *, expected: Scalar = None, got: Scalar = None,
+                 index: int | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+        self.index = index
+
 
 class MalformedMessage(ClearhouseError):
     """A typed log field is out of range or of the wrong type (fields: type, field, value, reason)."""
 
     code = "message_malformed"
     http_status = 422
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str | None = None, type: str | None = None,
+                 value: Scalar = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.reason = reason
+        self.type = type
+        self.value = value
 
 
 # --- certificates -------------------------------------------------------------------------------------------
@@ -76,13 +167,35 @@ class CertificateError(ClearhouseError):
 class CertificateExpired(CertificateError):
     code = "certificate_expired"
 
+    def __init__(self, message: str, *, not_after: int | None = None, now: int | None = None,
+                 subject: str | None = None) -> None:
+        super().__init__(message)
+        self.not_after = not_after
+        self.now = now
+        self.subject = subject
+
 
 class CertificateNotYetValid(CertificateError):
     code = "certificate_not_yet_valid"
 
+    def __init__(self, message: str, *, not_before: int | None = None, now: int | None = None,
+                 subject: str | None = None) -> None:
+        super().__init__(message)
+        self.not_before = not_before
+        self.now = now
+        self.subject = subject
+
 
 class CertificateRevoked(CertificateError):
     code = "certificate_revoked"
+
+    def __init__(self, message: str, *, eth_address: str | None = None, member_id: str | None = None,
+                 serial_number: int | None = None, source: str | None = None) -> None:
+        super().__init__(message)
+        self.eth_address = eth_address
+        self.member_id = member_id
+        self.serial_number = serial_number
+        self.source = source
 
 
 class UntrustedCertificate(CertificateError):
@@ -90,10 +203,24 @@ class UntrustedCertificate(CertificateError):
 
     code = "certificate_untrusted"
 
+    def __init__(self, message: str, *, issuer: str | None = None, reason: str | None = None,
+                 subject: str | None = None) -> None:
+        super().__init__(message)
+        self.issuer = issuer
+        self.reason = reason
+        self.subject = subject
+
 
 class WrongRole(CertificateError):
     code = "wrong_role"
     http_status = 403
+
+    def __init__(self, message: str, *, expected_role: str | None = None, member_id: str | None = None,
+                 role: str | None = None) -> None:
+        super().__init__(message)
+        self.expected_role = expected_role
+        self.member_id = member_id
+        self.role = role
 
 
 class IdentityMismatch(CertificateError):
@@ -102,6 +229,29 @@ class IdentityMismatch(CertificateError):
     code = "identity_mismatch"
     http_status = 403
 
+    def __init__(self, message: str, *, cert_member_id: str | None = None, certificate_address: str | None = None,
+                 expected: Scalar = None, expected_address: str | None = None, expected_member: str | None = None,
+                 expected_user: str | None = None, got: Scalar = None, got_address: str | None = None,
+                 got_member: str | None = None, got_user: str | None = None, header_member_id: str | None = None,
+                 kind: str | None = None, member_id: str | None = None, serial: Hex | None = None,
+                 signer: str | None = None) -> None:
+        super().__init__(message)
+        self.cert_member_id = cert_member_id
+        self.certificate_address = certificate_address
+        self.expected = expected
+        self.expected_address = expected_address
+        self.expected_member = expected_member
+        self.expected_user = expected_user
+        self.got = got
+        self.got_address = got_address
+        self.got_member = got_member
+        self.got_user = got_user
+        self.header_member_id = header_member_id
+        self.kind = kind
+        self.member_id = member_id
+        self.serial = serial
+        self.signer = signer
+
 
 class CrlUnavailable(CertificateError):
     """The CRL is missing, not signed by our root, or past its next_update: revocation cannot be checked."""
@@ -109,12 +259,24 @@ class CrlUnavailable(CertificateError):
     code = "crl_unavailable"
     http_status = 503
 
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+
 
 class CrlExpired(CrlUnavailable):
     """The CRL is past its next_update (fields: next_update, now): every caller is refused until the CA re-signs
-    it with `clearhouse ca refresh-crl`."""
+it with `clearhouse ca refresh-crl`."""
 
     code = "crl_expired"
+
+    def __init__(self, message: str, *, crl_number: int | None = None, hint: str | None = None,
+                 next_update: int | None = None, now: int | None = None) -> None:
+        super().__init__(message)
+        self.crl_number = crl_number
+        self.hint = hint
+        self.next_update = next_update
+        self.now = now
 
 
 # --- replay and idempotency ---------------------------------------------------------------------------------
@@ -128,9 +290,39 @@ class DuplicateMessage(ReplayError):
 
     code = "duplicate_id_different_payload"
 
+    def __init__(self, message: str, *, bank_ref: Hex | None = None, content_id: Hex | None = None,
+                 first_seq: int | None = None, got_amount: int | None = None, got_hash: Hex | None = None,
+                 got_ref: Hex | None = None, highest_received: int | None = None, key: str | None = None,
+                 kind: str | None = None, serial: Hex | None = None, stored_amount: int | None = None,
+                 stored_hash: Hex | None = None, stored_ref: Hex | None = None, version: int | None = None) -> None:
+        super().__init__(message)
+        self.bank_ref = bank_ref
+        self.content_id = content_id
+        self.first_seq = first_seq
+        self.got_amount = got_amount
+        self.got_hash = got_hash
+        self.got_ref = got_ref
+        self.highest_received = highest_received
+        self.key = key
+        self.kind = kind
+        self.serial = serial
+        self.stored_amount = stored_amount
+        self.stored_hash = stored_hash
+        self.stored_ref = stored_ref
+        self.version = version
+
 
 class SequenceError(ReplayError):
     code = "sequence_error"
+
+    def __init__(self, message: str, *, expected: Scalar = None, first_seq: int | None = None, got: Scalar = None,
+                 held_receive_log_id: Hex | None = None, serial: Hex | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.first_seq = first_seq
+        self.got = got
+        self.held_receive_log_id = held_receive_log_id
+        self.serial = serial
 
 
 # --- limits (money) -----------------------------------------------------------------------------------------
@@ -142,9 +334,30 @@ class LimitError(ClearhouseError):
 class AllowanceExceeded(LimitError):
     code = "allowance_exceeded"
 
+    def __init__(self, message: str, *, available: int | None = None, cap: int | None = None, fee: int | None = None,
+                 serial: Hex | None = None, spent: int | None = None, user_id: str | None = None,
+                 wanted: Scalar = None) -> None:
+        super().__init__(message)
+        self.available = available
+        self.cap = cap
+        self.fee = fee
+        self.serial = serial
+        self.spent = spent
+        self.user_id = user_id
+        self.wanted = wanted
+
 
 class IssueLogExpired(LimitError):
     code = "issue_log_expired"
+
+    def __init__(self, message: str, *, expires_at: int | None = None, now: int | None = None,
+                 seq: int | None = None, serial: Hex | None = None, used_at: int | None = None) -> None:
+        super().__init__(message)
+        self.expires_at = expires_at
+        self.now = now
+        self.seq = seq
+        self.serial = serial
+        self.used_at = used_at
 
 
 class InvalidAmount(LimitError):
@@ -152,9 +365,30 @@ class InvalidAmount(LimitError):
 
     code = "invalid_amount"
 
+    def __init__(self, message: str, *, field: str | None = None, kind: str | None = None, limit: int | None = None,
+                 maximum: int | None = None, type: str | None = None, value: Scalar = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.kind = kind
+        self.limit = limit
+        self.maximum = maximum
+        self.type = type
+        self.value = value
+
 
 class InsufficientFunds(LimitError):
     code = "insufficient_funds"
+
+    def __init__(self, message: str, *, account: str | None = None, available: int | None = None,
+                 balance: int | None = None, request_id: Hex | None = None, user_id: str | None = None,
+                 wanted: Scalar = None) -> None:
+        super().__init__(message)
+        self.account = account
+        self.available = available
+        self.balance = balance
+        self.request_id = request_id
+        self.user_id = user_id
+        self.wanted = wanted
 
 
 class StatementRejected(LimitError):
@@ -162,18 +396,47 @@ class StatementRejected(LimitError):
 
     code = "statement_rejected"
 
+    def __init__(self, message: str, *, attested_next_seq: int | None = None, attested_spent: int | None = None,
+                 cap: int | None = None, reason: str | None = None, serial: Hex | None = None,
+                 settled_next_seq: int | None = None, settled_spent: int | None = None) -> None:
+        super().__init__(message)
+        self.attested_next_seq = attested_next_seq
+        self.attested_spent = attested_spent
+        self.cap = cap
+        self.reason = reason
+        self.serial = serial
+        self.settled_next_seq = settled_next_seq
+        self.settled_spent = settled_spent
+
 
 class DepositNotProven(LimitError):
     """A deposit notice whose transaction does not carry the matching DepositRecorded event (fields: deposit_id,
-    tx_hash, reason): nothing is credited."""
+tx_hash, reason): nothing is credited."""
 
     code = "deposit_not_proven"
+
+    def __init__(self, message: str, *, deposit_id: Hex | None = None, expected: Scalar = None, got: Scalar = None,
+                 reason: str | None = None, tx_hash: Hex | None = None) -> None:
+        super().__init__(message)
+        self.deposit_id = deposit_id
+        self.expected = expected
+        self.got = got
+        self.reason = reason
+        self.tx_hash = tx_hash
 
 
 class FeeMismatch(LimitError):
     """A usage log's fee is not the price of its policy (fields: policy_id, expected, got, seq)."""
 
     code = "fee_mismatch"
+
+    def __init__(self, message: str, *, expected: Scalar = None, got: Scalar = None, policy_id: Hex | None = None,
+                 seq: int | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+        self.policy_id = policy_id
+        self.seq = seq
 
 
 # --- secure containers --------------------------------------------------------------------------------------
@@ -185,9 +448,22 @@ class ContainerError(ClearhouseError):
 class ContainerTampered(ContainerError):
     code = "container_tampered"
 
+    def __init__(self, message: str, *, cert_len: int | None = None, ciphertext_len: int | None = None,
+                 header_len: int | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.cert_len = cert_len
+        self.ciphertext_len = ciphertext_len
+        self.header_len = header_len
+        self.reason = reason
+
 
 class ContainerTruncated(ContainerError):
     code = "container_truncated"
+
+    def __init__(self, message: str, *, expected: Scalar = None, length: int | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.length = length
 
 
 class WrongDevice(ContainerError):
@@ -195,11 +471,25 @@ class WrongDevice(ContainerError):
 
     code = "container_wrong_device"
 
+    def __init__(self, message: str, *, device: str | None = None, reason: str | None = None,
+                 wrapped_for: str | None = None) -> None:
+        super().__init__(message)
+        self.device = device
+        self.reason = reason
+        self.wrapped_for = wrapped_for
+
 
 class PolicyMismatch(ContainerError):
     """The container's policy hash does not match the one registered on chain."""
 
     code = "policy_mismatch"
+
+    def __init__(self, message: str, *, expected: Scalar = None, got: Scalar = None,
+                 policy_id: Hex | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+        self.policy_id = policy_id
 
 
 class InvalidPolicy(ContainerError):
@@ -207,11 +497,22 @@ class InvalidPolicy(ContainerError):
 
     code = "policy_invalid"
 
+    def __init__(self, message: str, *, field: str | None = None, index: int | None = None,
+                 reason: str | None = None, sum_bps: int | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.index = index
+        self.reason = reason
+        self.sum_bps = sum_bps
 
-class SecureModuleError(ContainerError):
-    """The device's secure module (encryption processing unit) refused an operation."""
+
+# --- the device's secure module ------------------------------------------------------------------------------
+class SecureModuleError(ClearhouseError):
+    """The device's secure module (encryption processing unit) refused an operation (its own domain: it is not a
+    container error)."""
 
     code = "secure_module_error"
+    http_status = 422
 
 
 class WrongPassphrase(SecureModuleError):
@@ -220,11 +521,26 @@ class WrongPassphrase(SecureModuleError):
     code = "keystore_wrong_passphrase"
     http_status = 401
 
+    def __init__(self, message: str, *, path: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
 
 class IssueLogRejected(SecureModuleError):
     """An issue log cannot be installed on this device (fields: serial, reason)."""
 
     code = "issue_log_rejected"
+
+    def __init__(self, message: str, *, current: Scalar = None, expected: Scalar = None, got: Scalar = None,
+                 minimum: int | None = None, reason: str | None = None, serial: Hex | None = None) -> None:
+        super().__init__(message)
+        self.current = current
+        self.expected = expected
+        self.got = got
+        self.minimum = minimum
+        self.reason = reason
+        self.serial = serial
 
 
 class NoIssueLog(SecureModuleError):
@@ -239,44 +555,84 @@ class RenewalPending(SecureModuleError):
     code = "renewal_pending"
     http_status = 409
 
+    def __init__(self, message: str, *, attested_at: int | None = None, serial: Hex | None = None) -> None:
+        super().__init__(message)
+        self.attested_at = attested_at
+        self.serial = serial
+
 
 # --- chain ----------------------------------------------------------------------------------------------------
 class ChainError(ClearhouseError):
     code = "chain_error"
     http_status = 502
 
+    def __init__(self, message: str, *, confirmations: int | None = None, deposit_id: Hex | None = None,
+                 function: str | None = None, method: str | None = None, quorum: int | None = None,
+                 tx_hash: Hex | None = None) -> None:
+        super().__init__(message)
+        self.confirmations = confirmations
+        self.deposit_id = deposit_id
+        self.function = function
+        self.method = method
+        self.quorum = quorum
+        self.tx_hash = tx_hash
+
 
 class ChainUnreachable(ChainError):
     code = "chain_unreachable"
 
+    def __init__(self, message: str, *, function: str | None = None, method: str | None = None,
+                 reason: str | None = None, rpc_urls: Sequence[str] | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.function = function
+        self.method = method
+        self.reason = reason
+        self.rpc_urls = rpc_urls
+        self.url = url
+
 
 class ContractReverted(ChainError):
-    """A transaction or call reverted with a decoded custom error: `error_name` and `args` say which."""
+    """A transaction or call reverted with a decoded custom error: `error_name` and `error_args` (the decoded
+    arguments by name) say which; `data` is the raw revert data when it did not decode."""
 
     code = "contract_reverted"
     http_status = 422
 
-    def __str__(self) -> str:  # BaseException.args was overwritten by the `args` field (a tuple of its keys)
-        return self.message
-
-    @property
-    def error_args(self) -> dict[str, Any]:
-        """The decoded custom-error arguments by name (read this, not `.args`)."""
-        return dict(self.fields.get("args") or {})
+    def __init__(self, message: str, *, data: Hex | None = None, error_args: Mapping[str, Any] | None = None,
+                 error_name: str | None = None, function: str | None = None, tx_hash: Hex | None = None) -> None:
+        super().__init__(message)
+        self.data = data
+        self.error_args = error_args
+        self.error_name = error_name
+        self.function = function
+        self.tx_hash = tx_hash
 
 
 class TransactionPending(ChainError):
     """A broadcast transaction has no receipt after `waited_s` (fields: tx_hash, waited_s): retry the request
-    later; it resumes this very transaction, so nothing is sent twice."""
+later; it resumes this very transaction, so nothing is sent twice."""
 
     code = "transaction_pending"
+
+    def __init__(self, message: str, *, tx_hash: Hex | None = None, waited_s: float | None = None) -> None:
+        super().__init__(message)
+        self.tx_hash = tx_hash
+        self.waited_s = waited_s
 
 
 class RebroadcastRefused(ChainError):
     """The node refused to re-broadcast a recorded raw transaction, e.g. another pending transaction holds its
-    nonce (fields: tx_hash, nonce, request_id, node_message): retry later, the pending one decides."""
+nonce (fields: tx_hash, nonce, request_id, node_message): retry later, the pending one decides."""
 
     code = "rebroadcast_refused"
+
+    def __init__(self, message: str, *, node_message: str | None = None, nonce: int | None = None,
+                 request_id: Hex | None = None, tx_hash: Hex | None = None) -> None:
+        super().__init__(message)
+        self.node_message = node_message
+        self.nonce = nonce
+        self.request_id = request_id
+        self.tx_hash = tx_hash
 
 
 # --- bank -----------------------------------------------------------------------------------------------------
@@ -288,6 +644,10 @@ class UnknownAccount(BankError):
     code = "unknown_account"
     http_status = 404
 
+    def __init__(self, message: str, *, account: str | None = None) -> None:
+        super().__init__(message)
+        self.account = account
+
 
 class TransferMismatch(BankError):
     """A transfer request disagrees with the chain's record of it (fields: request_id, field, on_chain, got)."""
@@ -295,11 +655,24 @@ class TransferMismatch(BankError):
     code = "transfer_mismatch"
     http_status = 409
 
+    def __init__(self, message: str, *, field: str | None = None, got: Scalar = None, on_chain: Scalar = None,
+                 request_id: Hex | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+        self.got = got
+        self.on_chain = on_chain
+        self.request_id = request_id
+
 
 # --- transport and configuration ------------------------------------------------------------------------------
 class TransportError(ClearhouseError):
     code = "transport_error"
     http_status = 502
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
 
 
 class TlsHandshakeFailed(TransportError):
@@ -307,11 +680,25 @@ class TlsHandshakeFailed(TransportError):
 
     code = "tls_handshake_failed"
 
+    def __init__(self, message: str, *, reason: str | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.url = url
+
 
 class RemoteError(TransportError):
-    """The peer answered non-2xx (fields: url, status, remote_code, remote_message, remote_fields)."""
+    """A peer answered non-2xx with a body that is not one of our errors (an unknown code, or no error body):
+    `remote_code` and `remote_message` are what it said, as text."""
 
     code = "remote_error"
+
+    def __init__(self, message: str, *, remote_code: str | None = None, remote_message: str | None = None,
+                 status: int | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.remote_code = remote_code
+        self.remote_message = remote_message
+        self.status = status
+        self.url = url
 
 
 class InvalidRequest(TransportError):
@@ -320,6 +707,11 @@ class InvalidRequest(TransportError):
     code = "invalid_request"
     http_status = 422
 
+    def __init__(self, message: str, *, errors: Scalar | Sequence[Scalar] = None, model: str | None = None) -> None:
+        super().__init__(message)
+        self.errors = errors
+        self.model = model
+
 
 class ServiceUnavailable(TransportError):
     """A peer service did not answer (connection refused, timeout): retry later (fields: url, reason)."""
@@ -327,10 +719,54 @@ class ServiceUnavailable(TransportError):
     code = "service_unavailable"
     http_status = 503
 
+    def __init__(self, message: str, *, reason: str | None = None, url: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.url = url
+
 
 class ConfigError(ClearhouseError):
     code = "config_error"
     http_status = 500
+
+    def __init__(self, message: str, *, binary: str | None = None, candidates: Sequence[str] | None = None,
+                 cert_path: str | None = None, confirmations: int | None = None, content_id: Hex | None = None,
+                 directory: str | None = None, env: str | None = None, expected: Scalar = None,
+                 field: str | None = None, got: Scalar = None, group_by: str | None = None,
+                 length: int | None = None, member_id: str | None = None, missing: str | None = None,
+                 mtls: bool | None = None, output: str | None = None, path: str | None = None,
+                 period_s: float | None = None, role: str | None = None, settings: str | None = None,
+                 signers: Sequence[str] | None = None, source: str | None = None, stage: str | None = None,
+                 suffix: str | None = None, tool: str | None = None, user_id: str | None = None,
+                 version: int | None = None) -> None:
+        super().__init__(message)
+        self.binary = binary
+        self.candidates = candidates
+        self.cert_path = cert_path
+        self.confirmations = confirmations
+        self.content_id = content_id
+        self.directory = directory
+        self.env = env
+        self.expected = expected
+        self.field = field
+        self.got = got
+        self.group_by = group_by
+        self.length = length
+        self.member_id = member_id
+        self.missing = missing
+        self.mtls = mtls
+        self.output = output
+        self.path = path
+        self.period_s = period_s
+        self.role = role
+        self.settings = settings
+        self.signers = signers
+        self.source = source
+        self.stage = stage
+        self.suffix = suffix
+        self.tool = tool
+        self.user_id = user_id
+        self.version = version
 
 
 class HsmError(ConfigError):
@@ -338,19 +774,71 @@ class HsmError(ConfigError):
 
     code = "hsm_error"
 
+    def __init__(self, message: str, *, address: str | None = None, label: str | None = None,
+                 length: int | None = None, member_id: str | None = None, module: str | None = None,
+                 sender: str | None = None, token_label: str | None = None) -> None:
+        super().__init__(message)
+        self.address = address
+        self.label = label
+        self.length = length
+        self.member_id = member_id
+        self.module = module
+        self.sender = sender
+        self.token_label = token_label
+
 
 class NotFound(ClearhouseError):
     code = "not_found"
     http_status = 404
 
+    def __init__(self, message: str, *, account: str | None = None, block: int | None = None,
+                 content_id: Hex | None = None, deposit_id: Hex | None = None, device: str | None = None,
+                 error: str | None = None, format: str | None = None, id: Hex | None = None, kind: str | None = None,
+                 list: str | None = None, member_id: str | None = None, path: str | None = None,
+                 payee: str | None = None, policy_id: Hex | None = None, query: str | None = None,
+                 request_id: Hex | None = None, seq: int | None = None, serial: Hex | None = None,
+                 stage: str | None = None, title: str | None = None, tx_hash: Hex | None = None,
+                 user_id: str | None = None, version: int | None = None) -> None:
+        super().__init__(message)
+        self.account = account
+        self.block = block
+        self.content_id = content_id
+        self.deposit_id = deposit_id
+        self.device = device
+        self.error = error
+        self.format = format
+        self.id = id
+        self.kind = kind
+        self.list = list
+        self.member_id = member_id
+        self.path = path
+        self.payee = payee
+        self.policy_id = policy_id
+        self.query = query
+        self.request_id = request_id
+        self.seq = seq
+        self.serial = serial
+        self.stage = stage
+        self.title = title
+        self.tx_hash = tx_hash
+        self.user_id = user_id
+        self.version = version
+
 
 # --- persistence ------------------------------------------------------------------------------------------------
 class InvalidTransition(ClearhouseError):
     """A stored record was asked to move to a status it cannot reach from its current one (fields: kind,
-    current, wanted)."""
+current, wanted)."""
 
     code = "invalid_transition"
     http_status = 409
+
+    def __init__(self, message: str, *, current: Scalar = None, kind: str | None = None,
+                 wanted: Scalar = None) -> None:
+        super().__init__(message)
+        self.current = current
+        self.kind = kind
+        self.wanted = wanted
 
 
 class UnbalancedEntry(BankError):
@@ -358,3 +846,105 @@ class UnbalancedEntry(BankError):
 
     code = "ledger_unbalanced"
     http_status = 500
+
+    def __init__(self, message: str, *, key: str | None = None, total: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.total = total
+
+
+# --- operator tools (audit, reconciliation, demo) ---------------------------------------------------------------
+class AuditError(ClearhouseError):
+    """The audit could not be produced (the fields say which input was wrong)."""
+
+    code = "audit_error"
+
+    def __init__(self, message: str, *, argument: str | None = None, deploy_block: int | None = None,
+                 event: str | None = None, head: int | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+        self.deploy_block = deploy_block
+        self.event = event
+        self.head = head
+
+
+class ReconciliationFailed(ClearhouseError):
+    """Unexplained differences between chain, CC database and bank ledger."""
+
+    code = "reconciliation_failed"
+    http_status = 409
+
+    def __init__(self, message: str, *, count: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.count = count
+        self.hint = hint
+
+
+class DemoError(ClearhouseError):
+    """A demo step failed; `hint` says what to do about it."""
+
+    code = "demo_failed"
+    http_status = 500
+
+    def __init__(self, message: str, *, hint: str | None = None, port: int | None = None, service: str | None = None,
+                 url: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+        self.port = port
+        self.service = service
+        self.url = url
+
+
+# --- rebuilding a peer's error ----------------------------------------------------------------------------------
+def error_classes() -> dict[str, type[ClearhouseError]]:
+    """Every error class by its code: the allow-list `from_payload` accepts (codes are unique, a test checks)."""
+    found: dict[str, type[ClearhouseError]] = {}
+    pending: list[type[ClearhouseError]] = [ClearhouseError]
+    while pending:
+        cls = pending.pop()
+        found.setdefault(cls.code, cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def _clip(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, sort_keys=True)[:MAX_REMOTE_TEXT]
+    return text[:MAX_REMOTE_TEXT]
+
+
+def _remote_value(value: Any) -> Any:
+    """A peer's field value as a JSON scalar: numbers and booleans kept, strings clipped, anything else as text."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return _clip(value)
+
+
+def from_payload(status: int, payload: Any, url: str) -> ClearhouseError:
+    """The error a peer at `url` answered with HTTP `status` and JSON `payload`, rebuilt from the allow-list.
+
+    A known code gives its class, built from that class's declared fields only (unknown keys are dropped,
+    nested values become text); its `code` and `http_status` are the class's, never the peer's. An unknown code
+    or a body that is not a Clearhouse error gives RemoteError. Never raises.
+    """
+    if not isinstance(payload, Mapping) or not isinstance(payload.get("error"), str):
+        error: ClearhouseError = RemoteError(f"{url} answered HTTP {status} without a Clearhouse error body",
+                                             url=url, status=status)
+        error.remote_status, error.remote_url = status, url
+        return error
+    remote_code = _clip(payload["error"])
+    message = _clip(payload.get("message", ""))
+    cls = error_classes().get(remote_code)
+    if cls is None or cls is ClearhouseError:
+        error = RemoteError(f"{url} answered HTTP {status} [{remote_code}]: {message}", url=url, status=status,
+                            remote_code=remote_code, remote_message=message)
+    else:
+        raw = payload.get("fields")
+        raw = raw if isinstance(raw, Mapping) else {}
+        error = cls(message, **{name: _remote_value(raw[name]) for name in cls.field_names() if name in raw})
+    error.remote_status, error.remote_url = status, url
+    return error
+
+
+__all__ = [name for name, value in list(globals().items())
+           if isinstance(value, type) and issubclass(value, ClearhouseError)] + [
+    "Hex", "Scalar", "error_classes", "from_payload"]

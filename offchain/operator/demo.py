@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from web3 import Web3
 
-from offchain.core.errors import AllowanceExceeded, ChainUnreachable, ClearhouseError, ConfigError, LimitError
+from offchain.core.errors import AllowanceExceeded, ChainUnreachable, ClearhouseError, ConfigError, DemoError, LimitError
 from offchain.core.types import PACKAGE_ROOT, Role, to_hex
 
 ROOT = PACKAGE_ROOT
@@ -36,13 +36,6 @@ PASSPHRASE = "clearhouse-demo"
 HSM_TOKEN = "clearhouse-demo"
 HSM_PIN = "clearhouse-demo-pin"  # a throwaway SoftHSM2 token under the workdir; a real HSM's PIN comes from env
 KEEP_CRL_REFRESH_S = 3600.0  # --keep: re-sign the CRL hourly (it is valid 7 days; production: daily)
-
-
-class DemoError(ClearhouseError):
-    """A demo step failed; `hint` says what to do about it."""
-
-    code = "demo_failed"
-    http_status = 500
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,10 @@ from typing import Any
 from sqlalchemy import select
 
 from offchain.operator.audit.index import AuditIndex, open_index, payee_pairs, split_amount
-from offchain.core.errors import ClearhouseError, ConfigError
+from offchain.core.errors import ConfigError, ReconciliationFailed
 from offchain.core.messages import keccak
 
 DEFAULT_GRACE_S = 600
-
-
-class ReconciliationFailed(ClearhouseError):
-    """Unexplained differences between chain, CC database and bank ledger (fields: count)."""
-
-    code = "reconciliation_failed"
-    http_status = 409
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typing import Any
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
-from offchain.core.errors import ChainUnreachable, ClearhouseError, ConfigError, NotFound, SignatureError
+from offchain.core.errors import AuditError, ChainUnreachable, ClearhouseError, ConfigError, NotFound, SignatureError
 from offchain.core.types import from_hex, hex32
 from offchain.core.messages import (
     BalanceStatement,
@@ -35,12 +35,6 @@ DEFAULT_CHUNK_BLOCKS = 2_000
 TX_BATCH_SIZE = 100
 SCHEMA_VERSION = "1"
 CALLDATA_FUNCTIONS = frozenset({"settle", "renew"})
-
-
-class AuditError(ClearhouseError):
-    """The audit could not be produced (fields say which input was wrong)."""
-
-    code = "audit_error"
 
 
 # --- deployment -------------------------------------------------------------------------------------------------
