@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (set up, then run the whole settlement story) and
 # `make test` (set up, then run the test suite). Everything else is a convenience.
 SHELL := /bin/bash
-.PHONY: setup demo test test-deep bench
+.PHONY: setup demo test test-deep bench sim-deep
 
 setup:
 	@bin/setup
@@ -15,6 +15,10 @@ test: setup
 test-deep: setup
 	@mkdir -p var && source bin/env.sh && HYPOTHESIS_PROFILE=deep CLEARHOUSE_HYPOTHESIS_PROGRESS=var/hypothesis-deep.progress \
 	  python -m pytest -m stateful -p no:cacheprovider --hypothesis-show-statistics
+
+# Fault simulation, hundreds of seeds (`clearhouse sim`); the summary lands in var/sim/last-run.json.
+sim-deep: setup
+	@source bin/env.sh && clearhouse sim --seeds $${SIM_SEEDS:-1-300} --faults all $${SIM_BUDGET_S:+--budget-s $$SIM_BUDGET_S}
 
 bench: setup
 	@source bin/env.sh && clearhouse bench gas && clearhouse bench verify

@@ -535,5 +535,13 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
+def _register_sim() -> None:
+    from offchain.operator.sim.command import sim
+
+    main.add_command(sim)  # `clearhouse sim --seeds A-B [--budget-s S] [--faults ...]`
+
+
+_register_sim()
+
 if __name__ == "__main__":
     main()

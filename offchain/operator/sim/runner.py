@@ -234,7 +234,7 @@ class Consortium:
             path.write_text(json.dumps(data, indent=2))
 
     def client(self, member_id: str, service: str, timeout_s: float = 10.0) -> Any:
-        from offchain.transport.server import SyncJsonClient
+        from offchain.operator.sim.compat import SyncJsonClient
 
         member = self.consortium.member(member_id)
         return SyncJsonClient(self.consortium.urls[service], str(member.cert_path), str(member.key_path),

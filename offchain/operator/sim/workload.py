@@ -38,7 +38,7 @@ def open_device(settings_path: Path, passphrase: str, user_id: str) -> Any:
     from offchain.core.settings import DeviceSettings, load_settings
     from offchain.device.client import DeviceClient, chain_policy_hash_reader
     from offchain.device.secure_module import SecureModule
-    from offchain.transport.server import SyncJsonClient, deployment_domain, file_reader
+    from offchain.operator.sim.compat import SyncJsonClient, deployment_domain, file_reader
     from offchain.trust.certs import CertificateVerifier
 
     settings = load_settings(DeviceSettings, settings_path)
