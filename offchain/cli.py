@@ -83,6 +83,17 @@ def bench_gas(out: str) -> None:
     gas.run(out_path=out)
 
 
+@bench.command("hsm")
+@click.option("--out", default="bench/results/hsm.json", show_default=True)
+@click.option("-n", "count", default=500, show_default=True, help="Signatures per measurement.")
+@_edge
+def bench_hsm(out: str, count: int) -> None:
+    """Signature latency through a PKCS#11 token (SoftHSM2) vs a key in memory."""
+    from offchain.operator.bench import hsm
+
+    hsm.run(out_path=out, n=count)
+
+
 @bench.command("verify")
 @click.option("--out", default="bench/results/verify.json", show_default=True)
 @click.option("-n", "count", default=20000, show_default=True, help="Usage logs to verify on the fast path.")
