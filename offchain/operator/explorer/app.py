@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import re
 import signal
 import ssl
 from collections.abc import Awaitable, Callable
@@ -36,12 +37,12 @@ Identify = Callable[[web.Request], Any]
 
 
 # --- templates ---------------------------------------------------------------------------------------------------
+_LONG_HEX = re.compile(r"0x([0-9a-fA-F]{8})[0-9a-fA-F]{8,}([0-9a-fA-F]{6})")
+
+
 def short(value: Any) -> str:
-    """0x1234abcd…ef56 for long hex; everything else unchanged (the title attribute keeps the full value)."""
-    text = str(value)
-    if text.startswith("0x") and len(text) > 22:
-        return f"{text[:10]}…{text[-6:]}"
-    return text
+    """Every long hex run as 0x1234abcd…ef56; the rest unchanged (title attributes keep the full value)."""
+    return _LONG_HEX.sub(r"0x\1…\2", str(value))
 
 
 def utc(seconds: Any) -> str:
