@@ -375,6 +375,34 @@ class CliqueNetwork:
                    f"block {target} on nodes {nodes}")
         return target
 
+    def wait_stalled(self, *, nodes: Sequence[int] | None = None, quiet_periods: int = 4,
+                     timeout_s: float = 60.0) -> int:
+        """Wait until the head of `nodes` has not moved for `quiet_periods` block periods; returns that head.
+        (A stall can only be observed over time: this is the one wait that measures the absence of blocks.)"""
+        nodes = list(nodes) if nodes is not None else [i for i in range(len(self.nodes)) if self.is_running(i)]
+        seen = {"head": -1, "since": time.monotonic()}
+
+        def quiet() -> bool:
+            head = max(self.head(i)[0] for i in nodes)
+            if head != seen["head"]:
+                seen.update(head=head, since=time.monotonic())
+            return time.monotonic() - seen["since"] >= quiet_periods * self.period_s
+
+        self._wait(quiet, timeout_s, f"nodes {nodes} to stop sealing for {quiet_periods} periods")
+        return int(seen["head"])
+
+    def restore(self, timeout_s: float = 120.0) -> None:
+        """Back to normal: every node running, connected to every other, on one chain, blocks advancing."""
+        for node in self.nodes:
+            if not self.is_running(node.index):
+                self.start_node(node.index, wait=False)
+        self._wait(lambda: all(self._answers(n.index) for n in self.nodes), timeout_s, "every node to answer")
+        for i in self._stopped_mining.copy():
+            rpc(self.nodes[i].rpc_url, "miner_start")
+            self._stopped_mining.discard(i)
+        self.heal(timeout_s=timeout_s)
+        self.wait_blocks(1, timeout_s=timeout_s)
+
     # reading ---------------------------------------------------------------------------------------------------
     def head(self, index: int) -> tuple[int, str]:
         block = rpc(self.nodes[index].rpc_url, "eth_getBlockByNumber", ["latest", False])
