@@ -19,7 +19,8 @@ from typing import Any
 
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.trust.container import WrappedKey, verify_container
-from offchain.core.errors import (ContractReverted, DuplicateMessage, IdentityMismatch, MalformedMessage, NotFound,
+from offchain.core.errors import (ClearhouseError, ContractReverted, DuplicateMessage, IdentityMismatch, MalformedMessage,
+                                  NoIssueLog, NotFound, ServiceUnavailable,
                              PolicyMismatch, SequenceError)
 from offchain.transport.client import SyncJsonClient
 from offchain.transport.wiring import deployment_domain, file_reader, require_path
@@ -29,6 +30,8 @@ from offchain.device.secure_module import SecureModule, WalletBalance, cc_verify
 from offchain.core.settings import DeviceSettings
 
 Clock = Callable[[], float]
+PENDING_REQUEST_FILE = "pending-request.json"  # in the device's folder: the issue or renewal request not answered
+STILL_OPEN_CODES = ("transaction_pending", "rebroadcast_refused", "chain_unreachable", "service_unavailable")
 PolicyHashOf = Callable[[bytes], "bytes | None"]  # policy id -> policy hash registered on chain (None: unknown)
 
 
@@ -80,16 +83,28 @@ class DeviceClient:
 
     # --- issue logs ---------------------------------------------------------------------------------------------
     def request_issue_log(self, amount: int | None = None) -> WalletBalance:
-        """Ask the CC for a first issue log (cap = `amount` or all available deposits) and install it."""
+        """Ask the CC for a first issue log (cap = `amount` or all available deposits) and install it.
+
+        The request (id and body) is kept beside the wallet before it is sent and resent as it was until it is
+        answered: after a lost answer this call finishes that request (`resume_pending`) instead of making a
+        second one, whose fresh id would allocate the user's money a second time."""
+        kept = self.pending_request()
+        if kept is not None:
+            return self._send_kept(self._clearing_center(), kept["path"], kept["body"], keep=False)
         cc = self._clearing_center()
         body: dict[str, Any] = {"request_id": _hex(os.urandom(32)), "user_id": self.user_id}
         if amount is not None:
             body["amount"] = amount
-        answer = self._cc.post("/v1/issue-logs", body)
-        return self._install(answer["issue_log"], cc)
+        return self._send_kept(cc, "/v1/issue-logs", body)
 
     def renew(self, amount: int | None = None) -> WalletBalance:
-        """Attest the balance (freezes the current log), ask the CC for the renewed log, install it."""
+        """Attest the balance (freezes the current log), ask the CC for the renewed log, install it.
+
+        Like `request_issue_log`, the request is kept and resent identically after a lost answer; a renewal
+        the CC applied whose request was not kept is fetched by the attested serial (`resume_pending`)."""
+        resumed = self.resume_pending()
+        if resumed is not None:
+            return resumed
         cc = self._clearing_center()  # before attesting: a statement sent to an impostor would freeze the log
         statement, signature = self.module.balance_statement(self.domain, int(self._clock()))
         envelope = Envelope(kind=statement.PRIMARY_TYPE, message=statement.to_json(), signature=_hex(signature),
@@ -97,8 +112,52 @@ class DeviceClient:
         body: dict[str, Any] = {"request_id": _hex(os.urandom(32)), "statement": envelope.to_json()}
         if amount is not None:
             body["amount"] = amount
-        answer = self._cc.post("/v1/issue-logs/renew", body)
+        return self._send_kept(cc, "/v1/issue-logs/renew", body)
+
+    # --- requests kept across lost answers and restarts ---------------------------------------------------------
+    @property
+    def pending_request_path(self) -> Path:
+        return self.content_dir / PENDING_REQUEST_FILE
+
+    def pending_request(self) -> dict[str, Any] | None:
+        """The issue or renewal request sent but not answered yet ({"path", "body"}), if any."""
+        path = self.pending_request_path
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def resume_pending(self) -> WalletBalance | None:
+        """Finish a request whose answer was lost: resend it unchanged (same id, same body: the CC answers with
+        the original result), or, for an attested renewal that was not kept, fetch the CC's result for the
+        attested serial. None when nothing is pending (or the CC never saw the attested renewal)."""
+        kept = self.pending_request()
+        if kept is not None:
+            return self._send_kept(self._clearing_center(), kept["path"], kept["body"], keep=False)
+        if not self._renewal_pending():
+            return None
+        cc = self._clearing_center()
+        try:
+            answer = self._cc.get(f"/v1/issue-logs/renewals/{_hex(self.module.balance().serial)}")
+        except NotFound:
+            return None
         return self._install(answer["issue_log"], cc)
+
+    def _renewal_pending(self) -> bool:
+        try:
+            return self.module.balance().renewal_pending
+        except NoIssueLog:
+            return False
+
+    def _send_kept(self, cc: MemberIdentity, path: str, body: dict[str, Any], *, keep: bool = True) -> WalletBalance:
+        if keep:
+            _write_atomically(self.pending_request_path, json.dumps({"path": path, "body": body}))
+        try:
+            answer = self._cc.post(path, body)
+        except ClearhouseError as exc:
+            if not _may_still_apply(exc):  # refused for good: nothing was or will be applied, forget it
+                self.pending_request_path.unlink(missing_ok=True)
+            raise
+        balance = self._install(answer["issue_log"], cc)
+        self.pending_request_path.unlink(missing_ok=True)
+        return balance
 
     def _clearing_center(self) -> MemberIdentity:
         """The verified certificate of the server at `cc_url`: it must be a clearing center's (WrongRole)."""
@@ -192,6 +251,21 @@ class DeviceClient:
 
     def balance(self) -> WalletBalance:
         return self.module.balance()
+
+
+def _may_still_apply(error: ClearhouseError) -> bool:
+    """True when the CC may have applied, or may still apply, the request (keep it and resend it as it was)."""
+    return isinstance(error, ServiceUnavailable) or error.http_status >= 500 or error.code in STILL_OPEN_CODES
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
 
 
 def chain_policy_hash_reader(rpc_url: str, deployment_path: Path) -> PolicyHashOf:
