@@ -3,7 +3,7 @@
 The file goes to env CLEARHOUSE_DEPLOYMENTS_DIR if set. The deployer key comes from env CLEARHOUSE_DEPLOYER_KEY, or on local networks from ape's first test account.
 The authority is env CLEARHOUSE_AUTHORITY (an address), defaulting to the deployer. Test probes are not deployed.
 Roles are wired from env CLEARHOUSE_MEMBERS (a JSON list of {address, role, member_id, cert_fingerprint,
-valid_from, valid_until}) when the deployer is the authority; otherwise the authority registers members itself.
+valid_from, valid_until}, and for a device user_id: the user its certificate names, recorded on chain as keccak256) when the deployer is the authority; otherwise the authority registers members itself.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ def wire_members(web3, deployment: Deployment, authority_key: bytes, members_pat
     registered = []
     for entry in json.loads(members_path.read_text()):
         role = Role[entry["role"].upper()] if isinstance(entry["role"], str) else Role(int(entry["role"]))
+        user_id = entry.get("user_id") or ""
         authority.register_member(entry["address"], int(role), keccak(entry["member_id"].encode()),
                                   bytes.fromhex(entry["cert_fingerprint"].removeprefix("0x")),
-                                  int(entry["valid_from"]), int(entry["valid_until"]))
+                                  int(entry["valid_from"]), int(entry["valid_until"]),
+                                  user_id_hash=keccak(user_id.encode()) if user_id else bytes(32))
         registered.append(entry["address"])
     return registered
 

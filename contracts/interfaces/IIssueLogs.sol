@@ -35,6 +35,8 @@ interface IIssueLogs {
     error SerialReuseWhileUnsettled(bytes32 serial, uint64 settledSeq, uint64 attestedSeq);
     /// @notice The expiry is not in the future.
     error ExpiryInPast(uint40 expiresAt);
+    /// @notice `device` is registered for user `expected` (its member record), not for `got`.
+    error DeviceUserMismatch(address device, bytes32 expected, bytes32 got);
 
     // EVENTS
     /// @notice An issue log was opened.
@@ -57,9 +59,12 @@ interface IIssueLogs {
 
     // EXTERNAL
     /// @notice Opens an issue log with `cap` allocated from the user's deposits (ClearingCenter only).
+    /// @dev `userIdHash` must be the user recorded in the device's member record (DeviceUserMismatch): even the
+    ///      clearing center key cannot spend one user's deposits on another user's device.
     function issue(bytes32 serial, address device, bytes32 userIdHash, uint96 cap, uint40 expiresAt) external;
 
     /// @notice Renews `oldSerial` against a device-signed balance statement (ClearingCenter only).
+    /// @dev The log's user must still be the user recorded for its device (DeviceUserMismatch).
     /// @param newSerial equal to `oldSerial` for a top-up in place (only when everything attested settled)
     /// @param newMoney fresh money allocated from the user's deposits
     function renew(

@@ -17,6 +17,8 @@ interface IMembership {
     error InvalidRole(uint8 role);
     /// @notice The validity window is empty.
     error InvalidValidity(uint40 from, uint40 until);
+    /// @notice A device must name its user (non-zero `userIdHash`); any other role must not (zero).
+    error InvalidUserIdHash(address account, uint8 role, bytes32 userIdHash);
 
     // EVENTS
     /// @notice A member was registered or its certificate was updated.
@@ -25,6 +27,7 @@ interface IMembership {
         uint8 indexed role,
         bytes32 indexed memberId,
         bytes32 certFingerprint,
+        bytes32 userIdHash,
         uint40 validFrom,
         uint40 validUntil
     );
@@ -35,11 +38,14 @@ interface IMembership {
     /// @notice Registers `account` (or updates an active member's certificate).
     /// @param memberId keccak256 of the member id string
     /// @param certFingerprint SHA-256 of the member's X.509 certificate (DER)
+    /// @param userIdHash for a device, keccak256 of the user id its certificate names (urn:clearhouse:user:<id>):
+    ///        `issue` and `renew` spend only this user's deposits on this device; zero for every other role
     function registerMember(
         address account,
         uint8 role,
         bytes32 memberId,
         bytes32 certFingerprint,
+        bytes32 userIdHash,
         uint40 validFrom,
         uint40 validUntil
     ) external;
@@ -57,8 +63,12 @@ interface IMembership {
             uint40 validFrom,
             uint40 validUntil,
             bytes32 memberId,
-            bytes32 certFingerprint
+            bytes32 certFingerprint,
+            bytes32 userIdHash
         );
+
+    /// @notice The user id hash recorded for device `account` (zero for other roles and unknown accounts).
+    function deviceUser(address account) external view returns (bytes32);
 
     /// @notice True when `account` is an active member with `role` at the current block time.
     function isActive(address account, uint8 role) external view returns (bool);

@@ -48,6 +48,7 @@ abstract contract IssueLogs is Deposits, TypedDomain, IIssueLogs {
         _requireActive(msg.sender, ROLE_CLEARING_CENTER);
         if (_issueLogs[serial].device != address(0)) revert DuplicateSerial(serial);
         _requireActive(device, ROLE_DEVICE);
+        _requireDeviceUser(device, userIdHash);
         if (cap == 0) revert ZeroAmount();
         if (expiresAt <= block.timestamp) revert ExpiryInPast(expiresAt);
         _allocate(userIdHash, cap);
@@ -77,7 +78,9 @@ abstract contract IssueLogs is Deposits, TypedDomain, IIssueLogs {
             revert SerialReuseWhileUnsettled(oldSerial, log.nextSeq, statement.nextSeq);
         }
         if (expiresAt <= block.timestamp) revert ExpiryInPast(expiresAt);
-        _allocate(log.userIdHash, newMoney);
+        bytes32 userIdHash = log.userIdHash;
+        _requireDeviceUser(device, userIdHash);
+        _allocate(userIdHash, newMoney);
         r.attestedSpent = statement.spent;
         r.attestedNextSeq = statement.nextSeq;
         r.carried = log.cap - statement.spent;
@@ -137,6 +140,12 @@ abstract contract IssueLogs is Deposits, TypedDomain, IIssueLogs {
             nextSeq: 0,
             userIdHash: userIdHash
         });
+    }
+
+    /// @notice Reverts with DeviceUserMismatch unless `userIdHash` is the user recorded for `device`.
+    function _requireDeviceUser(address device, bytes32 userIdHash) private view {
+        bytes32 recorded = _deviceUser(device);
+        if (recorded != userIdHash) revert DeviceUserMismatch(device, recorded, userIdHash);
     }
 
     /// @notice Top-up in place (same serial, all settled) or close the old log and open `newSerial`.

@@ -22,6 +22,8 @@ abstract contract Membership is IMembership {
         // slot 1, 2: identity, read only by views
         bytes32 memberId;
         bytes32 certFingerprint;
+        // slot 3: a device's user (keccak256 of the user id in its certificate), read by issue and renew
+        bytes32 userIdHash;
     }
 
     /// @inheritdoc IMembership
@@ -39,12 +41,14 @@ abstract contract Membership is IMembership {
         uint8 role,
         bytes32 memberId,
         bytes32 certFingerprint,
+        bytes32 userIdHash,
         uint40 validFrom,
         uint40 validUntil
     ) external {
         if (msg.sender != authority) revert NotAuthority(msg.sender);
         if (role == 0 || role > ROLE_DEVICE) revert InvalidRole(role);
         if (validFrom > validUntil) revert InvalidValidity(validFrom, validUntil);
+        if ((role == ROLE_DEVICE) == (userIdHash == bytes32(0))) revert InvalidUserIdHash(account, role, userIdHash);
         MemberRecord storage m = _members[account];
         if (m.revoked) revert MemberRevoked(account);
         m.role = role;
@@ -52,7 +56,8 @@ abstract contract Membership is IMembership {
         m.validUntil = validUntil;
         m.memberId = memberId;
         m.certFingerprint = certFingerprint;
-        emit MemberRegistered(account, role, memberId, certFingerprint, validFrom, validUntil);
+        m.userIdHash = userIdHash;
+        emit MemberRegistered(account, role, memberId, certFingerprint, userIdHash, validFrom, validUntil);
     }
 
     /// @inheritdoc IMembership
@@ -76,11 +81,17 @@ abstract contract Membership is IMembership {
             uint40 validFrom,
             uint40 validUntil,
             bytes32 memberId,
-            bytes32 certFingerprint
+            bytes32 certFingerprint,
+            bytes32 userIdHash
         )
     {
         MemberRecord storage m = _members[account];
-        return (m.role, m.revoked, m.validFrom, m.validUntil, m.memberId, m.certFingerprint);
+        return (m.role, m.revoked, m.validFrom, m.validUntil, m.memberId, m.certFingerprint, m.userIdHash);
+    }
+
+    /// @inheritdoc IMembership
+    function deviceUser(address account) external view returns (bytes32) {
+        return _members[account].userIdHash;
     }
 
     /// @inheritdoc IMembership
@@ -98,6 +109,11 @@ abstract contract Membership is IMembership {
         uint256 validFrom = m.validFrom;
         uint256 validUntil = m.validUntil;
         return memberRole == role && !revoked && block.timestamp >= validFrom && block.timestamp <= validUntil;
+    }
+
+    /// @notice The user id hash recorded for `account` (zero unless it is a device).
+    function _deviceUser(address account) internal view returns (bytes32) {
+        return _members[account].userIdHash;
     }
 
     /// @notice Reverts with NotActiveMember unless `account` is active with `role`.

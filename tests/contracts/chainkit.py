@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from eth_abi import encode
+from eth_abi import decode, encode
 from eth_account import Account
 from eth_utils import keccak
 
@@ -121,8 +121,10 @@ class World:
                                           + len(self.seq).to_bytes(4, "big") + self.content_counter.to_bytes(4, "big"))
         self.c("bank").record_deposit(deposit_id, user, amount, keccak(text="bank-ref"))
 
-    def issue(self, serial: bytes, cap: int, user: bytes = keccak(text="user-1"), device: str = "device",
+    def issue(self, serial: bytes, cap: int, user: bytes | None = None, device: str = "device",
               fund: bool = True, expires_in: int = 10 * 86400) -> bytes:
+        """`user` defaults to the user the chain records for `device` (tests/conftest.py DEVICE_USERS)."""
+        user = self.c("bank").member(self.addr(device)).user_id_hash if user is None else user
         if fund:
             self.fund(user, cap, deposit_id=keccak(serial + b"deposit"))
         self.c("clearing_center").issue(serial, self.addr(device), user, cap, self.now + expires_in)
@@ -159,3 +161,54 @@ class World:
     def statement(self, serial: bytes, next_seq: int, spent: int, device: str = "device") -> tuple[Statement, bytes]:
         st = Statement(serial, next_seq, spent, self.now)
         return st, sign_digest(typed_digest(self.separator, st.struct_hash()), self.key(device))
+
+
+
+def _abi_type(item: dict) -> str:
+    if item["type"].startswith("tuple"):
+        return "(" + ",".join(_abi_type(c) for c in item["components"]) + ")" + item["type"][len("tuple"):]
+    return item["type"]
+
+
+@dataclass
+class ViewReader:
+    """Many view calls in one raw JSON-RPC batch (one HTTP round trip, eth-abi coding, no web3 middleware).
+
+    The stateful test compares the whole chain with its model after every step; web3's own calls (or even its
+    `batch_requests`) would dominate the run time of a deep run. Views that revert raise RuntimeError.
+    """
+
+    url: str
+    address: str
+    abi: list
+    _functions: dict = field(default_factory=dict, repr=False)
+    _session: object = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        import requests
+
+        self._session = requests.Session()
+        for item in self.abi:
+            if item.get("type") == "function":
+                inputs = [_abi_type(i) for i in item["inputs"]]
+                outputs = [_abi_type(o) for o in item["outputs"]]
+                selector = keccak(text=f"{item['name']}({','.join(inputs)})")[:4]
+                self._functions[item["name"]] = (selector, inputs, outputs)
+
+    def read(self, calls: Sequence[tuple[str, tuple]]) -> list[tuple]:
+        """`[(function, args), ...]` -> decoded output tuples, in order."""
+        if not calls:
+            return []
+        requests_ = []
+        for n, (function, args) in enumerate(calls):
+            selector, inputs, _ = self._functions[function]
+            data = "0x" + (selector + encode(inputs, list(args))).hex()
+            requests_.append({"jsonrpc": "2.0", "id": n, "method": "eth_call",
+                              "params": [{"to": self.address, "data": data}, "latest"]})
+        answers = sorted(self._session.post(self.url, json=requests_, timeout=60).json(), key=lambda a: a["id"])
+        results = []
+        for (function, args), answer in zip(calls, answers):
+            if "result" not in answer:
+                raise RuntimeError(f"{function}{args} failed: {answer.get('error')}")
+            results.append(decode(self._functions[function][2], bytes.fromhex(answer["result"][2:])))
+        return results

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from eth_account import Account
+from eth_utils import keccak
 from web3 import Web3
 
 from offchain.chain.client import ClearhouseChain, Deployment, start_anvil
@@ -21,7 +22,8 @@ ANVIL_FIRST_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f
 def test_ape_run_deploy_writes_deployment_and_registers_members(tmp_path: Path) -> None:
     device = Account.create()
     members = [{"address": device.address, "role": "device", "member_id": "alice-phone",
-                "cert_fingerprint": "0x" + "11" * 32, "valid_from": 0, "valid_until": 4_000_000_000}]
+                "cert_fingerprint": "0x" + "11" * 32, "valid_from": 0, "valid_until": 4_000_000_000,
+                "user_id": "alice"}]
     (tmp_path / "members.json").write_text(json.dumps(members))
     ape = str(Path(sys.executable).with_name("ape"))
     with start_anvil(hardfork="paris") as anvil:
@@ -42,3 +44,4 @@ def test_ape_run_deploy_writes_deployment_and_registers_members(tmp_path: Path) 
         reader = ClearhouseChain(w3, deployment, bytes.fromhex(ANVIL_FIRST_KEY[2:]))
         assert reader.is_active(device.address, int(Role.DEVICE))
         assert not reader.is_active(device.address, int(Role.CLEARING_CENTER))
+        assert reader.member(device.address).user_id_hash == keccak(b"alice")

@@ -125,9 +125,10 @@ def user_hash(user: str) -> bytes:
 def run_story(world: ChainWorld) -> None:
     """The full settlement story on chain; facts a test asserts are kept in `world.notes`."""
     a = world.actors
+    device_users = {"dev1": user_hash("alice"), "dev2": user_hash("bob")}  # the user each device is registered for
     for name, role in ROLES.items():
-        world.send("authority", "registerMember", a[name].address, int(role), keccak(name.encode()), bytes(32), 0,
-                   FOREVER)
+        world.send("authority", "registerMember", a[name].address, int(role), keccak(name.encode()), bytes(32),
+                   device_users.get(name, bytes(32)), 0, FOREVER)
     world.send("bank", "recordDeposit", keccak(b"dep-1"), user_hash("alice"), 1_000, keccak(b"ref-1"))
     world.send("bank", "recordDeposit", keccak(b"dep-2"), user_hash("bob"), 600, keccak(b"ref-2"))
     contents = {"A": (b"A" * 32, 100, "cp1", 7_000), "B": (b"B" * 32, 250, "cp1", 8_000),
