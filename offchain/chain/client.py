@@ -401,6 +401,7 @@ class MemberInfo:
     valid_until: int
     member_id: bytes
     cert_fingerprint: bytes
+    user_id_hash: bytes = bytes(32)  # a device's user (keccak256 of the user id in its certificate)
 
 
 @dataclass(frozen=True)
@@ -586,9 +587,10 @@ class ClearhouseChain:
 
     # writes ----------------------------------------------------------------------------------------------------
     def register_member(self, account: str, role: int, member_id: bytes, cert_fingerprint: bytes,
-                        valid_from: int, valid_until: int) -> TxReceipt:
+                        valid_from: int, valid_until: int, *, user_id_hash: bytes = bytes(32)) -> TxReceipt:
+        """`user_id_hash` is required (non-zero) for a device and zero for every other role (InvalidUserIdHash)."""
         return self.send("registerMember", to_checksum_address(account), int(role), member_id, cert_fingerprint,
-                         valid_from, valid_until)
+                         user_id_hash, valid_from, valid_until)
 
     def revoke_member(self, account: str) -> TxReceipt:
         return self.send("revokeMember", to_checksum_address(account))
@@ -624,7 +626,7 @@ class ClearhouseChain:
     # reads -----------------------------------------------------------------------------------------------------
     def member(self, account: str) -> MemberInfo:
         r = self.call("member", to_checksum_address(account))
-        return MemberInfo(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]))
+        return MemberInfo(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), bytes(r[6]))
 
     def is_active(self, account: str, role: int) -> bool:
         return bool(self.call("isActive", to_checksum_address(account), int(role)))

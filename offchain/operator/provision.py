@@ -136,7 +136,8 @@ def create_member(ca: CertificateAuthority, authority: ClearhouseChain, w3: Web3
     cert_path, key_path = creds.write(directory)
     w3.provider.make_request("anvil_setBalance", [address, hex(DEV_BALANCE_WEI)])  # type: ignore[arg-type]
     authority.register_member(address, int(spec.role), keccak(spec.member_id.encode()), creds.fingerprint,
-                              creds.valid_from, creds.valid_until)
+                              creds.valid_from, creds.valid_until,
+                              user_id_hash=keccak(spec.user_id.encode()) if spec.user_id else bytes(32))
     return Member(spec.member_id, spec.role, address, directory, cert_path, key_path, eth_key_path, spec.user_id,
                   hsm)
 

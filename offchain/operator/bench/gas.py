@@ -34,6 +34,7 @@ PRICE = 1_000
 TARGETS = {1: 45_000, 16: 4_500, 256: 1_000}
 ROLES = {"clearing_center": Role.CLEARING_CENTER, "provider": Role.SERVICE_PROVIDER,
          "content_provider": Role.CONTENT_PROVIDER, "bank": Role.BANK, "device": Role.DEVICE}
+USER = keccak(text="clearhouse-bench:user")  # the one user the bench device is registered for
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,8 @@ def _setup(w3: Web3, root: Path) -> Bench:
     authority = ClearhouseChain(w3, deployment, keys["authority"])
     for name, role in ROLES.items():
         authority.register_member(Account.from_key(keys[name]).address, role, keccak(text=name),
-                                  keccak(text=f"cert:{name}"), 0, 2**40 - 1)
+                                  keccak(text=f"cert:{name}"), 0, 2**40 - 1,
+                                  user_id_hash=USER if name == "device" else bytes(32))
     cp = ClearhouseChain(w3, deployment, keys["content_provider"])
     payees = [(Account.from_key(keys["content_provider"]).address, 7000), (Account.from_key(keys["payee2"]).address, 3000)]
     policies = []
@@ -91,7 +93,7 @@ def _item(bench: Bench, serial: bytes, first_seq: int, count: int, contents: int
 def _measure(bench: Bench, batch: int, contents: int) -> dict[str, int]:
     """Warm up one serial (first-ever writes), then settle one steady-state batch and read its gasUsed."""
     serial = keccak(text=f"bench-serial-{batch}-{contents}")
-    user = keccak(text=f"bench-user-{batch}-{contents}")
+    user = USER
     cap = PRICE * (batch + contents) * 4
     bench.client("bank").record_deposit(keccak(serial + b"deposit"), user, cap, keccak(text="ref"))
     cc = bench.client("clearing_center")
