@@ -111,6 +111,9 @@ class Services:
                                                   start_new_session=True)
         if wait:
             _wait(lambda: self.probe(name) or self.running[name].poll() is not None, READY_TIMEOUT_S, name)
+            if self.running[name].poll() is not None:  # a service that cannot start is the harness's failure
+                tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-600:]
+                raise RuntimeError(f"the {name} service exited with {self.running[name].returncode}: {tail}")
 
     def alive(self, name: str) -> bool:
         return name in self.running and self.running[name].poll() is None
