@@ -10,11 +10,14 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from offchain.core.errors import ClearhouseError
+
+if TYPE_CHECKING:
+    from offchain.transport.server import ServiceModule
 
 
 def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,18 +55,25 @@ def main(debug: bool) -> None:
 
 
 # --- services --------------------------------------------------------------------------------------------------
-_SERVICES = {"cc": "offchain.clearing_center.agent", "sp": "offchain.service_provider.agent", "bank": "offchain.bank.agent"}
+_SERVICE_ROLES = ("bank", "cc", "sp")
+
+
+def _service_modules() -> dict[str, ServiceModule]:
+    """role -> its api module, which implements `ServiceModule` (imported only when serving)."""
+    from offchain.bank import api as bank_api
+    from offchain.clearing_center import api as cc_api
+    from offchain.service_provider import api as sp_api
+
+    return {"cc": cc_api, "sp": sp_api, "bank": bank_api}
 
 
 @main.command()
-@click.argument("role", type=click.Choice(sorted(_SERVICES)))
+@click.argument("role", type=click.Choice(_SERVICE_ROLES))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @_edge
 def serve(role: str, config_path: Path) -> None:
     """Run one service (cc, sp or bank) until SIGTERM, with mutual TLS."""
-    import importlib
-
-    module = importlib.import_module(_SERVICES[role])
+    module = _service_modules()[role]
     module.serve(module.load_settings(config_path))
 
 
@@ -516,7 +526,7 @@ def member_revoke(member_id: str, ca_dir: Path, authority_key_file: Path, rpc_ur
     from web3 import Web3
 
     from offchain.trust.ca import CertificateAuthority
-    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.chain import ClearhouseChain, Deployment
     from offchain.operator.provision import revoke_member
 
     key = bytes.fromhex(authority_key_file.read_text().strip().removeprefix("0x"))
@@ -553,6 +563,15 @@ def _register_sim() -> None:
 
 
 _register_sim()
+
+
+def _register_network() -> None:
+    from offchain.operator.network_cli import network
+
+    main.add_command(network)  # `clearhouse network up|status|down|stop-node|start-node`
+
+
+_register_network()
 
 if __name__ == "__main__":
     main()
