@@ -10,14 +10,11 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import click
 
 from offchain.core.errors import ClearhouseError
-
-if TYPE_CHECKING:
-    from offchain.transport.server import ServiceModule
 
 
 def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,25 +52,18 @@ def main(debug: bool) -> None:
 
 
 # --- services --------------------------------------------------------------------------------------------------
-_SERVICE_ROLES = ("bank", "cc", "sp")
-
-
-def _service_modules() -> dict[str, ServiceModule]:
-    """role -> its api module, which implements `ServiceModule` (imported only when serving)."""
-    from offchain.bank import api as bank_api
-    from offchain.clearing_center import api as cc_api
-    from offchain.service_provider import api as sp_api
-
-    return {"cc": cc_api, "sp": sp_api, "bank": bank_api}
+_SERVICES = {"cc": "offchain.clearing_center.agent", "sp": "offchain.service_provider.agent", "bank": "offchain.bank.agent"}
 
 
 @main.command()
-@click.argument("role", type=click.Choice(_SERVICE_ROLES))
+@click.argument("role", type=click.Choice(sorted(_SERVICES)))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @_edge
 def serve(role: str, config_path: Path) -> None:
     """Run one service (cc, sp or bank) until SIGTERM, with mutual TLS."""
-    module = _service_modules()[role]
+    import importlib
+
+    module = importlib.import_module(_SERVICES[role])
     module.serve(module.load_settings(config_path))
 
 
@@ -526,7 +516,7 @@ def member_revoke(member_id: str, ca_dir: Path, authority_key_file: Path, rpc_ur
     from web3 import Web3
 
     from offchain.trust.ca import CertificateAuthority
-    from offchain.chain import ClearhouseChain, Deployment
+    from offchain.chain.client import ClearhouseChain, Deployment
     from offchain.operator.provision import revoke_member
 
     key = bytes.fromhex(authority_key_file.read_text().strip().removeprefix("0x"))
