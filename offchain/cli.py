@@ -516,7 +516,7 @@ def member_revoke(member_id: str, ca_dir: Path, authority_key_file: Path, rpc_ur
     from web3 import Web3
 
     from offchain.trust.ca import CertificateAuthority
-    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.chain import ClearhouseChain, Deployment
     from offchain.operator.provision import revoke_member
 
     key = bytes.fromhex(authority_key_file.read_text().strip().removeprefix("0x"))

@@ -1,4 +1,4 @@
-"""Chain access for Clearhouse: compile (py-solc-x through the wasm shim), deploy, start anvil, and a thin client.
+"""The chain client of Clearhouse: `ClearhouseChain`, one method per contract function, for one member key.
 
 The client sends one signed transaction per contract call with a locally managed nonce and a fast receipt wait,
 and turns every revert into `ContractReverted(error_name=..., error_args=...)` decoded from the ABI. It does not retry
@@ -7,444 +7,27 @@ effects: callers own idempotency (ids are in the logs). Private keys stay in mem
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
-import socket
-import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
-from eth_abi import decode as abi_decode
 from eth_account import Account
-from eth_utils import keccak, to_checksum_address
+from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from offchain.core.errors import ChainError, ChainUnreachable, ConfigError, ContractReverted
-from offchain.core.messages import Domain
-from offchain.core.types import UserFunds, project_root
+from offchain.core.errors import ChainError, ChainUnreachable
+from offchain.chain.codec import (SettlementItem, decode_revert, encode_balance_statement, encode_settlement_item,
+                                  encode_usage_batch, revert_data)
+from offchain.chain.deploy import (ARTIFACTS_PATH, EIP170_LIMIT_BYTES, RECEIPT_POLL_S, CompilerSettings,
+                                   Deployment, compile_contracts, deploy, deploy_artifact)
+from offchain.chain.devnode import ANVIL_FALLBACK, AnvilProcess, anvil_binary, free_port, start_anvil
+from offchain.chain.views import IssueLogInfo, MemberInfo, PolicyInfo, TransferRequestInfo, UserFunds
 
-ARTIFACTS_PATH = Path(".build") / "clearhouse-artifacts.json"
-ANVIL_FALLBACK = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
-EIP170_LIMIT_BYTES = 24_576
-RECEIPT_POLL_S = 0.005
 ZERO_BYTES32 = b"\x00" * 32
 FEE_CACHE_S = 2.0
 PRIORITY_FEE_WEI = 1_000_000_000
-
-
-# --- compile --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CompilerSettings:
-    """Compiler settings read from ape-config.yaml's `solidity:` section."""
-
-    version: str = "0.8.30"
-    evm_version: str = "paris"
-    optimize: bool = True
-    runs: int = 10_000
-
-    @classmethod
-    def from_ape_config(cls, root: Path) -> CompilerSettings:
-        path = Path(root) / "ape-config.yaml"
-        if not path.exists():
-            return cls()
-        solidity = (yaml.safe_load(path.read_text()) or {}).get("solidity", {}) or {}
-        return cls(
-            version=str(solidity.get("version", cls.version)),
-            evm_version=str(solidity.get("evm_version", cls.evm_version)),
-            optimize=bool(solidity.get("optimize", cls.optimize)),
-            runs=int(solidity.get("optimization_runs", cls.runs)),
-        )
-
-
-def _sources(root: Path) -> dict[str, str]:
-    files = sorted((Path(root) / "contracts").rglob("*.sol"))
-    return {str(p.relative_to(root)): p.read_text() for p in files}
-
-
-def _standard_input(sources: dict[str, str], settings: CompilerSettings) -> dict[str, Any]:
-    return {
-        "language": "Solidity",
-        "sources": {name: {"content": text} for name, text in sources.items()},
-        "settings": {
-            "evmVersion": settings.evm_version,
-            "optimizer": {"enabled": settings.optimize, "runs": settings.runs},
-            "outputSelection": {"*": {"*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"]}},
-        },
-    }
-
-
-def compile_contracts(root: Path, *, force: bool = False) -> dict[str, dict]:
-    """Compile every contract under `root/contracts` and return name -> {"abi", "bytecode", "deployed_bytecode"}.
-
-    Artifacts are cached in `.build/clearhouse-artifacts.json`, keyed by a hash of the sources and settings.
-    """
-    root = Path(root)
-    settings = CompilerSettings.from_ape_config(root)
-    sources = _sources(root)
-    std_input = _standard_input(sources, settings)
-    key = hashlib.sha256(json.dumps([std_input, settings.version], sort_keys=True).encode()).hexdigest()
-    cache = root / ARTIFACTS_PATH
-    if not force and cache.exists():
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            return cached["contracts"]
-    contracts = _run_solc(root, std_input, settings)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps({"key": key, "settings": settings.__dict__, "contracts": contracts}))
-    return contracts
-
-
-def _run_solc(root: Path, std_input: dict[str, Any], settings: CompilerSettings) -> dict[str, dict]:
-    import solcx  # imported lazily: only compiling needs it
-
-    try:
-        output = solcx.compile_standard(
-            std_input, solc_version=settings.version, base_path=str(root), allow_paths=[str(root)]
-        )
-    except solcx.exceptions.SolcError as exc:
-        raise ConfigError(f"solc failed: {getattr(exc, 'message', exc)}", stage="compile") from exc
-    errors = [e for e in output.get("errors", []) if e.get("severity") == "error"]
-    if errors:
-        raise ConfigError("solc reported errors: " + "; ".join(e["formattedMessage"] for e in errors), stage="compile")
-    contracts: dict[str, dict] = {}
-    for source, by_name in output["contracts"].items():
-        for name, art in by_name.items():
-            contracts[name] = {
-                "abi": art["abi"],
-                "bytecode": "0x" + art["evm"]["bytecode"]["object"],
-                "deployed_bytecode": "0x" + art["evm"]["deployedBytecode"]["object"],
-                "source": source,
-            }
-    return contracts
-
-
-# --- deploy ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Deployment:
-    """Where Clearhouse lives on one network; the JSON form is docs/design.md's deployments/<network>.json."""
-
-    network: str
-    chain_id: int
-    deploy_block: int
-    authority: str
-    address: str
-    abi: list[dict[str, Any]] = field(repr=False)
-    compiler: dict[str, str] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "network": self.network,
-            "chain_id": self.chain_id,
-            "deploy_block": self.deploy_block,
-            "authority": self.authority,
-            "contracts": {"Clearhouse": {"address": self.address, "abi": self.abi}},
-            "compiler": self.compiler,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Deployment:
-        try:
-            entry = data["contracts"]["Clearhouse"]
-            return cls(
-                network=data["network"],
-                chain_id=int(data["chain_id"]),
-                deploy_block=int(data["deploy_block"]),
-                authority=to_checksum_address(data["authority"]),
-                address=to_checksum_address(entry["address"]),
-                abi=entry["abi"],
-                compiler=dict(data.get("compiler", {})),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"malformed deployment file: missing or bad {exc}", field=str(exc)) from exc
-
-    def write(self, path: Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        return path
-
-    @classmethod
-    def load(cls, path: Path) -> Deployment:
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"no deployment file at {path}: run `ape run deploy` first", path=str(path))
-        return cls.from_json(json.loads(path.read_text()))
-
-    @property
-    def domain(self) -> Domain:
-        return Domain(chain_id=self.chain_id, verifying_contract=self.address)
-
-
-def deploy(
-    w3: Web3,
-    deployer_key: bytes,
-    authority: str,
-    *,
-    root: Path | None = None,
-    network: str = "local",
-    contract: str = "Clearhouse",
-) -> Deployment:
-    """Deploy Clearhouse (authority fixed as immutable) and return its Deployment; raises ChainError on failure."""
-    root = Path(root or project_root())
-    artifacts = compile_contracts(root)
-    art = artifacts[contract]
-    address, receipt = deploy_artifact(w3, deployer_key, art, [to_checksum_address(authority)])
-    settings = CompilerSettings.from_ape_config(root)
-    return Deployment(
-        network=network,
-        chain_id=w3.eth.chain_id,
-        deploy_block=receipt["blockNumber"],
-        authority=to_checksum_address(authority),
-        address=address,
-        abi=art["abi"],
-        compiler={"version": settings.version, "evm_version": settings.evm_version},
-    )
-
-
-def deploy_artifact(w3: Web3, deployer_key: bytes, artifact: dict, args: Sequence[Any]) -> tuple[str, TxReceipt]:
-    """Deploy any compiled artifact with constructor `args`; returns (address, receipt)."""
-    account = Account.from_key(deployer_key)
-    factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
-    tx = factory.constructor(*args).build_transaction(
-        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address, "pending")}
-    )
-    signed = account.sign_transaction(tx)
-    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=RECEIPT_POLL_S)
-    if receipt["status"] != 1 or not receipt.get("contractAddress"):
-        raise ChainError(f"deploying failed in tx {tx_hash.hex()}", tx_hash=tx_hash.hex())
-    return to_checksum_address(receipt["contractAddress"]), receipt
-
-
-# --- anvil ----------------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _anvil_binary() -> str:
-    found = shutil.which("anvil")
-    if found:
-        return found
-    root = project_root()
-    candidate = root / ANVIL_FALLBACK
-    if candidate.exists():
-        return str(candidate)
-    raise ConfigError("anvil not found on PATH: `source bin/env.sh` or run bin/setup", binary="anvil")
-
-
-class AnvilProcess:
-    """A throwaway anvil node (context manager): started on a free port, stopped (killed) on exit."""
-
-    def __init__(self, port: int | None = None, hardfork: str = "paris", block_time: float | None = None,
-                 extra_args: Sequence[str] = (), startup_timeout_s: float = 20.0) -> None:
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        args = [_anvil_binary(), "--port", str(self.port), "--hardfork", hardfork, "--silent"]
-        if block_time is not None:
-            args += ["--block-time", str(block_time)]
-        self._args = [*args, *extra_args]
-        self._timeout_s = startup_timeout_s
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> AnvilProcess:
-        if self._proc is not None and self._proc.poll() is None:
-            return self
-        self._proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + self._timeout_s
-        w3 = self.web3()
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                raise ChainUnreachable(f"anvil exited at startup: {err.strip()}", url=self.url)
-            try:
-                w3.eth.chain_id
-                return self
-            except Exception:  # noqa: BLE001 - any connection error means "not up yet"
-                time.sleep(0.05)
-        self.stop()
-        raise ChainUnreachable(f"anvil did not answer on {self.url} within {self._timeout_s}s", url=self.url)
-
-    def web3(self) -> Web3:
-        return Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": 60}))
-
-    def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(timeout=10)
-        self._proc = None
-
-    def __enter__(self) -> AnvilProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def start_anvil(port: int | None = None, hardfork: str = "paris", block_time: float | None = None) -> AnvilProcess:
-    """Start anvil and return the running process handle (use it as a context manager to stop it)."""
-    return AnvilProcess(port=port, hardfork=hardfork, block_time=block_time).start()
-
-
-# --- revert decoding ------------------------------------------------------------------------------------------
-def _error_table(abi: Sequence[dict[str, Any]]) -> dict[bytes, tuple[str, list[str], list[str]]]:
-    table: dict[bytes, tuple[str, list[str], list[str]]] = {}
-    for item in abi:
-        if item.get("type") != "error":
-            continue
-        types = [_abi_type(i) for i in item["inputs"]]
-        names = [i["name"] for i in item["inputs"]]
-        table[keccak(text=f"{item['name']}({','.join(types)})")[:4]] = (item["name"], types, names)
-    return table
-
-
-def _abi_type(param: dict[str, Any]) -> str:
-    if param["type"].startswith("tuple"):
-        inner = ",".join(_abi_type(c) for c in param["components"])
-        return f"({inner}){param['type'][5:]}"
-    return str(param["type"])
-
-
-def _revert_data(exc: BaseException) -> bytes | None:
-    """Dig the raw revert data out of whatever web3 raised."""
-    candidates: list[Any] = [getattr(exc, "data", None), *getattr(exc, "args", ())]
-    for value in candidates:
-        if isinstance(value, dict):
-            value = value.get("data") or (value.get("error") or {}).get("data")
-        if isinstance(value, (bytes, bytearray)):
-            return bytes(value)
-        if isinstance(value, str) and value.startswith("0x") and len(value) >= 10:
-            try:
-                return bytes.fromhex(value[2:])
-            except ValueError:
-                continue
-    return None
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (bytes, bytearray)):
-        return "0x" + bytes(value).hex()
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def decode_revert(abi: Sequence[dict[str, Any]], data: bytes | None, function: str) -> ContractReverted:
-    """Build ContractReverted(error_name, args) from revert data; unknown data keeps its raw hex."""
-    table = _error_table(abi)
-    if data and data[:4] in table:
-        name, types, names = table[data[:4]]
-        values = abi_decode(types, data[4:])
-        values = [to_checksum_address(v) if t == "address" else v for t, v in zip(types, values)]
-        args = {n or f"arg{i}": v for i, (n, v) in enumerate(zip(names, values))}
-        shown = ", ".join(f"{k}={_plain(v)}" for k, v in args.items())
-        return ContractReverted(
-            f"{function} reverted with {name}({shown})", error_name=name, error_args=args, function=function
-        )
-    raw = "0x" + data.hex() if data else "0x"
-    return ContractReverted(
-        f"{function} reverted without a known custom error (data {raw})", error_name=None, error_args={}, function=function,
-        data=raw,
-    )
-
-
-# --- argument encoders ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SettlementItem:
-    """One settle() item: a UsageBatch (offchain.core.messages or any object with its fields) and both signatures."""
-
-    batch: Any
-    device_signature: bytes
-    received_at: int
-    receiver_signature: bytes
-
-
-def encode_usage_batch(batch: Any) -> tuple:
-    """UsageBatch(serial, first_seq, receiver, policy_ids, entries) as the ABI tuple."""
-    return (
-        bytes(batch.serial),
-        int(batch.first_seq),
-        to_checksum_address(batch.receiver),
-        [bytes(p) for p in batch.policy_ids],
-        bytes(batch.entries),
-    )
-
-
-def encode_settlement_item(item: SettlementItem) -> tuple:
-    return (
-        encode_usage_batch(item.batch),
-        bytes(item.device_signature),
-        int(item.received_at),
-        bytes(item.receiver_signature),
-    )
-
-
-def encode_balance_statement(statement: Any) -> tuple:
-    """BalanceStatement(serial, next_seq, spent, attested_at) as the ABI tuple."""
-    return (bytes(statement.serial), int(statement.next_seq), int(statement.spent), int(statement.attested_at))
-
-
-# --- read models ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MemberInfo:
-    role: int
-    revoked: bool
-    valid_from: int
-    valid_until: int
-    member_id: bytes
-    cert_fingerprint: bytes
-    user_id_hash: bytes = bytes(32)  # a device's user (keccak256 of the user id in its certificate)
-
-
-@dataclass(frozen=True)
-class IssueLogInfo:
-    serial: bytes
-    device: str
-    user_id_hash: bytes
-    cap: int
-    spent: int
-    next_seq: int
-    seq_limit: int
-    expires_at: int
-    closed: bool
-
-    @property
-    def exists(self) -> bool:
-        return int(self.device, 16) != 0
-
-
-@dataclass(frozen=True)
-class PolicyInfo:
-    policy_id: bytes
-    content_id: bytes
-    version: int
-    provider: str
-    price: int
-    policy_hash: bytes
-    settled: int
-    requested: int
-    payees: tuple[tuple[str, int], ...]
-
-    @property
-    def accrued(self) -> int:
-        return self.settled - self.requested
-
-
-@dataclass(frozen=True)
-class TransferRequestInfo:
-    request_id: bytes
-    payee: str
-    amount: int
-    confirmed: bool
-    bank_ref: bytes
 
 
 # --- client ---------------------------------------------------------------------------------------------------
@@ -554,7 +137,7 @@ class ClearhouseChain:
         return self._fees
 
     def _as_revert(self, exc: Exception, function: str) -> ChainError:
-        data = _revert_data(exc)
+        data = revert_data(exc)
         if data is None and "revert" not in str(exc).lower():
             return ChainUnreachable(f"{function}: node error: {exc}", function=function)
         return decode_revert(self.deployment.abi, data, function)
@@ -653,3 +236,13 @@ class ClearhouseChain:
 
     def domain_separator(self) -> bytes:
         return bytes(self.call("domainSeparator"))
+
+
+# Kept so callers that still import these from offchain.chain.client work; new code imports offchain.chain.
+_anvil_binary = anvil_binary
+_free_port = free_port
+__all__ = ["ClearhouseChain", "ZERO_BYTES32", "ARTIFACTS_PATH", "ANVIL_FALLBACK", "EIP170_LIMIT_BYTES", "RECEIPT_POLL_S",
+           "CompilerSettings", "compile_contracts", "Deployment", "deploy", "deploy_artifact", "AnvilProcess",
+           "start_anvil", "anvil_binary", "free_port", "decode_revert", "revert_data", "SettlementItem",
+           "encode_usage_batch", "encode_settlement_item", "encode_balance_statement", "MemberInfo", "IssueLogInfo",
+           "PolicyInfo", "UserFunds", "TransferRequestInfo"]

@@ -118,10 +118,10 @@ def preflight(*, rpc_url: str | None, anvil_port: int | None) -> None:
     if sys.version_info < (3, 11):
         raise DemoError(f"Python {sys.version.split()[0]} is too old", hint="use Python >= 3.11 (bin/setup)")
     if rpc_url is None:
-        from offchain.chain.client import _anvil_binary
+        from offchain.chain import anvil_binary
 
         try:
-            _anvil_binary()
+            anvil_binary()
         except ConfigError as exc:
             raise DemoError(exc.message, hint="run `make setup` then `source bin/env.sh`") from exc
         if anvil_port is not None and not _port_free(anvil_port):
@@ -141,7 +141,7 @@ def _chain(rpc_url: str | None, anvil_port: int | None) -> Iterator[str]:
     if rpc_url is not None:
         yield rpc_url
         return
-    from offchain.chain.client import start_anvil
+    from offchain.chain import start_anvil
 
     try:
         node = start_anvil(port=anvil_port, hardfork="paris")
@@ -194,7 +194,7 @@ def demo_hsm(workdir: Path) -> Any:
 def deploy_and_provision(state: DemoState, rpc_url: str, hsm: Any = None) -> Any:
     """Deploy Clearhouse with fresh deployer/authority keys and provision CA, members and settings files; with
     `hsm` (a Pkcs11Config) the authority, the CA root and the CC, SP and bank keys are generated in the token."""
-    from offchain.chain.client import deploy
+    from offchain.chain import deploy
     from offchain.operator.provision import MemberSpec, provision
     from offchain.trust import keys
 
@@ -250,7 +250,7 @@ def deposit(consortium: Any) -> None:
 
 def publish_contents(consortium: Any, state: DemoState) -> None:
     """Each content provider packages, registers (on chain, with its split) and publishes its content."""
-    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.chain import ClearhouseChain, Deployment
     from offchain.content_provider.publisher import ContentProvider, content_id_for
 
     deployment = Deployment.load(consortium.deployment_path)
@@ -283,7 +283,7 @@ def use(device: Any, state: DemoState, name: str) -> None:
 
 def _reader(consortium: Any) -> Any:
     """A chain client used only for views (it never sends a transaction)."""
-    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.chain import ClearhouseChain, Deployment
 
     w3 = Web3(Web3.HTTPProvider(consortium.rpc_url, request_kwargs={"timeout": 60}))
     return ClearhouseChain(w3, Deployment.load(consortium.deployment_path), consortium.member("cc").signing_key())

@@ -19,7 +19,7 @@ from web3 import Web3
 
 from offchain.trust import keys
 from offchain.trust.ca import CertificateAuthority, MemberCredentials
-from offchain.chain.client import ClearhouseChain, Deployment
+from offchain.chain import ClearhouseChain, Deployment
 from offchain.core.messages import Domain, Role, address_from_public_key, keccak
 
 DEV_BALANCE_WEI = 10**21

@@ -7,7 +7,7 @@ from eth_abi import encode
 from eth_utils import keccak
 
 from chainkit import World, expect_revert, domain_separator
-from offchain.chain.client import EIP170_LIMIT_BYTES
+from offchain.chain import EIP170_LIMIT_BYTES
 
 USER = keccak(text="user-1")
 SERIAL = keccak(text="serial-1")

@@ -16,7 +16,7 @@ from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
-from offchain.chain.client import (
+from offchain.chain import (
     ClearhouseChain,
     Deployment,
     SettlementItem,

@@ -78,7 +78,7 @@ def split_logs(total: int, parts: int) -> list[int]:
 # --- setup -----------------------------------------------------------------------------------------------------------
 def deploy_and_provision(workdir: Path, rpc_url: str, devices: int) -> Any:
     """Fresh deployment and consortium: CC, SP, bank, one content provider and `devices` devices (one user each)."""
-    from offchain.chain.client import deploy
+    from offchain.chain import deploy
     from offchain.operator.provision import MemberSpec, provision
 
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
@@ -220,7 +220,7 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 def measure(workdir: Path, processes: Processes, rpc_url: str, *, logs: int, devices: int, batch_size: int,
             anvil_pid: int | None = None) -> PipelineResult:
     """Set up a consortium on `rpc_url`, run the load and return what was measured."""
-    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.chain import ClearhouseChain, Deployment
 
     per_device = split_logs(logs, devices)
     consortium = deploy_and_provision(workdir, rpc_url, devices)
@@ -266,7 +266,7 @@ def run(out_path: str = "bench/results/pipeline.json", logs: int = DEFAULT_LOGS,
         batch_size: int = DEFAULT_BATCH_SIZE, workdir: Path | None = None,
         console: Console | None = None) -> PipelineResult:
     """Start anvil and the services, measure, stop everything, print the table and write `out_path`."""
-    from offchain.chain.client import start_anvil
+    from offchain.chain import start_anvil
 
     console = console or Console()
     workdir = Path(workdir) if workdir else ROOT / "var" / f"bench-pipeline-{time.strftime('%Y%m%d-%H%M%S')}"

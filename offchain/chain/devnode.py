@@ -1,0 +1,96 @@
+"""A throwaway anvil dev node for tests, the demo and the benchmarks: started on a free port, killed on exit.
+
+Not for production chains (see offchain.chain.network for a Clique network of geth signers).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Sequence
+
+from web3 import Web3
+
+from offchain.core.errors import ChainUnreachable, ConfigError
+from offchain.core.types import project_root
+
+ANVIL_FALLBACK = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+
+
+# --- anvil ----------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def anvil_binary() -> str:
+    """The anvil executable: on PATH (bin/env.sh puts it there), else the npm package's binary."""
+    found = shutil.which("anvil")
+    if found:
+        return found
+    root = project_root()
+    candidate = root / ANVIL_FALLBACK
+    if candidate.exists():
+        return str(candidate)
+    raise ConfigError("anvil not found on PATH: `source bin/env.sh` or run bin/setup", binary="anvil")
+
+
+class AnvilProcess:
+    """A throwaway anvil node (context manager): started on a free port, stopped (killed) on exit."""
+
+    def __init__(self, port: int | None = None, hardfork: str = "paris", block_time: float | None = None,
+                 extra_args: Sequence[str] = (), startup_timeout_s: float = 20.0) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [anvil_binary(), "--port", str(self.port), "--hardfork", hardfork, "--silent"]
+        if block_time is not None:
+            args += ["--block-time", str(block_time)]
+        self._args = [*args, *extra_args]
+        self._timeout_s = startup_timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> AnvilProcess:
+        if self._proc is not None and self._proc.poll() is None:
+            return self
+        self._proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + self._timeout_s
+        w3 = self.web3()
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise ChainUnreachable(f"anvil exited at startup: {err.strip()}", url=self.url)
+            try:
+                w3.eth.chain_id
+                return self
+            except Exception:  # noqa: BLE001 - any connection error means "not up yet"
+                time.sleep(0.05)
+        self.stop()
+        raise ChainUnreachable(f"anvil did not answer on {self.url} within {self._timeout_s}s", url=self.url)
+
+    def web3(self) -> Web3:
+        return Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": 60}))
+
+    def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait(timeout=10)
+        self._proc = None
+
+    def __enter__(self) -> AnvilProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_anvil(port: int | None = None, hardfork: str = "paris", block_time: float | None = None) -> AnvilProcess:
+    """Start anvil and return the running process handle (use it as a context manager to stop it)."""
+    return AnvilProcess(port=port, hardfork=hardfork, block_time=block_time).start()
+
+
+__all__ = ["ANVIL_FALLBACK", "AnvilProcess", "anvil_binary", "free_port", "start_anvil"]
