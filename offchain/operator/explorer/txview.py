@@ -113,7 +113,9 @@ class Decoder:
         except Web3Exception as exc:
             data = _revert_bytes(exc)
             error = decode_revert(list(self.ref.abi), data, function)
-            return {"error": error.fields.get("error_name") or "(unknown)", "args": plain(error.fields.get("args", {})),
+            arguments = getattr(error, "error_args", None)  # older ContractReverted kept them in fields["args"]
+            arguments = error.fields.get("args", {}) if arguments is None else arguments
+            return {"error": getattr(error, "error_name", None) or "(unknown)", "args": plain(arguments),
                     "message": error.message,
                     "data": "0x" + (data or b"").hex(), "replayed": True}
         return {"error": "(did not revert on replay)", "args": {}, "data": "0x", "replayed": True,
