@@ -15,7 +15,7 @@ from offchain.trust import container as containers
 from offchain.trust.ca import MemberCredentials
 from offchain.core.errors import ContractReverted, PolicyMismatch
 from offchain.transport.client import SyncJsonClient
-from offchain.core.messages import keccak
+from offchain.core.messages import keccak, to_checksum_address
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,8 @@ class ContentProvider:
                 payees: Sequence[tuple[str, int]], title: str = "") -> Published:
         """Package, register on chain, then upload container and key to the SP; returns what was published."""
         policy = containers.Policy(content_id=content_id, version=version, price=price,
-                                   payees=tuple(containers.Payee(account, bps) for account, bps in payees))
+                                   payees=tuple(containers.Payee(account, bps) for account, bps in payees),
+                                   provider=to_checksum_address(self._credentials.eth_address))
         blob, content_key = self.package(content, policy, title=title)
         digest = self.register(policy)
         self._sp.post("/v1/catalog", {"container_b64": base64.b64encode(blob).decode(),

@@ -492,6 +492,21 @@ class PolicyMismatch(ContainerError):
         self.policy_id = policy_id
 
 
+class ContentOwnerMismatch(ContainerError):
+    """A container for a content id is signed by another provider than the id's on-chain owner (fields:
+    content_id, owner, signer): a copied policy with someone else's bytes. Publish under your own content id."""
+
+    code = "content_owner_mismatch"
+    http_status = 403
+
+    def __init__(self, message: str, *, content_id: Hex | None = None, owner: str | None = None,
+                 signer: str | None = None) -> None:
+        super().__init__(message)
+        self.content_id = content_id
+        self.owner = owner
+        self.signer = signer
+
+
 class InvalidPolicy(ContainerError):
     """A content policy breaks the registration rules (payees, bps split, version); fields: field, reason."""
 

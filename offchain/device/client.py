@@ -32,7 +32,15 @@ from offchain.core.settings import DeviceSettings
 Clock = Callable[[], float]
 PENDING_REQUEST_FILE = "pending-request.json"  # in the device's folder: the issue or renewal request not answered
 STILL_OPEN_CODES = ("transaction_pending", "rebroadcast_refused", "chain_unreachable", "service_unavailable")
-PolicyHashOf = Callable[[bytes], "bytes | None"]  # policy id -> policy hash registered on chain (None: unknown)
+@dataclass(frozen=True)
+class RegisteredPolicy:
+    """What the chain says about a policy id: its policy hash and the content id's owner (the provider)."""
+
+    policy_hash: bytes
+    owner: str
+
+
+RegisteredPolicyOf = Callable[[bytes], "RegisteredPolicy | None"]  # policy id -> on-chain policy (None: unknown)
 
 
 @dataclass(frozen=True)
@@ -50,10 +58,11 @@ class DeviceClient:
     """One device: its secure module, its mTLS clients to the SP and CC, and a local content directory."""
 
     def __init__(self, module: SecureModule, *, sp: SyncJsonClient, cc: SyncJsonClient, verifier: CertificateVerifier,
-                 domain: Domain, cert_pem: bytes, user_id: str, content_dir: Path, policy_hash_of: PolicyHashOf,
+                 domain: Domain, cert_pem: bytes, user_id: str, content_dir: Path,
+                 registered_policy_of: RegisteredPolicyOf,
                  clock: Clock = time.time) -> None:
         self.module = module
-        self._policy_hash_of = policy_hash_of
+        self._registered_policy_of = registered_policy_of
         self._sp = sp
         self._cc = cc
         self._verifier = verifier
@@ -74,7 +83,7 @@ class DeviceClient:
                    verifier=CertificateVerifier(ca.read_bytes(), file_reader(settings.crl_path), clock=clock),
                    domain=deployment_domain(settings.deployment_path), cert_pem=cert.read_bytes(), user_id=user_id,
                    content_dir=settings.wallet_path.parent / "content",
-                   policy_hash_of=chain_policy_hash_reader(settings.rpc_url, settings.deployment_path), clock=clock)
+                   registered_policy_of=chain_policy_reader(settings.rpc_url, settings.deployment_path), clock=clock)
 
     def close(self) -> None:
         self._sp.close()
@@ -183,21 +192,24 @@ class DeviceClient:
         return list(self._sp.get("/v1/catalog")["items"])
 
     def download(self, content_id: bytes, version: int) -> Path:
-        """Fetch a container and its wrapped key, check the container against the policy hash on chain, and store
-        both (with the SP's address, the receiver, and the on-chain policy hash for offline checks) locally."""
+        """Fetch a container and its wrapped key, check the container against the policy hash and the content id's
+        owner on chain, and store both (with the SP's address, the receiver, and the on-chain policy hash and owner
+        for the offline checks before each use) locally."""
         receiver = self._service_provider().eth_address
         answer = self._sp.post("/v1/downloads", {"content_id": _hex(content_id), "version": version})
         blob = base64.b64decode(answer["container_b64"])
         policy_id = messages.policy_id(content_id, version)
-        registered = self._policy_hash_of(policy_id)
+        registered = self._registered_policy_of(policy_id)
         if registered is None:
             raise PolicyMismatch("no policy is registered on chain for this content version", policy_id=policy_id)
-        verify_container(blob, self._verifier, registered)  # tampered, uncertified or off-policy: refused here
+        # tampered, uncertified, off-policy or signed by another provider than the content id's owner: refused here
+        verify_container(blob, self._verifier, registered.policy_hash, expected_owner=registered.owner)
         self.content_dir.mkdir(parents=True, exist_ok=True)
         path = self._content_path(content_id, version)
         path.write_bytes(blob)
         self._key_path(content_id, version).write_text(json.dumps(
-            {"wrapped_key": answer["wrapped_key"], "receiver": receiver, "policy_hash": _hex(registered)}))
+            {"wrapped_key": answer["wrapped_key"], "receiver": receiver,
+             "policy_hash": _hex(registered.policy_hash), "owner": registered.owner}))
         return path
 
     def use(self, content_id: bytes, version: int) -> bytes:
@@ -208,7 +220,8 @@ class DeviceClient:
         meta = json.loads(key_path.read_text())
         plaintext, _signed = self.module.use(path.read_bytes(), WrappedKey.from_json(meta["wrapped_key"]),
                                              self._verifier, self.domain, meta["receiver"], int(self._clock()),
-                                             expected_policy_hash=bytes.fromhex(meta["policy_hash"][2:]))
+                                             expected_policy_hash=bytes.fromhex(meta["policy_hash"][2:]),
+                                             expected_owner=meta["owner"])
         return plaintext
 
     def _content_path(self, content_id: bytes, version: int) -> Path:
@@ -268,8 +281,8 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def chain_policy_hash_reader(rpc_url: str, deployment_path: Path) -> PolicyHashOf:
-    """Read-only lookup of a policy's registered hash; the device's own key never leaves its secure module."""
+def chain_policy_reader(rpc_url: str, deployment_path: Path) -> RegisteredPolicyOf:
+    """Read-only lookup of a policy's registered hash and owner; the device's own key never leaves its module."""
     from web3 import Web3
 
     from offchain.chain.client import ClearhouseChain, Deployment
@@ -277,16 +290,16 @@ def chain_policy_hash_reader(rpc_url: str, deployment_path: Path) -> PolicyHashO
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     reader = ClearhouseChain(w3, Deployment.load(deployment_path), os.urandom(32))  # eth_call only: never signs
 
-    def policy_hash_of(policy_id: bytes) -> bytes | None:
+    def registered_policy_of(policy_id: bytes) -> RegisteredPolicy | None:
         try:
             view = reader.policy(policy_id)
         except ContractReverted as exc:
             if exc.fields.get("error_name") == "UnknownPolicy":
                 return None
             raise
-        return None if int(view.provider, 16) == 0 else view.policy_hash
+        return None if int(view.provider, 16) == 0 else RegisteredPolicy(view.policy_hash, view.provider)
 
-    return policy_hash_of
+    return registered_policy_of
 
 
-__all__ = ["DeviceClient", "UploadResult", "chain_policy_hash_reader"]
+__all__ = ["DeviceClient", "RegisteredPolicy", "UploadResult", "chain_policy_reader"]

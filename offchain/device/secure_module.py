@@ -380,12 +380,13 @@ class SecureModule:
 
     # -- use -------------------------------------------------------------------------------------------------------
     def use(self, container_blob: bytes, wrapped_key: WrappedKey, verifier: CertVerifier, domain: Domain,
-            receiver: str, now: int, *, expected_policy_hash: bytes | None = None) -> tuple[bytes, SignedLog]:
+            receiver: str, now: int, *, expected_policy_hash: bytes | None = None,
+            expected_owner: str | None = None) -> tuple[bytes, SignedLog]:
         """Verify, charge the price and sign a UsageLog in one transaction, then decrypt: (plaintext, signed log).
 
         The key is unwrapped (inside this module) and checked against the header's key commitment before the
         transaction, so nothing is charged for content that cannot be opened; nothing leaves before the commit."""
-        container = verify_container(container_blob, verifier, expected_policy_hash)
+        container = verify_container(container_blob, verifier, expected_policy_hash, expected_owner=expected_owner)
         content_key = self._unwrap(wrapped_key, container)
         receiver = to_checksum_address(receiver)
         with self._wallet.transaction():

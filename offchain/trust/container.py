@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from offchain.core.errors import (
     ContainerTampered,
+    ContentOwnerMismatch,
     ContainerTruncated,
     IdentityMismatch,
     InvalidAmount,
@@ -72,7 +73,7 @@ WRAP_LABEL = b"clearhouse.container.wrap.v1"
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 HEADER_KEYS = frozenset({"format", "content_id", "provider_member_id", "provider_address", "provider_cert_sha256",
                          "policy", "title", "media_type", "cipher", "nonce", "content_length", "key_commitment"})
-POLICY_KEYS = frozenset({"content_id", "version", "price", "payees", "remainder_payee"})
+POLICY_KEYS = frozenset({"content_id", "version", "price", "payees", "remainder_payee", "provider"})
 
 
 class CertVerifier(Protocol):
@@ -93,12 +94,17 @@ class Payee:
 
 @dataclass(frozen=True)
 class Policy:
-    """A content policy: what one use costs and how the fee splits. payees[0] is the remainder payee."""
+    """A content policy: what one use costs and how the fee splits. payees[0] is the remainder payee.
+
+    `provider` is the content provider's address: the policy hash covers it, the container's signer must be it,
+    and it must be the on-chain owner of the content id, so a copied policy cannot carry another provider's bytes.
+    """
 
     content_id: bytes
     version: int
     price: int
     payees: tuple[Payee, ...]
+    provider: str
 
     @property
     def remainder_payee(self) -> str:
@@ -111,7 +117,7 @@ class Policy:
     def to_json(self) -> dict[str, Any]:
         return {"content_id": to_hex(self.content_id), "version": self.version, "price": self.price,
                 "payees": [{"account": p.account, "bps": p.bps} for p in self.payees],
-                "remainder_payee": self.payees[0].account if self.payees else None}
+                "remainder_payee": self.payees[0].account if self.payees else None, "provider": self.provider}
 
     @classmethod
     def from_json(cls, data: Any) -> Policy:
@@ -123,7 +129,8 @@ class Policy:
             raise ContainerTampered("policy payees are malformed", reason="payees")
         policy = cls(content_id=_bytes32(data["content_id"], "policy.content_id"),
                      version=_int(data["version"], "policy.version"), price=_int(data["price"], "policy.price"),
-                     payees=tuple(Payee(p["account"], p["bps"]) for p in payees))
+                     payees=tuple(Payee(p["account"], p["bps"]) for p in payees),
+                     provider=_str(data["provider"], "policy.provider"))
         if not payees or data["remainder_payee"] != payees[0]["account"]:
             raise ContainerTampered("remainder payee is not payees[0]", reason="remainder_payee")
         return policy
@@ -138,6 +145,13 @@ class Policy:
         if not 1 <= self.version <= UINT32_MAX:
             raise InvalidPolicy(f"version {self.version} outside 1..2**32-1", field="version", reason="range")
         _validate_payees(self.payees)
+        try:
+            provider = to_checksum_address(self.provider)
+        except MalformedMessage:
+            provider = ZERO_ADDRESS
+        if provider != self.provider or provider == ZERO_ADDRESS:
+            raise InvalidPolicy("policy provider must be a non-zero EIP-55 address", field="provider",
+                                reason="address")
 
 
 def _validate_payees(payees: tuple[Payee, ...]) -> None:
@@ -370,9 +384,12 @@ class Container:
             raise ContainerTampered("content failed AES-GCM authentication", reason="gcm") from None
 
 
-def verify_container(blob: bytes, verifier: CertVerifier, expected_policy_hash: bytes | None = None) -> Container:
-    """Check framing, header, provider certificate and role, signature, policy rules and the on-chain policy hash
-    (docs/container.md section 5); returns the verified container (still encrypted)."""
+def verify_container(blob: bytes, verifier: CertVerifier, expected_policy_hash: bytes | None = None, *,
+                     expected_owner: str | None = None) -> Container:
+    """Check framing, header, provider certificate and role, signature, policy rules, the on-chain policy hash and
+    the on-chain owner of the content id (docs/container.md section 5); returns the verified container (still
+    encrypted). `expected_owner` is `policy(policyId).provider` on chain: a container signed by anyone else is
+    ContentOwnerMismatch, whatever policy it copied."""
     frame = decode_frame(bytes(blob))
     header = ContainerHeader.decode(frame.header)
     if sha256(frame.cert_pem).digest() != header.provider_cert_sha256:
@@ -382,8 +399,15 @@ def verify_container(blob: bytes, verifier: CertVerifier, expected_policy_hash: 
     if identity.member_id != header.provider_member_id or identity.eth_address != header.provider_address:
         raise IdentityMismatch("container header names another provider than its certificate",
                                header_member_id=header.provider_member_id, cert_member_id=identity.member_id)
+    if expected_owner is not None and identity.eth_address != expected_owner:
+        raise ContentOwnerMismatch("the container is signed by another provider than the content id's on-chain owner",
+                                   content_id=header.content_id, owner=expected_owner, signer=identity.eth_address)
     _verify_signature(frame, certificate.public_key())
     header.policy.validate()
+    if header.policy.provider != identity.eth_address:
+        raise IdentityMismatch("the container's policy names another provider than its signer",
+                               header_member_id=header.provider_member_id, cert_member_id=identity.member_id,
+                               expected=header.policy.provider, got=identity.eth_address)
     if header.policy.content_id != header.content_id or len(frame.ciphertext) != header.content_length + TAG_SIZE:
         raise InvalidPolicy("header content id or length disagrees with the policy/ciphertext",
                             field="content_id", reason="mismatch")

@@ -39,6 +39,7 @@ from offchain.core.errors import (
     ContainerError,
     ContainerTampered,
     ContainerTruncated,
+    ContentOwnerMismatch,
     IdentityMismatch,
     InvalidAmount,
     InvalidPolicy,
@@ -63,7 +64,7 @@ CONTENT = b"Clearhouse test movie: ten frames of nothing."
 def make_policy(provider: Member, *, price: int = 250, payees: tuple[Payee, ...] | None = None) -> Policy:
     _, second = new_eth_key()
     return Policy(content_id=CONTENT_ID, version=1, price=price,
-                  payees=payees or (Payee(provider.address, 7000), Payee(second, 3000)))
+                  payees=payees or (Payee(provider.address, 7000), Payee(second, 3000)), provider=provider.address)
 
 
 def forge(provider: MemberCredentials, policy_json: dict, content: bytes = CONTENT) -> tuple[bytes, bytes]:
@@ -127,7 +128,7 @@ def test_policy_hash_is_keccak_of_canonical_policy_json(policy: Policy) -> None:
     expected = json.dumps(policy.to_json(), sort_keys=True, separators=(",", ":")).encode()
     assert policy_hash(policy) == keccak(expected)
     assert policy.to_json()["remainder_payee"] == policy.payees[0].account
-    bumped = Policy(policy.content_id, policy.version, policy.price + 1, policy.payees)
+    bumped = Policy(policy.content_id, policy.version, policy.price + 1, policy.payees, policy.provider)
     assert policy_hash(bumped) != policy_hash(policy)
 
 
@@ -224,7 +225,7 @@ def test_verify_provider_signed_bad_split_invalid_policy(content_provider: Membe
 def test_package_bad_payees_rejected(payees: object, content_provider: Member) -> None:
     if payees == "duplicate":
         payees = (Payee(content_provider.address, 5000), Payee(content_provider.address, 5000))
-    policy = Policy(CONTENT_ID, 1, 100, payees)  # type: ignore[arg-type]
+    policy = Policy(CONTENT_ID, 1, 100, payees, content_provider.address)  # type: ignore[arg-type]
     with pytest.raises(InvalidPolicy):
         package(CONTENT, CONTENT_ID, policy, content_provider.credentials)
 
@@ -264,3 +265,31 @@ def test_wrap_member_id_differs_from_certificate_identity_mismatch(packaged: tup
                                                                    verifier: CertificateVerifier) -> None:
     with pytest.raises(IdentityMismatch):
         wrap_content_key(packaged[1], CONTENT_ID, device_member.cert_pem, "device-2", verifier=verifier)
+
+
+def test_container_of_copied_policy_signed_by_another_provider_refused_owner_unaffected(
+        member: MemberFactory, verifier: CertificateVerifier, content_provider: Member, policy: Policy,
+        packaged: tuple[bytes, bytes]) -> None:
+    """Issue 9 item 4: a provider copies the victim's public policy and packages its own bytes under the id."""
+    thief = member(Role.CONTENT_PROVIDER, "thief-1")
+    registered = policy_hash(policy)
+    copied, _key = package(b"not the film", CONTENT_ID, policy, thief.credentials)  # policy names the victim
+    with pytest.raises(ContentOwnerMismatch) as caught:
+        verify_container(copied, verifier, registered, expected_owner=content_provider.address)
+    assert (caught.value.owner, caught.value.signer) == (content_provider.address, thief.address)
+    with pytest.raises(IdentityMismatch) as named:  # no owner given: the policy still names another provider
+        verify_container(copied, verifier, registered)
+    assert (named.value.expected, named.value.got) == (content_provider.address, thief.address)
+    own = Policy(CONTENT_ID, 1, policy.price, policy.payees, thief.address)  # its own policy: another hash
+    blob, _ = package(b"not the film", CONTENT_ID, own, thief.credentials)
+    with pytest.raises(PolicyMismatch):
+        verify_container(blob, verifier, registered)
+    box = verify_container(packaged[0], verifier, registered, expected_owner=content_provider.address)
+    assert box.decrypt(packaged[1]) == CONTENT  # the owner's container still verifies
+
+
+def test_policy_without_provider_address_invalid(content_provider: Member) -> None:
+    policy = Policy(CONTENT_ID, 1, 100, (Payee(content_provider.address, 10_000),), "0x" + "0" * 40)
+    with pytest.raises(InvalidPolicy) as caught:
+        package(CONTENT, CONTENT_ID, policy, content_provider.credentials)
+    assert caught.value.field == "provider"

@@ -42,7 +42,7 @@ def test_issue_log_refused_when_envelope_holds_another_kind(tmp_path: Path, veri
                           cc.cert_pem)
     device = DeviceClient(NoModule(), sp=None, cc=StubClearingCenter(verifier.verify(cc.cert_pem), other.to_json()),
                           verifier=verifier, domain=DOMAIN, cert_pem=device_member.cert_pem, user_id="u",
-                          content_dir=tmp_path, policy_hash_of=lambda _policy_id: None)
+                          content_dir=tmp_path, registered_policy_of=lambda _policy_id: None)
     with pytest.raises(MalformedMessage) as info:
         device.request_issue_log(10)
     assert info.value.fields["value"] == "TransferRequest"

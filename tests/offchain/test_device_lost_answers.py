@@ -87,7 +87,7 @@ def parts(tmp_path: Path, verifier: CertificateVerifier, clearing_center_member:
     cc = LossyClearingCenter(verifier.verify(clearing_center_member.cert_pem), clearing_center_member,
                              device_member.address)
     device = DeviceClient(module, sp=None, cc=cc, verifier=verifier, domain=DOMAIN, cert_pem=device_member.cert_pem,
-                          user_id="u", content_dir=tmp_path / "content", policy_hash_of=lambda _policy_id: None)
+                          user_id="u", content_dir=tmp_path / "content", registered_policy_of=lambda _policy_id: None)
     return device, cc
 
 

@@ -101,7 +101,7 @@ def funded(device: SecureModule, clearing_center_member: Member) -> SecureModule
 
 @pytest.fixture
 def content(content_provider_member: Member) -> tuple[bytes, bytes, Policy]:
-    policy = Policy(CONTENT_ID, 1, PRICE, (Payee(content_provider_member.address, 10_000),))
+    policy = Policy(CONTENT_ID, 1, PRICE, (Payee(content_provider_member.address, 10_000),), content_provider_member.address)
     blob, key = package(CONTENT, CONTENT_ID, policy, content_provider_member.credentials)
     return blob, key, policy
 
@@ -115,7 +115,8 @@ def forged_container(provider: Member, price: int) -> tuple[bytes, bytes]:
     """A provider-signed container with a price `package` would refuse (negative or overflowing)."""
     key = os.urandom(32)
     policy = {"content_id": "0x" + CONTENT_ID.hex(), "version": 1, "price": price,
-              "payees": [{"account": provider.address, "bps": 10_000}], "remainder_payee": provider.address}
+              "payees": [{"account": provider.address, "bps": 10_000}], "remainder_payee": provider.address,
+              "provider": provider.address}
     header = {"format": "CHSC/1", "content_id": "0x" + CONTENT_ID.hex(),
               "provider_member_id": provider.credentials.member_id, "provider_address": provider.address,
               "provider_cert_sha256": "0x" + sha256(provider.cert_pem).hexdigest(), "policy": policy, "title": "",

@@ -278,7 +278,7 @@ def test_device_refuses_container_whose_policy_is_not_on_chain(sp_running: Servi
 
     studio = sp_running.consortium.member("studio")
     cheaper = container.Policy(content_id=published["content_id"], version=1, price=PRICE - 1,
-                               payees=(container.Payee(studio.eth_address, 10_000),))
+                               payees=(container.Payee(studio.eth_address, 10_000),), provider=studio.eth_address)
     blob, _key = container.package(b"a film" * 1000, published["content_id"], cheaper, studio.credentials())
     device = open_device(sp_running, "bob-tablet")
     try:
@@ -374,7 +374,8 @@ def test_usage_check_refuses_missing_log() -> None:
 
 
 def test_usage_check_in_worker_process_equals_in_thread() -> None:
-    from offchain.service_provider.agent import check_usage_signatures, usage_verify_pool
+    from offchain.service_provider.agent import check_usage_signatures
+    from offchain.service_provider.api import usage_verify_pool
 
     domain, device, signed, logs = signed_run()
     args = (signed["batch"], signed["batch_signature"], logs, domain, device)

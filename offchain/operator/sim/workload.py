@@ -36,7 +36,7 @@ class Timeline:
 def open_device(settings_path: Path, passphrase: str, user_id: str) -> Any:
     """A DeviceClient like `from_settings`, with short client timeouts (a black-holed link fails fast)."""
     from offchain.core.settings import DeviceSettings, load_settings
-    from offchain.device.client import DeviceClient, chain_policy_hash_reader
+    from offchain.device.client import DeviceClient, chain_policy_reader
     from offchain.device.secure_module import SecureModule
     from offchain.operator.sim.compat import SyncJsonClient, deployment_domain, file_reader
     from offchain.trust.certs import CertificateVerifier
@@ -49,7 +49,7 @@ def open_device(settings_path: Path, passphrase: str, user_id: str) -> Any:
                         verifier=CertificateVerifier(Path(ca).read_bytes(), file_reader(settings.crl_path)),
                         domain=deployment_domain(settings.deployment_path), cert_pem=Path(cert).read_bytes(),
                         user_id=user_id, content_dir=settings.wallet_path.parent / "content",
-                        policy_hash_of=chain_policy_hash_reader(settings.rpc_url, settings.deployment_path))
+                        registered_policy_of=chain_policy_reader(settings.rpc_url, settings.deployment_path))
 
 
 class Workload:
