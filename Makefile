@@ -22,3 +22,9 @@ sim-deep: setup
 
 bench: setup
 	@source bin/env.sh && clearhouse bench gas && clearhouse bench verify
+
+network-up: setup
+	@source bin/env.sh && clearhouse network up
+
+network-down:
+	@source bin/env.sh && clearhouse network down
