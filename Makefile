@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (set up, then run the whole settlement story) and
 # `make test` (set up, then run the test suite). Everything else is a convenience.
 SHELL := /bin/bash
-.PHONY: setup demo test test-deep bench sim-deep
+.PHONY: setup demo test test-deep bench sim-deep network-up network-down
 
 setup:
 	@bin/setup
