@@ -386,7 +386,7 @@ def audit() -> None:
 def audit_serial(serial: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
                  as_csv: bool, no_verify: bool) -> None:
     """Everything about one serial: deposits, issue log, renewals, settled batches with decoded usage logs."""
-    from offchain.operator.audit.index import main_serial
+    from offchain.operator.audit.cli import main_serial
 
     sys.exit(main_serial(rpc_url=rpc_url, deployment_path=deployment_path, serial=serial,
                          output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir))
@@ -401,7 +401,7 @@ def audit_serial(serial: str, rpc_url: str, deployment_path: Path, cache_dir: Pa
 def audit_device(device_address: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
                  as_csv: bool, no_verify: bool) -> None:
     """Everything one device did, across all its serials."""
-    from offchain.operator.audit.index import main_device
+    from offchain.operator.audit.cli import main_device
 
     sys.exit(main_device(rpc_url=rpc_url, deployment_path=deployment_path, device=device_address,
                          output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir))
@@ -415,7 +415,7 @@ def audit_device(device_address: str, rpc_url: str, deployment_path: Path, cache
 def audit_payee(payee: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
                 as_csv: bool) -> None:
     """Everything paid to one payee: accruals, transfer requests, bank confirmations."""
-    from offchain.operator.audit.index import main_payee
+    from offchain.operator.audit.cli import main_payee
 
     sys.exit(main_payee(rpc_url=rpc_url, deployment_path=deployment_path, payee=payee,
                         output=_output(as_json, as_csv), cache_dir=cache_dir))
@@ -429,7 +429,7 @@ def audit_payee(payee: str, rpc_url: str, deployment_path: Path, cache_dir: Path
 def audit_content(content_id: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
                   as_csv: bool) -> None:
     """Everything about one content: policy versions and splits, every use."""
-    from offchain.operator.audit.index import main_content
+    from offchain.operator.audit.cli import main_content
 
     sys.exit(main_content(rpc_url=rpc_url, deployment_path=deployment_path, content_id=content_id,
                           output=_output(as_json, as_csv), cache_dir=cache_dir))
@@ -441,7 +441,7 @@ def audit_content(content_id: str, rpc_url: str, deployment_path: Path, cache_di
 @_edge
 def audit_verify(rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool, as_csv: bool) -> None:
     """Re-verify every signature in the whole trail from chain data alone; exit 1 on any failure."""
-    from offchain.operator.audit.index import main_verify
+    from offchain.operator.audit.cli import main_verify
 
     sys.exit(main_verify(rpc_url=rpc_url, deployment_path=deployment_path, output=_output(as_json, as_csv),
                          cache_dir=cache_dir))

@@ -372,7 +372,7 @@ def print_balances(consortium: Any, console: Console) -> None:
 
 
 def print_gas(index: Any, console: Console) -> None:
-    from offchain.operator.audit.index import gas_by_function
+    from offchain.operator.audit import gas_by_function
 
     table = Table(title="Gas used on chain", title_justify="left")
     for column in ("function", "transactions", "gas", "gas per tx"):
@@ -386,7 +386,7 @@ def print_gas(index: Any, console: Console) -> None:
 
 def print_claims(state: DemoState, index: Any, console: Console) -> None:
     """The two renewals as the chain recorded them (mode from the IssueLogRenewed event)."""
-    from offchain.operator.audit.index import renewal_mode
+    from offchain.operator.audit import renewal_mode
 
     modes = {(e.args["oldSerial"], e.args["newSerial"]): renewal_mode(e) for e in index.events("IssueLogRenewed")}
     c14, c13 = state.claim14, state.claim13
@@ -418,7 +418,7 @@ def reconcile_all(consortium: Any, index: Any, console: Console) -> None:
 
 
 def report(consortium: Any, state: DemoState, processes: Processes, console: Console) -> None:
-    from offchain.operator.audit import index as audit
+    from offchain.operator import audit
     with audit.open_index(rpc_url=state.rpc_url, deployment_path=consortium.deployment_path,
                           cache_dir=state.workdir / "audit-cache") as index:
         console.rule("[bold]Report")
@@ -436,7 +436,7 @@ def report(consortium: Any, state: DemoState, processes: Processes, console: Con
 def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: str | None,
         anvil_port: int | None, keep: bool = False, hsm: bool = False) -> None:
     """The demo's steps in order; raises DemoError (or another ClearhouseError) on the first failure."""
-    from offchain.operator.audit import index as audit
+    from offchain.operator import audit
     steps = Steps(console)
     with steps.step("checking prerequisites"):
         preflight(rpc_url=rpc_url, anvil_port=anvil_port)

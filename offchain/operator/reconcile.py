@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from offchain.operator.audit.index import AuditIndex, open_index, payee_pairs, split_amount
+from offchain.operator.audit import AuditIndex, open_index, payee_pairs, split_amount
 from offchain.core.errors import ConfigError, ReconciliationFailed
 from offchain.core.messages import keccak
 

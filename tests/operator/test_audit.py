@@ -8,7 +8,7 @@ import json
 import pytest
 from eth_account import Account
 
-from offchain.operator.audit import index as audit
+from offchain.operator import audit
 from offchain.core.errors import NotFound
 from offchain.core.messages import keccak, sign
 from offchain.core.types import to_hex

@@ -1,18 +1,15 @@
-"""Audit trails from the chain alone: events and settlement calldata, indexed into a local SQLite cache.
+"""The audit's chain index: events and settlement calldata of one deployment, cached in a local SQLite file.
 
-Answers "everything about one serial / payee / content / device" and re-verifies every signature of the trail
-(device over each UsageBatch, SP over each ReceiveLog, device over each renewal's BalanceStatement) from the data
-alone. It trusts nothing off chain; it does not see the CC's or bank's databases (that is `offchain.operator.reconcile`).
+Holds the records (ChainEvent, CallRecord, SettledItem, RenewCall), the report model a trail is made of (Trail,
+Section, Check) and the serial lineage. It trusts nothing off chain and does not see the CC's or the bank's
+databases (that is `offchain.operator.reconcile`). Trails are in `trails`, re-verification in `verify`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,16 +17,10 @@ from typing import Any
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
-from offchain.core.errors import AuditError, ChainUnreachable, ClearhouseError, ConfigError, NotFound, SignatureError
-from offchain.core.types import from_hex, hex32
-from offchain.core.messages import (
-    BalanceStatement,
-    Domain,
-    ReceiveLog,
-    UsageBatch,
-    recover,
-    to_checksum_address,
-)
+from offchain.core.errors import AuditError, ChainUnreachable, ConfigError, NotFound
+from offchain.core.types import from_hex
+from offchain.core.messages import BalanceStatement, Domain, UsageBatch, to_checksum_address
+
 
 DEFAULT_CHUNK_BLOCKS = 2_000
 TX_BATCH_SIZE = 100
@@ -409,7 +400,7 @@ def _settled_items(tx_hash: str, block: int, params: Mapping[str, Any]) -> list[
     return items
 
 
-# --- trails ------------------------------------------------------------------------------------------------------
+# --- trails: the report model ------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Section:
     """One table of a trail: a title, column names and rows of plain values."""
@@ -453,6 +444,7 @@ class Trail:
         return {"title": self.title, "sections": sections, "checks": checks, "failures": self.failures}
 
 
+# --- serial lineage -----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SerialOrigin:
     """Who a serial belongs to: the root IssueLogRecorded's device and user, and the chain of renewals to it."""
@@ -478,265 +470,6 @@ def serial_origin(index: AuditIndex, serial: str) -> SerialOrigin:
     raise NotFound(f"serial {serial} was never issued on this contract", serial=serial)
 
 
-def _row(event: ChainEvent, *names: str) -> tuple[Any, ...]:
-    return (event.block, event.tx_hash, *(event.args[name] for name in names))
-
-
-def _section(title: str, events: Iterable[ChainEvent], *names: str, note: str = "") -> Section:
-    return Section(title=title, columns=("block", "tx", *names), rows=tuple(_row(e, *names) for e in events),
-                   note=note)
-
-
-_USAGE_COLUMNS = ("block", "tx", "serial", "seq", "policy_id", "fee", "receiver", "used_at")
-_BATCH_FIELDS = ("serial", "device", "receiver", "firstSeq", "count", "total", "receiveLogDigest")
-_RENEW_FIELDS = ("oldSerial", "newSerial", "device", "attestedSpent", "attestedNextSeq", "carried", "newMoney",
-                 "newCap", "expiresAt")
-
-
-def _usage_section(logs: Sequence[Mapping[str, Any]], title: str = "Usage logs (decoded from settle calldata)"
-                   ) -> Section:
-    rows = tuple((u["block"], u["tx_hash"], u["serial"], u["seq"], u["policy_id"], u["fee"], u["receiver"],
-                  u["used_at"]) for u in logs)
-    return Section(title=title, columns=_USAGE_COLUMNS, rows=rows, note=f"{len(rows)} logs, "
-                   f"{sum(u['fee'] for u in logs)} minor units")
-
-
-def serial_trail(index: AuditIndex, serial: str | bytes, *, verify: bool = True) -> Trail:
-    """Everything about one serial: its user's deposits, issue log, renewals, settled batches, usage logs."""
-    serial_hex = hex32(serial)
-    origin = serial_origin(index, serial_hex)
-    opened = index.events("IssueLogRecorded", serial=serial_hex)
-    renewed_into = index.events("IssueLogRenewed", newSerial=serial_hex)
-    renewed_from = [e for e in index.events("IssueLogRenewed", oldSerial=serial_hex)
-                    if e.args["newSerial"] != serial_hex]
-    settled = index.events("UsageSettled", serial=serial_hex)
-    sections = (
-        Section("Origin", ("serial", "device", "user_id_hash", "lineage"),
-                ((serial_hex, origin.device, origin.user_id_hash, " <- ".join(origin.lineage)),)),
-        _section("Deposits of the user", index.events("DepositRecorded", userIdHash=origin.user_id_hash),
-                 "depositId", "bank", "amount", "bankRef"),
-        _section("Issue log recorded", opened, "serial", "device", "userIdHash", "cap", "expiresAt"),
-        _section("Renewals into this serial (top-up when old == new)", renewed_into, *_RENEW_FIELDS),
-        _section("Renewals closing this serial", renewed_from, *_RENEW_FIELDS),
-        _section("Settled batches", settled, *_BATCH_FIELDS),
-        _usage_section(index.usage_logs(serial=serial_hex)),
-    )
-    checks = verify_batches(index, settled, origin.device) if verify else ()
-    if verify:
-        checks += verify_renewals(index, renewed_into + renewed_from)
-    return Trail(title=f"serial {serial_hex}", sections=sections, checks=tuple(checks))
-
-
-def device_trail(index: AuditIndex, device: str, *, verify: bool = True) -> Trail:
-    """Everything one device did: its issue logs and renewals, settled batches and usage logs."""
-    device = to_checksum_address(device)
-    opened = index.events("IssueLogRecorded", device=device)
-    renewals = index.events("IssueLogRenewed", device=device)
-    settled = index.events("UsageSettled", device=device)
-    serials = list(dict.fromkeys([e.args["serial"] for e in opened] + [e.args["newSerial"] for e in renewals]))
-    logs = [log for serial in serials for log in index.usage_logs(serial=serial)]
-    users = list(dict.fromkeys(e.args["userIdHash"] for e in opened))
-    deposits = [e for user in users for e in index.events("DepositRecorded", userIdHash=user)]
-    sections = (
-        _section("Deposits of its users", deposits, "depositId", "userIdHash", "bank", "amount", "bankRef"),
-        _section("Issue logs recorded", opened, "serial", "userIdHash", "cap", "expiresAt"),
-        Section("Renewals", ("block", "tx", "mode", *_RENEW_FIELDS),
-                tuple((e.block, e.tx_hash, renewal_mode(e), *(e.args[n] for n in _RENEW_FIELDS)) for e in renewals)),
-        _section("Settled batches", settled, *_BATCH_FIELDS),
-        _usage_section(sorted(logs, key=lambda u: (u["block"], u["serial"], u["seq"]))),
-    )
-    checks = tuple(verify_batches(index, settled, device) + verify_renewals(index, renewals)) if verify else ()
-    return Trail(title=f"device {device}", sections=sections, checks=checks)
-
-
-def renewal_mode(event: ChainEvent) -> str:
-    """"top_up" (claim 13: same serial, all settled) or "new_serial" (claim 14, or a voluntary new serial)."""
-    return "top_up" if event.args["oldSerial"] == event.args["newSerial"] else "new_serial"
-
-
-def payee_pairs(payees: Sequence[Any]) -> list[tuple[str, int]]:
-    """(account, bps) pairs of a PolicyRegistered payees argument (dicts or lists, as decoded)."""
-    return [(p["account"], int(p["bps"])) if isinstance(p, Mapping) else (p[0], int(p[1])) for p in payees]
-
-
-def split_amount(amount: int, payees: Sequence[tuple[str, int]]) -> dict[str, int]:
-    """The contract's rounding rule: floor(amount * bps / 10000) each, the remainder to payees[0]."""
-    parts = [amount * bps // 10_000 for _, bps in payees]
-    parts[0] += amount - sum(parts)
-    shares: dict[str, int] = {}
-    for (account, _), part in zip(payees, parts):
-        shares[account] = shares.get(account, 0) + part
-    return shares
-
-
-def policies(index: AuditIndex) -> dict[str, ChainEvent]:
-    """Every registered policy version, by policy id."""
-    return {e.args["policyId"]: e for e in index.events("PolicyRegistered")}
-
-
-def payee_trail(index: AuditIndex, payee: str) -> Trail:
-    """Everything paid to one payee: its policy shares, accruals per policy, transfer requests, confirmations."""
-    payee = to_checksum_address(payee)
-    mine = {pid: ev for pid, ev in policies(index).items() if payee in dict(payee_pairs(ev.args["payees"]))}
-    shares_by_tx: dict[str, int] = {}
-    accrual_rows = []
-    for pid, policy in mine.items():
-        pairs = payee_pairs(policy.args["payees"])
-        for accrual in index.events("AccrualRequested", policyId=pid):
-            share = split_amount(int(accrual.args["amount"]), pairs).get(payee, 0)
-            shares_by_tx[accrual.tx_hash] = shares_by_tx.get(accrual.tx_hash, 0) + share
-            accrual_rows.append((accrual.block, accrual.tx_hash, pid, accrual.args["amount"], share))
-    requests = index.events("TransferRequested", payee=payee)
-    confirmations = index.events("TransferConfirmed", payee=payee)
-    policy_rows = tuple((ev.block, ev.tx_hash, pid, ev.args["contentId"], ev.args["version"], ev.args["price"],
-                         dict(payee_pairs(ev.args["payees"]))[payee],
-                         payee_pairs(ev.args["payees"])[0][0] == payee) for pid, ev in mine.items())
-    totals = (sum(r[4] for r in accrual_rows), sum(int(e.args["amount"]) for e in requests),
-              sum(int(e.args["amount"]) for e in confirmations))
-    sections = (
-        Section("Policies naming this payee", ("block", "tx", "policy_id", "content_id", "version", "price", "bps",
-                                               "remainder_payee"), policy_rows),
-        Section("Accruals requested (payee's split share)", ("block", "tx", "policy_id", "amount", "share"),
-                tuple(accrual_rows)),
-        _section("Transfer requests", requests, "requestId", "amount"),
-        _section("Bank confirmations", confirmations, "requestId", "bank", "amount", "bankRef"),
-        Section("Totals", ("accrued_share", "requested", "confirmed", "outstanding"),
-                ((totals[0], totals[1], totals[2], totals[1] - totals[2]),)),
-    )
-    return Trail(title=f"payee {payee}", sections=sections,
-                 checks=tuple(_payee_checks(shares_by_tx, requests, confirmations)))
-
-
-def _payee_checks(shares_by_tx: Mapping[str, int], requests: Sequence[ChainEvent],
-                  confirmations: Sequence[ChainEvent]) -> list[Check]:
-    checks = []
-    requested_by_tx: dict[str, int] = {}
-    for request in requests:
-        requested_by_tx[request.tx_hash] = requested_by_tx.get(request.tx_hash, 0) + int(request.args["amount"])
-    for tx_hash in sorted(set(shares_by_tx) | set(requested_by_tx)):
-        share, requested = shares_by_tx.get(tx_hash, 0), requested_by_tx.get(tx_hash, 0)
-        checks.append(Check(subject=f"requestTransfers {tx_hash}", what="split shares == transfer request",
-                            ok=share == requested, detail=f"shares {share}, requested {requested}"))
-    amounts = {r.args["requestId"]: int(r.args["amount"]) for r in requests}
-    for confirmation in confirmations:
-        expected = amounts.get(confirmation.args["requestId"])
-        checks.append(Check(subject=f"request {confirmation.args['requestId']}", what="confirmed == requested",
-                            ok=expected == int(confirmation.args["amount"]),
-                            detail=f"requested {expected}, confirmed {confirmation.args['amount']}"))
-    return checks
-
-
-def content_trail(index: AuditIndex, content_id: str | bytes) -> Trail:
-    """Everything about one content: its policy versions and splits, every use, accruals per version."""
-    content_hex = hex32(content_id)
-    versions = index.events("PolicyRegistered", contentId=content_hex)
-    if not versions:
-        raise NotFound(f"content {content_hex} has no registered policy", content_id=content_hex)
-    uses = [log for ev in versions for log in index.usage_logs(policy_id=ev.args["policyId"])]
-    summary = []
-    for ev in versions:
-        pid = ev.args["policyId"]
-        fees = sum(u["fee"] for u in uses if u["policy_id"] == pid)
-        requested = sum(int(a.args["amount"]) for a in index.events("AccrualRequested", policyId=pid))
-        summary.append((ev.args["version"], pid, sum(1 for u in uses if u["policy_id"] == pid), fees, requested,
-                        fees - requested))
-    version_rows = tuple((ev.block, ev.tx_hash, ev.args["version"], ev.args["policyId"], ev.args["provider"],
-                          ev.args["price"], " ".join(f"{a}:{b}" for a, b in payee_pairs(ev.args["payees"])),
-                          ev.args["policyHash"]) for ev in versions)
-    sections = (
-        Section("Policy versions", ("block", "tx", "version", "policy_id", "provider", "price", "payees(bps)",
-                                    "policy_hash"), version_rows),
-        _usage_section(sorted(uses, key=lambda u: (u["block"], u["serial"], u["seq"])), "Uses"),
-        Section("Per version", ("version", "policy_id", "uses", "settled_fees", "requested", "accrued"),
-                tuple(summary)),
-    )
-    return Trail(title=f"content {content_hex}", sections=sections)
-
-
-# --- re-verification ---------------------------------------------------------------------------------------------
-def _recover_or_none(message: Any, domain: Domain, signature: bytes) -> tuple[str | None, str]:
-    try:
-        return recover(message, domain, signature), ""
-    except SignatureError as exc:
-        return None, exc.message
-
-
-def verify_item(domain: Domain, event: ChainEvent, item: SettledItem | None, expected_device: str) -> list[Check]:
-    """Re-verify one settled batch from its calldata: event fields, device signature, receive log digest and
-    the receiver's signature."""
-    args = event.args
-    subject = f"batch {args['serial']}#{args['firstSeq']}"
-    if item is None:
-        return [Check(subject, "calldata found", False, f"no SettlementItem for it in {event.tx_hash}")]
-    batch = item.batch
-    same = (batch.count, batch.total) == (int(args["count"]), int(args["total"]))
-    checks = [Check(subject, "event matches calldata", same,
-                    f"calldata count {batch.count} total {batch.total}; event {args['count']} / {args['total']}")]
-    device, error = _recover_or_none(batch, domain, item.device_signature)
-    checks.append(Check(subject, "device signed the UsageBatch", device == expected_device == args["device"],
-                        error or f"recovered {device}, issue log device {expected_device}"))
-    receive_log = ReceiveLog(usage_batch=batch.struct_hash(), payer=expected_device, received_at=item.received_at)
-    digest = "0x" + receive_log.digest(domain).hex()
-    checks.append(Check(subject, "ReceiveLog digest == event", digest == args["receiveLogDigest"],
-                        f"recomputed {digest}"))
-    receiver, error = _recover_or_none(receive_log, domain, item.receiver_signature)
-    checks.append(Check(subject, "receiver signed the ReceiveLog", receiver == batch.receiver == args["receiver"],
-                        error or f"recovered {receiver}, batch receiver {batch.receiver}"))
-    return checks
-
-
-def verify_batches(index: AuditIndex, settled: Sequence[ChainEvent], expected_device: str | None = None
-                   ) -> list[Check]:
-    """Re-verify every UsageSettled event against its transaction's calldata (device from the issue log)."""
-    checks: list[Check] = []
-    devices: dict[str, str] = {}
-    items_by_tx: dict[str, dict[tuple[str, int], SettledItem]] = {}
-    for event in settled:
-        if event.tx_hash not in items_by_tx:
-            items_by_tx[event.tx_hash] = {("0x" + i.batch.serial.hex(), i.batch.first_seq): i
-                                          for i in index.settled_items(event.tx_hash)}
-        serial = event.args["serial"]
-        if serial not in devices:
-            devices[serial] = expected_device or serial_origin(index, serial).device
-        item = items_by_tx[event.tx_hash].get((serial, int(event.args["firstSeq"])))
-        checks += verify_item(index.ref.domain, event, item, devices[serial])
-    return checks
-
-
-def verify_renewals(index: AuditIndex, renewals: Sequence[ChainEvent]) -> list[Check]:
-    """Re-verify every renewal: the device signed the BalanceStatement whose digest the event records."""
-    checks = []
-    for event in renewals:
-        args = event.args
-        subject = f"renewal {args['oldSerial']} -> {args['newSerial']}"
-        call = index.renew_call(event.tx_hash)
-        if call is None:
-            checks.append(Check(subject, "calldata found", False, f"{event.tx_hash} is not a direct renew call"))
-            continue
-        digest = "0x" + call.statement.digest(index.ref.domain).hex()
-        checks.append(Check(subject, "statement digest == event", digest == args["statementDigest"],
-                            f"recomputed {digest}"))
-        signer, error = _recover_or_none(call.statement, index.ref.domain, call.device_signature)
-        checks.append(Check(subject, "device signed the BalanceStatement", signer == args["device"],
-                            error or f"recovered {signer}, event device {args['device']}"))
-        attested = (call.statement.spent, call.statement.next_seq)
-        checks.append(Check(subject, "statement matches event", attested == (int(args["attestedSpent"]),
-                                                                               int(args["attestedNextSeq"])),
-                            f"statement spent/nextSeq {attested}"))
-    return checks
-
-
-def verify_trail(index: AuditIndex) -> Trail:
-    """Re-verify every settled batch and every renewal on the contract."""
-    settled = index.events("UsageSettled")
-    renewals = index.events("IssueLogRenewed")
-    checks = verify_batches(index, settled) + verify_renewals(index, renewals)
-    summary = Section("Verified", ("settled_batches", "usage_logs", "renewals", "checks", "failures"),
-                      ((len(settled), sum(int(e.args["count"]) for e in settled), len(renewals), len(checks),
-                        sum(1 for c in checks if not c.ok)),))
-    return Trail(title="all signatures", sections=(summary,), checks=tuple(checks))
-
-
 def gas_by_function(index: AuditIndex) -> dict[str, tuple[int, int]]:
     """function name -> (transactions, total gas used) over every indexed transaction."""
     totals: dict[str, tuple[int, int]] = {}
@@ -746,69 +479,7 @@ def gas_by_function(index: AuditIndex) -> dict[str, tuple[int, int]]:
     return totals
 
 
-# --- rendering ---------------------------------------------------------------------------------------------------
-OUTPUT_FORMATS = ("table", "json", "csv")
-
-
-_BYTES32_RE = re.compile(r"0x([0-9a-fA-F]{8})[0-9a-fA-F]{50}([0-9a-fA-F]{6})(?![0-9a-fA-F])")
-
-
-def _short(value: Any) -> str:
-    """Tables abbreviate bytes32 hex (0x12345678…abcdef); JSON and CSV keep every digit."""
-    return _BYTES32_RE.sub(r"0x\1…\2", str(value))
-
-
-def render_table(trail: Trail, console: Any) -> None:
-    from rich.table import Table
-
-    console.rule(f"[bold]{trail.title}")
-    for section in trail.sections:
-        table = Table(title=section.title, caption=section.note or None, title_justify="left")
-        for column in section.columns:
-            table.add_column(column, overflow="fold")
-        for row in section.rows:
-            table.add_row(*(_short(v) for v in row))
-        console.print(table)
-    if trail.checks:
-        table = Table(title="Signature and consistency checks", title_justify="left")
-        for column in ("subject", "check", "result", "detail"):
-            table.add_column(column, overflow="fold")
-        for check in trail.checks:
-            result = "[green]ok" if check.ok else "[bold red]FAILED"
-            table.add_row(_short(check.subject), check.what, result, check.detail)
-        console.print(table)
-        colour = "green" if trail.failures == 0 else "red"
-        console.print(f"[{colour}]{len(trail.checks) - trail.failures}/{len(trail.checks)} checks passed")
-
-
-def render_csv(trail: Trail, stream: io.TextIOBase | Any) -> None:
-    """One CSV: each section starts with a header row (`section`, its columns), then its rows."""
-    writer = csv.writer(stream)
-    for section in trail.sections:
-        writer.writerow(["section", *section.columns])
-        writer.writerows([section.title, *row] for row in section.rows)
-    if trail.checks:
-        writer.writerow(["section", "subject", "check", "ok", "detail"])
-        writer.writerows(["checks", c.subject, c.what, c.ok, c.detail] for c in trail.checks)
-
-
-def render(trail: Trail, output: str = "table", stream: Any = None) -> None:
-    import sys
-
-    from rich.console import Console
-
-    if output not in OUTPUT_FORMATS:
-        raise ConfigError(f"unknown output format {output!r}; use one of {OUTPUT_FORMATS}", output=output)
-    stream = stream if stream is not None else sys.stdout
-    if output == "json":
-        stream.write(json.dumps(trail.to_json(), indent=2) + "\n")
-    elif output == "csv":
-        render_csv(trail, stream)
-    else:
-        render_table(trail, Console(file=stream, width=200))
-
-
-# --- CLI entry points (click lives in offchain.cli) ------------------------------------------------------------
+# --- opening an index ------------------------------------------------------------
 def open_index(*, rpc_url: str, deployment_path: Path, cache_dir: Path | None = None,
                chunk_blocks: int = DEFAULT_CHUNK_BLOCKS) -> AuditIndex:
     """Connect, check the chain id against the deployment file, and sync the local index to the head."""
@@ -826,45 +497,3 @@ def open_index(*, rpc_url: str, deployment_path: Path, cache_dir: Path | None = 
     index = AuditIndex(w3, ref, default_cache_path(ref, cache_dir), chunk_blocks=chunk_blocks)
     index.sync()
     return index
-
-
-def _run(trail_of: Any, output: str, stream: Any, **index_kwargs: Any) -> int:
-    with open_index(**index_kwargs) as index:
-        trail = trail_of(index)
-    render(trail, output, stream)
-    return 0 if trail.failures == 0 else 1
-
-
-def main_serial(*, rpc_url: str, deployment_path: Path, serial: str, output: str = "table", verify: bool = True,
-                cache_dir: Path | None = None, stream: Any = None) -> int:
-    """`clearhouse audit serial SERIAL`: exit code 0, or 1 if a re-verified signature or digest failed."""
-    return _run(lambda index: serial_trail(index, serial, verify=verify), output, stream, rpc_url=rpc_url,
-                deployment_path=deployment_path, cache_dir=cache_dir)
-
-
-def main_device(*, rpc_url: str, deployment_path: Path, device: str, output: str = "table", verify: bool = True,
-                cache_dir: Path | None = None, stream: Any = None) -> int:
-    """`clearhouse audit device ADDRESS`."""
-    return _run(lambda index: device_trail(index, device, verify=verify), output, stream, rpc_url=rpc_url,
-                deployment_path=deployment_path, cache_dir=cache_dir)
-
-
-def main_payee(*, rpc_url: str, deployment_path: Path, payee: str, output: str = "table",
-               cache_dir: Path | None = None, stream: Any = None) -> int:
-    """`clearhouse audit payee ADDRESS`."""
-    return _run(lambda index: payee_trail(index, payee), output, stream, rpc_url=rpc_url,
-                deployment_path=deployment_path, cache_dir=cache_dir)
-
-
-def main_content(*, rpc_url: str, deployment_path: Path, content_id: str, output: str = "table",
-                 cache_dir: Path | None = None, stream: Any = None) -> int:
-    """`clearhouse audit content CONTENT_ID`."""
-    return _run(lambda index: content_trail(index, content_id), output, stream, rpc_url=rpc_url,
-                deployment_path=deployment_path, cache_dir=cache_dir)
-
-
-def main_verify(*, rpc_url: str, deployment_path: Path, output: str = "table", cache_dir: Path | None = None,
-                stream: Any = None) -> int:
-    """`clearhouse audit verify`: re-verify every signature on the contract; exit 1 on any failure."""
-    return _run(verify_trail, output, stream, rpc_url=rpc_url, deployment_path=deployment_path,
-                cache_dir=cache_dir)
