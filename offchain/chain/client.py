@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 from eth_account import Account
 from eth_utils import to_checksum_address
 from web3 import Web3
+from web3.exceptions import TimeExhausted, TransactionNotFound
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
@@ -27,6 +28,7 @@ from offchain.chain.views import IssueLogInfo, MemberInfo, PolicyInfo, TransferR
 
 ZERO_BYTES32 = b"\x00" * 32
 FEE_CACHE_S = 2.0
+FORGOTTEN_CHECK_POLLS = 200  # while waiting for a receipt, look for transactions the node forgot every ~1 s
 PRIORITY_FEE_WEI = 1_000_000_000
 
 
@@ -52,6 +54,7 @@ class ClearhouseChain:
         self._gas_margin = gas_margin
         self._timeout_s = receipt_timeout_s
         self._nonce: int | None = None
+        self._sent: dict[int, tuple[str, bytes]] = {}  # nonce -> (tx hash, raw tx) until the chain is past it
         self._fees: dict[str, int] | None = None
         self._fees_at = 0.0
         self._lock = threading.Lock()
@@ -73,10 +76,9 @@ class ClearhouseChain:
             except Exception as exc:
                 self._nonce = None  # resync from the node on the next send
                 raise ChainError(f"{function}: sending failed: {exc}", function=function) from exc
+            self._sent[self._nonce] = ("0x" + bytes(signed.hash).hex(), bytes(signed.raw_transaction))
             self._nonce += 1
-        receipt = self.w3.eth.wait_for_transaction_receipt(
-            tx_hash, timeout=self._timeout_s, poll_latency=RECEIPT_POLL_S
-        )
+        receipt = self.wait_receipt(tx_hash)
         if receipt["status"] != 1:
             raise self._replay_failure(tx, receipt, function)
         return receipt
@@ -102,8 +104,60 @@ class ClearhouseChain:
             except Exception as exc:
                 self._nonce = None  # resync from the node on the next send
                 raise ChainError(f"{function}: sending failed: {exc}", function=function, tx_hash=tx_hash) from exc
+            self._sent[self._nonce] = (tx_hash, bytes(signed.raw_transaction))
             self._nonce += 1
         return tx_hash
+
+    def wait_receipt(self, tx_hash: Any, timeout_s: float | None = None) -> TxReceipt:
+        """Poll for the receipt (TimeExhausted after `timeout_s`, default the client's); before the first poll and
+        every FORGOTTEN_CHECK_POLLS polls, re-broadcast what the node forgot, so a gap cannot stall it."""
+        deadline = time.monotonic() + (self._timeout_s if timeout_s is None else timeout_s)
+        polls = 0
+        while True:
+            if polls % FORGOTTEN_CHECK_POLLS == 0:
+                self.rebroadcast_forgotten()
+            try:
+                return self.w3.eth.get_transaction_receipt(tx_hash)
+            except TransactionNotFound:
+                pass
+            if time.monotonic() > deadline:
+                shown = tx_hash if isinstance(tx_hash, str) else "0x" + bytes(tx_hash).hex()
+                raise TimeExhausted(f"transaction {shown} is not in the chain after {timeout_s or self._timeout_s} s")
+            polls += 1
+            time.sleep(RECEIPT_POLL_S)
+
+    def rebroadcast_forgotten(self) -> list[str]:
+        """Send again, unchanged, each transaction of this client the node no longer knows (a node restart drops
+        its mempool): same nonce and hash, so it applies at most once, and later nonces are no longer stuck behind
+        the gap. One that cannot be re-sent is forgotten with all after it, and the nonce is re-read from the chain
+        on the next send. Returns the hashes sent again."""
+        with self._lock:
+            if not self._sent:
+                return []
+            mined_through = self.w3.eth.get_transaction_count(self.sender, "latest")
+            for nonce in [n for n in self._sent if n < mined_through]:
+                del self._sent[nonce]
+            resent: list[str] = []
+            for nonce in sorted(self._sent):
+                tx_hash, raw_tx = self._sent[nonce]
+                if self._node_knows(tx_hash):
+                    continue
+                try:
+                    self.w3.eth.send_raw_transaction(raw_tx)
+                except Exception:  # noqa: BLE001 - replaced or invalid now: resync from the chain instead
+                    for later in [n for n in self._sent if n >= nonce]:
+                        del self._sent[later]
+                    self._nonce = None
+                    break
+                resent.append(tx_hash)
+            return resent
+
+    def _node_knows(self, tx_hash: str) -> bool:
+        try:
+            self.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return False
+        return True
 
     def call(self, function: str, *args: Any) -> Any:
         """eth_call `function(*args)`; reverts become ContractReverted."""
