@@ -72,7 +72,7 @@ def _reconciliation(src: Sources) -> tuple[dict[str, int], dict[str, Any]]:
 def overview(src: Sources, limit: int | None) -> Page:
     head = src.index.last_block
     block = src.w3.eth.get_block(head)
-    totals, status = _reconciliation(src)
+    totals, status = src.per_head("reconciliation", lambda: _reconciliation(src))  # RPC views: once per head
     first = max(src.ref.deploy_block, 0)
     volume = charts.block_ranges(settled_blocks(src.index), first, head)
     requested, confirmed = _per_payee(src)

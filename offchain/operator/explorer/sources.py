@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from web3 import Web3
@@ -107,6 +108,15 @@ class Sources:
     def __init__(self, config: ExplorerConfig, index: AuditIndex) -> None:
         self.config = config
         self.index = index
+        self._memo: dict[tuple[str, int, str], Any] = {}
+
+    def per_head(self, name: str, compute: Callable[[], Any]) -> Any:
+        """`compute()` once per indexed head (number and hash): repeated views of an unchanged chain reuse it."""
+        key = (name, self.index.last_block, self.head_hash())
+        if key not in self._memo:
+            self._memo = {k: v for k, v in self._memo.items() if k[1:] == key[1:]}  # drop older heads
+            self._memo[key] = compute()
+        return self._memo[key]
 
     @classmethod
     def open(cls, config: ExplorerConfig) -> Sources:
