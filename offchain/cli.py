@@ -10,11 +10,14 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
 from offchain.core.errors import ClearhouseError
+
+if TYPE_CHECKING:
+    from offchain.transport.server import ServiceModule
 
 
 def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -52,18 +55,25 @@ def main(debug: bool) -> None:
 
 
 # --- services --------------------------------------------------------------------------------------------------
-_SERVICES = {"cc": "offchain.clearing_center.agent", "sp": "offchain.service_provider.agent", "bank": "offchain.bank.agent"}
+_SERVICE_ROLES = ("bank", "cc", "sp")
+
+
+def _service_modules() -> dict[str, ServiceModule]:
+    """role -> its api module, which implements `ServiceModule` (imported only when serving)."""
+    from offchain.bank import api as bank_api
+    from offchain.clearing_center import api as cc_api
+    from offchain.service_provider import api as sp_api
+
+    return {"cc": cc_api, "sp": sp_api, "bank": bank_api}
 
 
 @main.command()
-@click.argument("role", type=click.Choice(sorted(_SERVICES)))
+@click.argument("role", type=click.Choice(_SERVICE_ROLES))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
 @_edge
 def serve(role: str, config_path: Path) -> None:
     """Run one service (cc, sp or bank) until SIGTERM, with mutual TLS."""
-    import importlib
-
-    module = importlib.import_module(_SERVICES[role])
+    module = _service_modules()[role]
     module.serve(module.load_settings(config_path))
 
 

@@ -1,32 +1,28 @@
-"""The clearing center (CC): user balance database, issue logs and renewals (claims 4, 12-14), receive-log intake,
-and the background settlement and transfer-request workers, served over mutual TLS (aiohttp).
+"""The clearing center's decisions: deposits credited against the chain, issue logs and renewals (top-up in place
+or a new serial while unsettled) anchored on chain before the answer, receive-log intake, the balance view.
 
-Every effect is anchored on chain or persisted before the answer and is idempotent by the sender's id. The CC
-trusts no body field it can check: deposits against the chain's DepositRecorded event, logs against signatures,
-certificates and the contract's issue logs and policies. It never moves money itself: the bank does.
+Every effect is anchored on chain or persisted (CcStore) before the answer and is idempotent by the sender's id.
+The CC trusts no body field it can check: deposits against the chain's DepositRecorded event, logs against
+signatures, certificates and the contract's issue logs and policies. It never moves money itself: the bank does.
+Request bodies are bodies.py, routes and app api.py; the settlement and transfer workers are settlement.py and transfers.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
-from aiohttp import web
-from pydantic import BaseModel, Field
 from web3 import Web3
 from web3.exceptions import TimeExhausted, TransactionNotFound, Web3RPCError
 
 from offchain import storage
-from offchain.core import messages
-from offchain.clearing_center.store import (CcStore, IssueLogRecord, IssueRequestRow, ReceiveLogRecord,
-                                            TransferReceiptRow, hex32, user_id_hash)
-from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.chain.client import RECEIPT_POLL_S, ClearhouseChain, IssueLogInfo, encode_balance_statement
+from offchain.clearing_center.bodies import DepositNotice, IssueBody, ReceiveItem, RenewBody
+from offchain.clearing_center.store import CcStore, IssueLogRecord, IssueRequestRow, ReceiveLogRecord
+from offchain.core import messages
 from offchain.core.errors import (
     AllowanceExceeded,
     ClearhouseError,
@@ -44,56 +40,9 @@ from offchain.core.errors import (
     StatementRejected,
     TransactionPending,
 )
-from offchain.transport.client import JsonClient
-from offchain.transport.server import Route, add_routes, new_app, serve_app
-from offchain.transport.wiring import connect_chain, member_verifier, require_path
-from offchain.core.messages import BalanceStatement, IssueLog, ReceiveLog, Role, TransferReceipt, TransferRequest, UsageBatch
-from offchain.core.settings import ClearingCenterSettings, configure_logging
-from offchain.core.settings import load_settings as _load_settings
-from offchain.clearing_center.settlement import SettlementWorker, build_worker
-
-Clock = Callable[[], float]
-HEX32 = r"^0x[0-9a-fA-F]{64}$"
-
-
-# --- HTTP bodies ------------------------------------------------------------------------------------------------------
-class DepositNotice(BaseModel):
-    deposit_id: str = Field(pattern=HEX32, description="The on-chain depositId (bytes32).")
-    user_id: str = Field(min_length=1, max_length=128)
-    amount: int = Field(gt=0, lt=2**96)
-    bank_ref: str = Field(pattern=HEX32)
-    tx_hash: str = Field(pattern=HEX32, description="The bank's recordDeposit transaction.")
-
-
-class IssueBody(BaseModel):
-    request_id: str = Field(min_length=1, max_length=128)
-    user_id: str = Field(min_length=1, max_length=128)
-    amount: int | None = Field(None, gt=0, lt=2**96, description="Default: all unallocated deposits.")
-
-
-class RenewBody(BaseModel):
-    request_id: str = Field(min_length=1, max_length=128)
-    statement: dict[str, Any] = Field(description="Envelope(BalanceStatement) signed by the device.")
-    amount: int | None = Field(None, ge=0, lt=2**96, description="New money; default: all unallocated deposits.")
-
-
-class ReceiveItem(BaseModel):
-    receive_log: dict[str, Any]
-    usage_batch: dict[str, Any]
-    device_signature: str
-    device_certificate: str
-
-
-class ReceiveBody(BaseModel):
-    items: list[ReceiveItem] = Field(min_length=1, max_length=1024)
-
-
-def _unhex(value: str, field: str) -> bytes:
-    try:
-        return bytes.fromhex(value.removeprefix("0x"))
-    except ValueError:
-        raise MalformedMessage(f"{field} is not hex", type="request", field=field, value=value[:80],
-                               reason="expected 0x-hex") from None
+from offchain.core.messages import BalanceStatement, IssueLog, ReceiveLog, UsageBatch
+from offchain.core.types import Clock, Role, from_hex, to_hex, user_id_hash
+from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 
 
 def derive_serial(device: str, kind: str, request_id: str) -> bytes:
@@ -124,10 +73,10 @@ class ClearingCenter:
     # deposits (claim 4) ------------------------------------------------------------------------------------------
     def credit_deposit(self, notice: DepositNotice, peer: MemberIdentity) -> dict[str, Any]:
         """Credit a deposit only if the bank's transaction emitted the matching DepositRecorded event."""
-        deposit_id = _unhex(notice.deposit_id, "deposit_id")
+        deposit_id = from_hex(notice.deposit_id, "deposit_id")
         event = self._deposit_event(deposit_id, notice.tx_hash)
         expected = {"userIdHash": user_id_hash(notice.user_id), "amount": notice.amount,
-                    "bankRef": _unhex(notice.bank_ref, "bank_ref"), "bank": peer.eth_address}
+                    "bankRef": from_hex(notice.bank_ref, "bank_ref"), "bank": peer.eth_address}
         got = {"userIdHash": bytes(event["userIdHash"]), "amount": event["amount"],
                "bankRef": bytes(event["bankRef"]), "bank": event["bank"]}
         for name, value in expected.items():
@@ -217,7 +166,7 @@ class ClearingCenter:
             expires_at=plan.expires_at, previous_serial=plan.previous_serial, carried=plan.carried,
             new_money=plan.new_money, cc_signature=envelope.signature_bytes(), issue_log_json=envelope.message)
         self.store.complete_issue_request(plan, record, tx_hash, response)
-        self.log.info("issue_log.issued", serial=hex32(plan.serial), mode=plan.mode, cap=plan.cap,
+        self.log.info("issue_log.issued", serial=to_hex(plan.serial), mode=plan.mode, cap=plan.cap,
                       new_money=plan.new_money, carried=plan.carried, tx_hash=tx_hash)
         return response
 
@@ -346,6 +295,51 @@ class ClearingCenter:
                                      "retry the request (it resumes this transaction, nothing is sent twice)",
                                      tx_hash=tx_hash, waited_s=self.receipt_timeout_s) from None
 
+    # plans left open (a crash, a request that gave up) ----------------------------------------------------------
+    def resolve_open_plans(self) -> dict[str, str]:
+        """Resolve every plan still `planned` from the chain, never leave it open (its new money stays reserved):
+        completed when its transaction was mined, dropped when nothing was signed, it reverted or its nonce went
+        to another transaction, re-broadcast when the node forgot it, left alone while pending. Under the money
+        lock, so no request works on a plan meanwhile. Called at start and on a timer; {request id: outcome}."""
+        with self._money_lock:
+            return {plan.request_id: self._resolve_plan(plan) for plan in self.store.planned_issue_requests()}
+
+    def _resolve_plan(self, plan: IssueRequestRow) -> str:
+        if plan.tx_hash is None:  # killed between planning and signing: nothing can ever apply
+            self.store.drop_issue_request(plan.device, plan.request_id)
+            return "dropped: no transaction was signed"
+        w3, tx_hash, nonce = self.chain.w3, str(plan.tx_hash), int(plan.tx_nonce or 0)
+        receipt = _receipt_or_none(w3, tx_hash)
+        if receipt is None:
+            if _in_mempool(w3, tx_hash):
+                return "pending"
+            if w3.eth.get_transaction_count(self.chain.sender, "latest") <= nonce:
+                try:
+                    self._rebroadcast(plan, tx_hash, nonce)  # the node forgot it (a restart): the same bytes again
+                except RebroadcastRefused:
+                    return "rebroadcast refused"
+                return "rebroadcast"
+            receipt = _receipt_or_none(w3, tx_hash)  # mined between the reads above?
+            if receipt is None:  # its nonce went to another transaction: it can never be mined
+                self.store.drop_issue_request(plan.device, plan.request_id)
+                return "dropped: superseded"
+        if receipt["status"] != 1:
+            self.store.drop_issue_request(plan.device, plan.request_id)
+            return "dropped: reverted"
+        revision = self.store.next_revision(plan.serial) if plan.mode == "top_up" else 0
+        self._finish(plan, tx_hash, revision=revision)
+        self.log.info("issue_request.resolved", request_id=plan.request_id, tx_hash=tx_hash)
+        return "completed"
+
+    def renewal_result(self, serial: bytes, peer: MemberIdentity) -> dict[str, Any]:
+        """The answer of this device's latest completed renewal of `serial`: a device that attested and lost the
+        answer (and its kept request) reads it here instead of staying frozen."""
+        plan = self.store.renewal_of(peer.eth_address, serial)
+        if plan is None:
+            raise NotFound("no completed renewal of this serial by this device", serial=serial,
+                           device=peer.eth_address)
+        return dict(plan.response or {})
+
     def _applied(self, plan: IssueRequestRow, function: str, tx_hash: str, receipt: Any) -> str:
         """A successful receipt applied the plan; a reverted one drops it and raises the decoded error."""
         if receipt["status"] == 1:
@@ -363,7 +357,7 @@ class ClearingCenter:
                 record = self._verify_receive_item(item, peer)
                 with self._receive_lock:
                     self._admit(record)
-                accepted.append(hex32(record.id))
+                accepted.append(to_hex(record.id))
             except ClearhouseError as exc:
                 rejected.append({"index": index, **exc.to_dict()})
                 self.log.warning("receive_log.rejected", index=index, error=exc.code, message=exc.message)
@@ -381,8 +375,8 @@ class ClearingCenter:
                                    got=batch.receiver)
         if receive_log.usage_batch != batch.struct_hash():
             raise MalformedMessage("the receive log is about another usage batch", type="ReceiveLog",
-                                   field="usageBatch", value=hex32(receive_log.usage_batch), reason="hash mismatch")
-        device_signature = _unhex(item.device_signature, "device_signature")
+                                   field="usageBatch", value=to_hex(receive_log.usage_batch), reason="hash mismatch")
+        device_signature = from_hex(item.device_signature, "device_signature")
         device = messages.recover(batch, self.domain, device_signature)
         self.verifier.verify_signer(item.device_certificate, device, Role.DEVICE)
         if receive_log.payer != device:
@@ -434,7 +428,7 @@ class ClearingCenter:
             if other.first_seq < end and record.first_seq < other.first_seq + other.count:
                 raise SequenceError("usage logs overlap a receive log the CC already holds", serial=record.serial,
                                     expected=other.first_seq + other.count, got=record.first_seq,
-                                    held_receive_log_id=hex32(other.id))
+                                    held_receive_log_id=to_hex(other.id))
         # In flight = held logs the chain's cursor has not passed. Not by status: a log whose settlement is mined
         # but not yet recorded (still `submitted`) is in `on_chain.spent` already and must not count twice.
         pending = sum(r.total for r in held if r.first_seq >= on_chain.next_seq)
@@ -442,7 +436,7 @@ class ClearingCenter:
             raise AllowanceExceeded("usage beyond the issue log's cap", serial=record.serial, cap=on_chain.cap,
                                     wanted=on_chain.spent + pending + record.total)
         self.store.store_receive_log(record)
-        self.log.info("receive_log.accepted", id=hex32(record.id), serial=hex32(record.serial),
+        self.log.info("receive_log.accepted", id=to_hex(record.id), serial=to_hex(record.serial),
                       first_seq=record.first_seq, count=record.count, total=record.total)
 
     # balance view ------------------------------------------------------------------------------------------------
@@ -477,194 +471,4 @@ def _in_mempool(w3: Web3, tx_hash: str) -> bool:
     return tx is not None and tx.get("blockNumber") is None
 
 
-# --- transfer requests ------------------------------------------------------------------------------------------------
-class TransferWorker:
-    """Turns accrued fees into on-chain transfer requests and delivers each to the bank until it is receipted."""
-
-    def __init__(self, store: CcStore, chain: ClearhouseChain, verifier: CertificateVerifier, private_key: bytes,
-                 cert_pem: bytes, *, interval_s: float, threshold_minor: int, clock: Clock = time.time,
-                 max_backoff_s: float = 60.0, log: Any = None) -> None:
-        self.store = store
-        self.chain = chain
-        self.verifier = verifier
-        self._private_key = private_key
-        self._cert_pem = cert_pem
-        self.interval_s = interval_s
-        self.threshold_minor = threshold_minor
-        self.clock = clock
-        self.max_backoff_s = max_backoff_s
-        self.log = log or structlog.get_logger("transfers")
-        self._last_request_at = clock()
-        self._scanned_block = chain.deployment.deploy_block - 1
-        self._retry: dict[bytes, tuple[int, float]] = {}  # request id -> (attempts, next attempt at)
-
-    def due_policies(self) -> list[bytes]:
-        """Settled policies with accrued fees: all when the interval passed, else those at the threshold."""
-        interval_passed = self.clock() - self._last_request_at >= self.interval_s
-        due = []
-        for policy_id in self.store.settled_policy_ids():
-            accrued = self.chain.policy(policy_id).accrued
-            if accrued > 0 and (interval_passed or (self.threshold_minor and accrued >= self.threshold_minor)):
-                due.append(policy_id)
-        return due
-
-    def request_round(self) -> int:
-        """Request transfers for the due policies, then mirror every TransferRequested event; returns new rows."""
-        due = self.due_policies()
-        if due:
-            _receipt, request_ids = self.chain.request_transfers(due)
-            self._last_request_at = self.clock()
-            self.log.info("transfers.requested", policies=len(due), requests=len(request_ids))
-        return self.sync_from_chain()
-
-    def sync_from_chain(self) -> int:
-        """Store TransferRequested events not yet known (also those of a request sent just before a crash)."""
-        head = self.chain.w3.eth.block_number
-        if head <= self._scanned_block:
-            return 0
-        events = self.chain.contract.events.TransferRequested().get_logs(from_block=self._scanned_block + 1,
-                                                                        to_block=head)
-        rows = [(bytes(e["args"]["requestId"]), e["args"]["payee"], int(e["args"]["amount"]),
-                 "0x" + bytes(e["transactionHash"]).hex()) for e in events]
-        created = self.store.record_transfer_requests(rows)
-        self._scanned_block = head
-        return created
-
-    async def deliver(self, client: JsonClient) -> int:
-        """Send each open request to the bank (exponential backoff per request while it fails); returns receipts."""
-        receipts = 0
-        for row in await asyncio.to_thread(self.store.open_transfer_requests):
-            attempts, not_before = self._retry.get(row.request_id, (0, 0.0))
-            if self.clock() < not_before:
-                continue
-            try:
-                await self._deliver_one(client, row.request_id, row.payee, row.amount)
-                receipts += 1
-                self._retry.pop(row.request_id, None)
-            except ClearhouseError as exc:
-                delay = min(self.max_backoff_s, 0.5 * 2 ** attempts)
-                self._retry[row.request_id] = (attempts + 1, self.clock() + delay)
-                self.log.warning("transfers.delivery_failed", request_id=hex32(row.request_id), error=exc.code,
-                                 retry_in_s=delay)
-        return receipts
-
-    async def _deliver_one(self, client: JsonClient, request_id: bytes, payee: str, amount: int) -> None:
-        request = TransferRequest(request_id=request_id, payee=payee, amount=amount)
-        envelope = Envelope.seal(request, self.chain.domain, self._private_key, self._cert_pem)
-        await asyncio.to_thread(self.store.mark_transfer_sent, request_id)
-        answer = await client.post("/v1/transfers", {"request": envelope.to_json()})
-        receipt_row = self.verify_receipt(answer, request)
-        await asyncio.to_thread(self.store.record_transfer_receipt, receipt_row)
-        self.log.info("transfers.receipted", request_id=hex32(request_id), bank_ref=hex32(receipt_row.bank_ref))
-
-    def verify_receipt(self, answer: Any, request: TransferRequest) -> TransferReceiptRow:
-        """The bank's Envelope(TransferReceipt): bank certificate and signature, same request id and amount."""
-        envelope = Envelope.from_json((answer or {}).get("receipt"))
-        receipt, bank = envelope.open(self.verifier, self.chain.domain, Role.BANK)
-        if not isinstance(receipt, TransferReceipt) or receipt.request_id != request.request_id \
-                or receipt.amount != request.amount:
-            raise DuplicateMessage("the bank's receipt is not for this transfer request", kind="transfer_receipt",
-                                   key=hex32(request.request_id))
-        return TransferReceiptRow(request_id=receipt.request_id, bank_ref=receipt.bank_ref, amount=receipt.amount,
-                                  confirmed_at=receipt.confirmed_at, bank_member_id=bank.member_id,
-                                  envelope=envelope.to_json(), received_at=int(self.clock()))
-
-
-# --- HTTP -------------------------------------------------------------------------------------------------------------
-def routes(cc: ClearingCenter) -> list[Route]:
-    async def notify_deposit(_r: web.Request, peer: MemberIdentity, body: DepositNotice) -> dict[str, Any]:
-        return await asyncio.to_thread(cc.credit_deposit, body, peer)
-
-    async def issue(_r: web.Request, peer: MemberIdentity, body: IssueBody) -> dict[str, Any]:
-        return await asyncio.to_thread(cc.issue, body, peer)
-
-    async def renew(_r: web.Request, peer: MemberIdentity, body: RenewBody) -> dict[str, Any]:
-        return await asyncio.to_thread(cc.renew, body, peer)
-
-    async def receive(_r: web.Request, peer: MemberIdentity, body: ReceiveBody) -> dict[str, Any]:
-        return await asyncio.to_thread(cc.receive_logs, body.items, peer)
-
-    async def user(request: web.Request, peer: MemberIdentity, _body: None) -> dict[str, Any]:
-        return await asyncio.to_thread(cc.user_view, request.match_info["user_id"], peer)
-
-    return [
-        Route("POST", "/v1/deposits/notify", notify_deposit, (Role.BANK,), DepositNotice, None,
-              "Credit a deposit after checking its DepositRecorded event"),
-        Route("POST", "/v1/issue-logs", issue, (Role.DEVICE,), IssueBody, None,
-              "Issue a log (anchored on chain before the answer)"),
-        Route("POST", "/v1/issue-logs/renew", renew, (Role.DEVICE,), RenewBody, None,
-              "Renew against a signed balance statement: new serial or top-up"),
-        Route("POST", "/v1/receive-logs", receive, (Role.SERVICE_PROVIDER,), ReceiveBody, None,
-              "Accept receive logs (persisted before the answer)"),
-        Route("GET", "/v1/users/{user_id}", user, (Role.DEVICE, Role.BANK), None, None, "Balance database view"),
-    ]
-
-
-def load_settings(config_path: Path | None = None, **overrides: Any) -> ClearingCenterSettings:
-    return _load_settings(ClearingCenterSettings, config_path, **overrides)
-
-
-def build_app(settings: ClearingCenterSettings, *, chain: ClearhouseChain | None = None, clock: Clock = time.time,
-              workers: bool = True) -> web.Application:
-    """The CC application; with `workers` it runs the settlement and transfer loops while it is up."""
-    from offchain.trust import tls
-    chain = chain or connect_chain(settings)
-    ca_path = require_path(settings.ca_path, "ca_path")
-    verifier = member_verifier(settings, chain, clock)
-    store = CcStore(storage.make_engine(settings.database_url), clock)
-    store.create_schema()
-    cert_pem = require_path(settings.cert_path, "cert_path").read_bytes()
-    key = settings.eth_signing_key()
-    log = structlog.get_logger("clearing_center").bind(member_id=settings.member_id)
-    cc = ClearingCenter(store, chain, verifier, key, cert_pem, issue_expiry_s=settings.issue_expiry_s, clock=clock,
-                        log=log)
-    app = new_app(clearing_center=cc)
-    add_routes(app, routes(cc), lambda request: tls.peer_identity(request, verifier),
-               title="Clearhouse clearing center")
-    if workers:
-        settlement = build_worker(settings, store, chain, log)
-        transfers = TransferWorker(store, chain, verifier, key, cert_pem, interval_s=settings.transfer_interval_s,
-                                   threshold_minor=settings.transfer_threshold_minor, clock=clock, log=log)
-        client = JsonClient(settings.bank_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
-        app.cleanup_ctx.append(_background(settlement, transfers, client, settings, log))
-    return app
-
-
-def _background(settlement: SettlementWorker, transfers: TransferWorker, client: JsonClient,
-                settings: ClearingCenterSettings, log: Any) -> Callable[[web.Application], Any]:
-    async def settle_loop() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(settlement.tick)
-            except Exception:  # noqa: BLE001 - keep the loop alive; the next tick recovers from the outbox
-                log.exception("settlement.tick_failed")
-            await asyncio.sleep(settings.settle_interval_s)
-
-    async def transfer_loop() -> None:
-        while True:
-            try:
-                await asyncio.to_thread(transfers.request_round)
-                await transfers.deliver(client)
-            except Exception:  # noqa: BLE001 - keep the loop alive; requests are mirrored from chain events
-                log.exception("transfers.round_failed")
-            await asyncio.sleep(min(settings.settle_interval_s, settings.transfer_interval_s))
-
-    async def context(_app: web.Application) -> Any:
-        tasks = [asyncio.create_task(settle_loop()), asyncio.create_task(transfer_loop())]
-        yield
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await client.close()
-
-    return context
-
-
-def serve(settings: ClearingCenterSettings) -> None:
-    """Run the CC (HTTPS with mutual TLS) and its workers until SIGTERM/SIGINT; in-flight requests finish."""
-    configure_logging(settings)
-    serve_app(settings, build_app(settings))
-
-
-__all__ = ["ClearingCenter", "TransferWorker", "DepositNotice", "IssueBody", "RenewBody", "ReceiveItem", "ReceiveBody",
-           "derive_serial", "routes", "build_app", "serve", "load_settings"]
+__all__ = ["ClearingCenter", "derive_serial"]

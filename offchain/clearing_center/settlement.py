@@ -11,7 +11,7 @@ import argparse
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,29 +22,33 @@ from web3.exceptions import TransactionNotFound
 
 from offchain.clearing_center.store import CcStore, ReceiveLogRow, SettlementOutbox
 from offchain.chain.client import ClearhouseChain, SettlementItem, encode_settlement_item
-from offchain.core.errors import ContractReverted
+from offchain.core.errors import CallRefused, ContractReverted
+from offchain.core.gas import (
+    DEFAULT_GAS_BUDGET,
+    GAS_PER_EXTRA_POLICY,
+    GAS_PER_SETTLE_ITEM,
+    GAS_PER_SETTLE_TX,
+    GAS_PER_USAGE_LOG,
+    estimated_item_gas,
+)
 from offchain.core.messages import UsageBatch
 
 CRASH_ENV = "CLEARHOUSE_CRASH_AT"
 CRASH_POINTS = ("before_broadcast", "after_broadcast")
 GAS_HEADROOM = 1.25
-Clock = Callable[[], float]
 
-# Linear gas model of one `settle` transaction, an upper bound fitted to `clearhouse bench gas` (README, paris):
-# N=1/D=1 64,610; N=16/D=1 69,466; N=16/D=16 177,804; N=256/D=1 150,692; N=256/D=16 360,998 gas per tx, and the
-# pipeline's ~27,000 gas per extra 512-log item. Per item: two signatures, the batch calldata head, member,
-# issue-log and policy reads and writes, the event (43,300 measured for the first item, less for later ones);
-# per usage log: 16 bytes of calldata (256 gas) and its checks (~340 one-policy, ~760 with many policies); per
-# further distinct policy of the item: a cold policy slot read and write (~7,200 measured at N=16).
-GAS_PER_SETTLE_TX = 21_000
-GAS_PER_SETTLE_ITEM = 45_000
-GAS_PER_USAGE_LOG = 800
-GAS_PER_EXTRA_POLICY = 7_500
-DEFAULT_GAS_BUDGET = 12_000_000  # per settle transaction: well below anvil's and mainnet's 30M block gas limit
+# The gas model (GAS_PER_*, DEFAULT_GAS_BUDGET, estimated_item_gas) lives in offchain.core.gas: the device and the
+# SP bound their batches by it too.
 
 
-def revert_reason(error: ContractReverted) -> str:
-    """`Name(arg=value, ...)` of a decoded revert, as stored in `receive_logs.reject_reason`."""
+PreCheckFailure = ContractReverted | CallRefused  # a deterministic answer of the node: the item's own fault
+
+
+def revert_reason(error: PreCheckFailure) -> str:
+    """`Name(arg=value, ...)` of a decoded revert (or `CallRefused(reason=...)` of a node refusal), as stored in
+    `receive_logs.reject_reason`."""
+    if isinstance(error, CallRefused):
+        return f"CallRefused(reason={(error.reason or '')[:200]})"
     values = error.error_args if isinstance(error.error_args, dict) else {}
     args = ", ".join(f"{k}={'0x' + v.hex() if isinstance(v, bytes) else v}" for k, v in values.items())
     return f"{error.error_name or 'UnknownRevert'}({args})"
@@ -65,11 +69,6 @@ class Selection:
     overlapping: tuple[bytes, ...]
 
 
-def estimated_item_gas(usage_logs: int, policies: int) -> int:
-    """Upper-bound gas one settlement item adds to a `settle` transaction (the linear model above)."""
-    return GAS_PER_SETTLE_ITEM + usage_logs * GAS_PER_USAGE_LOG + max(policies - 1, 0) * GAS_PER_EXTRA_POLICY
-
-
 def row_gas(row: ReceiveLogRow) -> int:
     return estimated_item_gas(row.count, len(row.usage_batch_json.get("policyIds") or ()))
 
@@ -79,28 +78,30 @@ def select_contiguous(rows: Sequence[ReceiveLogRow], next_seq: dict[bytes, int],
     """Per serial (rows sorted by serial, first_seq): logs wholly below nextSeq are settled already, a log that
     starts exactly at the cursor extends the run, a partial overlap can never settle, a gap waits.
 
-    The transaction closes at `max_items` items, or before the item whose estimated gas would take it over
-    `gas_budget`; an item over the budget on its own still goes, alone (the pre-check then has the last word)."""
+    The transaction closes at `max_items` items. An item whose estimated gas does not fit what is left of
+    `gas_budget` waits for a later transaction, and so do the later items of its serial (they must follow it),
+    but the items of other serials after it still go: one serial never holds back another. An item over the
+    budget on its own goes alone, first (the pre-check then has the last word and parks it)."""
     to_send: list[ReceiveLogRow] = []
     settled: list[bytes] = []
     overlapping: list[bytes] = []
     cursor: dict[bytes, int] = dict(next_seq)
-    gas, closed = GAS_PER_SETTLE_TX, False
+    waiting: set[bytes] = set()  # serials whose next item did not fit this transaction
+    gas = GAS_PER_SETTLE_TX
     for row in rows:
         start = cursor[row.serial]
         if row.first_seq + row.count <= next_seq[row.serial]:
             settled.append(row.id)
         elif row.first_seq < start:
             overlapping.append(row.id)
-        elif row.first_seq == start and not closed:
+        elif row.first_seq == start and row.serial not in waiting and len(to_send) < max_items:
             item_gas = row_gas(row)
             if to_send and gas_budget is not None and gas + item_gas > gas_budget:
-                closed = True  # full by gas: this row and all after it wait for the next transaction
+                waiting.add(row.serial)  # full by gas for this item: its serial waits, other serials go on
                 continue
             to_send.append(row)
             cursor[row.serial] = start + row.count
             gas += item_gas
-            closed = len(to_send) >= max_items
     return Selection(tuple(to_send), tuple(settled), tuple(overlapping))
 
 
@@ -206,31 +207,41 @@ class SettlementWorker:
         items = list(selection.to_send)
         offender = self._first_failing(items)
         if offender is not None:
-            index, revert = offender
-            reason = revert_reason(revert)
-            self.store.reject_receive_logs({items[index].id: reason})
-            report.rejected["0x" + items[index].id.hex()] = reason
-            self.log.warning("settlement.rejected", receive_log_id="0x" + items[index].id.hex(),
-                             error=revert.error_name, reason=reason)
-            return True
+            index, failure = offender
+            if failure is None:  # items[index] passes alone: only the sum was too much, send what fits
+                self._send(items[:index], report)
+                return True
+            self._park(items[index], failure, report)
+            return True  # the next round settles the rest without it
         self._send(items, report)
         return True
+
+    def _park(self, row: ReceiveLogRow, failure: PreCheckFailure, report: RoundReport) -> None:
+        """The item's own deterministic failure (a revert, or the node refusing it): out of every later round."""
+        reason = revert_reason(failure)
+        self.store.reject_receive_logs({row.id: reason})
+        report.rejected["0x" + row.id.hex()] = reason
+        self.log.warning("settlement.rejected", receive_log_id="0x" + row.id.hex(),
+                         error=getattr(failure, "error_name", None) or failure.code, reason=reason)
 
     def _next_seqs(self, serials: set[bytes]) -> dict[bytes, int]:
         return {serial: self.chain.issue_log(serial).next_seq for serial in serials}
 
-    def _call(self, items: Sequence[ReceiveLogRow]) -> ContractReverted | None:
+    def _call(self, items: Sequence[ReceiveLogRow]) -> PreCheckFailure | None:
+        """eth_call `settle(items)`: None when it passes, the failure when the node answers that it does not.
+        ChainUnreachable (no answer at all) propagates: the only reason to stop a round."""
         try:
             self.chain.call("settle", [settlement_item(r) for r in items])
-        except ContractReverted as exc:
+        except (ContractReverted, CallRefused) as exc:
             return exc
         return None
 
-    def _first_failing(self, items: list[ReceiveLogRow]) -> tuple[int, ContractReverted] | None:
-        """Pre-validate with eth_call; on a revert, bisect for the longest passing prefix: the next item is the
-        offender (checks are per item and in order, so a prefix passes iff each of its items does)."""
-        revert = self._call(items)
-        if revert is None:
+    def _first_failing(self, items: list[ReceiveLogRow]) -> tuple[int, PreCheckFailure | None] | None:
+        """Pre-validate with eth_call; on a failure, bisect for the longest passing prefix items[:k], then call
+        items[k] alone: its own failure makes it the offender (index, failure); passing alone (index, None)
+        means only the sum failed (out of gas over many items), so items[:k] can go as they are."""
+        failure = self._call(items)
+        if failure is None:
             return None
         good, bad = 0, len(items)  # invariant: items[:good] passes, items[:bad] fails
         while bad - good > 1:
@@ -239,7 +250,11 @@ class SettlementWorker:
                 good = middle
             else:
                 bad = middle
-        return bad - 1, self._call(items[:bad]) or revert
+        index = bad - 1
+        alone = failure if len(items) == 1 else self._call(items[index:bad])
+        if alone is None and index > 0:
+            return index, None
+        return index, alone or self._call(items[:bad]) or failure
 
     def _send(self, items: list[ReceiveLogRow], report: RoundReport) -> None:
         outbox: dict[str, int] = {}
@@ -306,4 +321,5 @@ if __name__ == "__main__":  # pragma: no cover - exercised through a subprocess 
 
 
 __all__ = ["SettlementWorker", "RoundReport", "Selection", "select_contiguous", "settlement_item", "revert_reason",
-           "estimated_item_gas", "DEFAULT_GAS_BUDGET", "CRASH_ENV", "CRASH_POINTS", "build_worker", "main"]
+           "estimated_item_gas", "DEFAULT_GAS_BUDGET", "GAS_PER_SETTLE_TX", "GAS_PER_SETTLE_ITEM", "GAS_PER_USAGE_LOG",
+           "GAS_PER_EXTRA_POLICY", "CRASH_ENV", "CRASH_POINTS", "build_worker", "main"]

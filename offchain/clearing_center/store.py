@@ -8,7 +8,7 @@ derived from append-only `user_balance_entries` rows (deposit / allocation / car
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,22 +18,10 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import JSON
 
 from offchain.core.errors import DuplicateMessage, NotFound
-from offchain.core.messages import keccak
+from offchain.core.types import Clock, to_hex, user_id_hash
 from offchain.storage import engine as storage
 from offchain.storage.columns import Address, Base, Bytes32, Money, money, new_metadata, require_money, status_check
 from offchain.storage.session import get_row, insert_idempotent, payload_hash, session_scope, transition
-
-Clock = Callable[[], float]
-OPEN_SEQ_LIMIT = (1 << 48) - 1  # the contract's seqLimit while an issue log is open
-
-
-def user_id_hash(user_id: str) -> bytes:
-    """keccak256 of the UTF-8 user id: the `userIdHash` on chain (the plain id never leaves the CC and the bank)."""
-    return keccak(user_id.encode())
-
-
-def hex32(value: bytes) -> str:
-    return "0x" + value.hex()
 
 
 class CcTable(Base):
@@ -492,7 +480,7 @@ class CcStore:
         with session_scope(self.engine) as session:
             if session.get(User, user_id) is None:
                 add_user(session, user_id, user_id_hash(user_id), user_id, now)
-            row, created = append_balance_entry(session, f"deposit:{hex32(deposit_id)}", user_id, "deposit",
+            row, created = append_balance_entry(session, f"deposit:{to_hex(deposit_id)}", user_id, "deposit",
                                                    amount, now, reference=tx_hash)
             return row.id, created
 
@@ -511,11 +499,11 @@ class CcStore:
             logs = session.scalars(select(IssueLogRow).where(IssueLogRow.user_id_hash == balance.user_id_hash)
                                    .order_by(IssueLogRow.created_at, IssueLogRow.revision)).all()
             return {
-                "user_id": user_id, "user_id_hash": hex32(balance.user_id_hash), "deposited": balance.deposited,
+                "user_id": user_id, "user_id_hash": to_hex(balance.user_id_hash), "deposited": balance.deposited,
                 "allocated": balance.allocated, "available": balance.available, "carried": balance.carried,
                 "entries": [{"kind": e.kind, "amount": e.amount, "key": e.idempotency_key, "reference": e.reference,
-                             "serial": hex32(e.serial) if e.serial else None, "at": e.created_at} for e in entries],
-                "issue_logs": [{"serial": hex32(r.serial), "revision": r.revision, "cap": r.cap,
+                             "serial": to_hex(e.serial) if e.serial else None, "at": e.created_at} for e in entries],
+                "issue_logs": [{"serial": to_hex(r.serial), "revision": r.revision, "cap": r.cap,
                                 "carried": r.carried, "new_money": r.new_money, "expires_at": r.expires_at,
                                 "status": r.status, "tx_hash": r.anchored_tx} for r in logs],
             }
@@ -533,6 +521,20 @@ class CcStore:
                 return existing
             session.add(row)
             return row
+
+    def planned_issue_requests(self) -> list[IssueRequestRow]:
+        """Every plan not yet completed or dropped, oldest first (resolved from the chain at start and on a timer)."""
+        with session_scope(self.engine) as session:
+            return list(session.scalars(select(IssueRequestRow).where(IssueRequestRow.status == "planned")
+                                        .order_by(IssueRequestRow.created_at)))
+
+    def renewal_of(self, device: str, serial: bytes) -> IssueRequestRow | None:
+        """The latest completed renewal of `serial` requested by `device` (to answer a device whose answer was lost)."""
+        with session_scope(self.engine) as session:
+            return session.scalars(select(IssueRequestRow).where(
+                IssueRequestRow.device == device, IssueRequestRow.kind == "renew",
+                IssueRequestRow.previous_serial == serial, IssueRequestRow.status == "done")
+                .order_by(IssueRequestRow.created_at.desc())).first()
 
     def reserved(self, user_id: str) -> int:
         """New money of planned, unfinished requests: held back from `available` until they complete or drop."""
@@ -583,7 +585,7 @@ class CcStore:
                                         now, serial=plan.serial, reference=plan.request_id)
             if plan.carried > 0:
                 append_balance_entry(session, key + ":carry", plan.user_id, "carry", plan.carried, now,
-                                        serial=plan.serial, reference=hex32(plan.previous_serial or bytes(32)))
+                                        serial=plan.serial, reference=to_hex(plan.previous_serial or bytes(32)))
             row.status, row.response = "done", response
 
     def next_revision(self, serial: bytes) -> int:
@@ -713,5 +715,5 @@ class CcStore:
 __all__ = [
     "CcStore", "Balance", "CcTable", "create_schema", "IssueLogRecord", "ReceiveLogRecord", "User", "Device",
     "IssueLogRow", "UserBalanceEntry", "SettlementOutbox", "ReceiveLogRow", "TransferRequestRow", "IssueRequestRow",
-    "TransferReceiptRow", "OPEN_SEQ_LIMIT", "user_id_hash", "hex32",
+    "TransferReceiptRow",
 ]

@@ -13,7 +13,8 @@ import signal
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Protocol
 
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
@@ -196,6 +197,17 @@ async def run_app(app: web.Application, host: str, port: int, ssl_context: ssl.S
 
 
 # --- service wiring -------------------------------------------------------------------------------------------------
+class ServiceModule(Protocol):
+    """What `clearhouse serve <role>` runs: a role's api module (offchain.clearing_center.api,
+    offchain.service_provider.api, offchain.bank.api) implements this with module-level functions."""
+
+    def load_settings(self, config_path: Path | None = None, **overrides: Any) -> Any: ...
+
+    def build_app(self, settings: Any, **wiring: Any) -> web.Application: ...
+
+    def serve(self, settings: Any) -> None: ...
+
+
 def serve_app(settings: Any, app: web.Application) -> None:
     """Serve `app` over mutual TLS on the settings' host and port until SIGTERM/SIGINT."""
     from offchain.trust import tls
@@ -206,7 +218,7 @@ def serve_app(settings: Any, app: web.Application) -> None:
 
 __all__ = [
     "Route", "add_routes", "new_app", "error_middleware", "error_response", "parse_body", "parse_model",
-    "check_role", "openapi_document", "run_app", "serve_app",
+    "check_role", "openapi_document", "run_app", "serve_app", "ServiceModule",
     "JsonClient", "SyncJsonClient", "error_from_payload",
     "connect_chain", "deployment_domain", "file_reader", "member_verifier", "require_path",
 ]

@@ -22,9 +22,11 @@ from offchain import storage
 from offchain.clearing_center import store as cc_store
 from offchain.core import messages
 from offchain.trust.ca import CertificateAuthority, MemberCredentials
-from offchain.clearing_center.store import CcStore, user_id_hash
+from offchain.clearing_center.store import CcStore
+from offchain.core.types import user_id_hash
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.clearing_center.agent import ClearingCenter, DepositNotice, IssueBody, ReceiveItem, RenewBody, build_app
+from offchain.clearing_center.agent import ClearingCenter
+from offchain.clearing_center.api import DepositNotice, IssueBody, ReceiveItem, RenewBody, build_app
 from offchain.core.errors import (AllowanceExceeded, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,
                              StatementRejected, TransactionPending)
 from offchain.transport.client import JsonClient

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from offchain.bank.agent import user_id_hash
+from offchain.core.types import user_id_hash
 
 PRICE = 250
 DEPOSIT = 10_000

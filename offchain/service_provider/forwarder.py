@@ -1,0 +1,121 @@
+"""The SP's forwarder: a background task that sends unacked receive logs to the CC (`POST /v1/receive-logs`)
+until it accepts them. A batch the CC refuses for good (any code not in TRANSIENT_ERROR_CODES) is parked as
+`rejected` for the operator; a failed request or a transient refusal is retried next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from offchain.core.errors import (
+    ChainError,
+    ChainUnreachable,
+    ClearhouseError,
+    ConfigError,
+    CrlUnavailable,
+    RemoteError,
+    ServiceUnavailable,
+    TlsHandshakeFailed,
+    TransportError,
+)
+from offchain.core.types import to_hex
+
+log = logging.getLogger(__name__)
+# Per-item refusals that may pass on a later round (the CC, its chain node or its CRL was unreachable, or it
+# failed internally): the batch stays pending. Any other error code the CC reports for a batch is final for it.
+TRANSIENT_ERROR_CODES = frozenset({
+    TransportError.code, TlsHandshakeFailed.code, RemoteError.code, ServiceUnavailable.code,
+    ChainError.code, ChainUnreachable.code, CrlUnavailable.code, ConfigError.code, "internal_error",
+})
+REJECT_MESSAGE_MAX = 2_000
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """The CC refused one forwarded batch for good: its error code and message."""
+
+    batch_id: bytes
+    error: str
+    message: str
+
+
+def permanent_rejections(batch_ids: Sequence[bytes], rejected: Sequence[Any]) -> list[Rejection]:
+    """The CC's per-item refusals (`index` into the posted items) that are final; transient or malformed entries
+    are left out, so those batches are simply forwarded again."""
+    final: list[Rejection] = []
+    for entry in rejected:
+        if not isinstance(entry, dict):
+            continue
+        index, code = entry.get("index"), entry.get("error")
+        if not isinstance(index, int) or not 0 <= index < len(batch_ids) or not isinstance(code, str):
+            continue
+        if code not in TRANSIENT_ERROR_CODES:
+            final.append(Rejection(batch_ids[index], code, str(entry.get("message", ""))[:REJECT_MESSAGE_MAX]))
+    return final
+
+
+class ForwardingQueue(Protocol):
+    """What the forwarder needs from the SP (offchain.service_provider.agent.ServiceProvider implements it)."""
+
+    def unforwarded(self, limit: int) -> list[tuple[bytes, dict[str, Any]]]: ...
+
+    def mark_acked(self, receive_log_ids: Sequence[str]) -> int: ...
+
+    def mark_rejected(self, rejections: Sequence[Rejection]) -> int: ...
+
+
+class CcPoster(Protocol):
+    """The CC endpoint the forwarder posts to (offchain.transport.client.JsonClient implements it)."""
+
+    async def post(self, path: str, body: Any) -> Any: ...
+
+
+class Forwarder:
+    """Background task: send unacked receive logs to the CC (`POST /v1/receive-logs`) until it accepts them."""
+
+    def __init__(self, provider: ForwardingQueue, client: CcPoster, *, batch_max: int, interval_s: float) -> None:
+        self._provider = provider
+        self._client = client
+        self._batch_max = batch_max
+        self._interval_s = interval_s
+        self.last_error: ClearhouseError | None = None
+
+    async def forward_once(self) -> int:
+        """One round; returns how many receive logs the CC accepted. A batch the CC refuses for good is parked as
+        `rejected`; a failed request or a transient refusal is retried next round (kept in `last_error`)."""
+        pending = await asyncio.to_thread(self._provider.unforwarded, self._batch_max)
+        if not pending:
+            return 0
+        try:
+            answer = await self._client.post("/v1/receive-logs", {"items": [item for _id, item in pending]})
+        except ClearhouseError as exc:
+            self.last_error = exc
+            log.warning("forwarding %d receive logs failed: %s (%s); will retry", len(pending), exc.code,
+                        exc.message)
+            return 0
+        self.last_error = None
+        rejections = permanent_rejections([batch_id for batch_id, _item in pending], answer.get("rejected") or [])
+        if rejections:
+            await asyncio.to_thread(self._provider.mark_rejected, rejections)
+            for rejection in rejections:
+                log.warning("the CC rejected usage batch %s for good: %s (%s)", to_hex(rejection.batch_id),
+                            rejection.error, rejection.message)
+        return await asyncio.to_thread(self._provider.mark_acked, answer.get("accepted", []))
+
+    async def run(self) -> None:
+        while True:
+            try:
+                accepted = await self.forward_once()
+            except Exception:  # keep the loop alive; the next round retries
+                log.exception("forwarder round failed")
+                accepted = 0
+            if accepted < self._batch_max:
+                await asyncio.sleep(self._interval_s)
+
+
+__all__ = ["Forwarder", "ForwardingQueue", "CcPoster", "Rejection", "permanent_rejections", "TRANSIENT_ERROR_CODES",
+           "REJECT_MESSAGE_MAX"]
