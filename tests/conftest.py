@@ -7,7 +7,7 @@ Fixtures (all chain fixtures need the anvil binary on PATH: `source bin/env.sh`)
   service provider), content_provider, bank, device, device2, payee2 (a non-member payee) and attacker
   (deterministic keys, funded with anvil_setBalance).
 - `base_deployment` (session): Clearhouse deployed with every member role registered (validity 0..2**40-1);
-  devices are `device` (user `keccak("user-1")`) and `device2` (`keccak("user-2")`), see DEVICE_USERS; `attacker` and `payee2` are not members.
+  devices are `device` (user `keccak("alice")`) and `device2` (`keccak("bob")`), see DEVICE_USERS; `attacker` and `payee2` are not members.
 - `revert_chain` (session): `revert_to(w3, box)`: evm_revert to the snapshot in `box`, clock back on the wall clock.
 - `chain_env` (function): the chain reverted to the state right after `base_deployment` (evm_snapshot/evm_revert),
   as a `ChainEnv` with `.client(name)` -> `ClearhouseChain` signing as that actor (fresh nonces per test).
@@ -56,7 +56,7 @@ ACTOR_NAMES = ("authority", "deployer", "clearing_center", "provider", "content_
 MEMBER_ROLES = {"clearing_center": 1, "provider": 2, "content_provider": 3, "bank": 4, "device": 5, "device2": 5}
 VALID_UNTIL_MAX = 2**40 - 1
 # the user each device is registered for on chain (issue and renew spend only that user's deposits on it)
-DEVICE_USERS = {"device": keccak(text="user-1"), "device2": keccak(text="user-2")}
+DEVICE_USERS = {"device": keccak(text="alice"), "device2": keccak(text="bob")}
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from eth_utils import keccak
 
 from chainkit import World, expect_revert
 
-ALICE = keccak(text="user-1")  # the user `device` is registered for (tests/conftest.py DEVICE_USERS)
-BOB = keccak(text="user-2")  # the user of `device2`
+ALICE = keccak(text="alice")  # the user `device` is registered for (tests/conftest.py DEVICE_USERS)
+BOB = keccak(text="bob")  # the user of `device2`
 SERIAL = keccak(text="binding-serial")
 FOREVER = 2**40 - 1
 

@@ -9,7 +9,7 @@ from chainkit import World, expect_revert
 
 OLD = keccak(text="serial-old")
 NEW = keccak(text="serial-new")
-USER = keccak(text="user-1")
+USER = keccak(text="alice")
 
 
 @pytest.fixture()

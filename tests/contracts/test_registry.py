@@ -9,7 +9,7 @@ from eth_utils import keccak
 from chainkit import World, expect_revert, domain_separator
 from offchain.chain import EIP170_LIMIT_BYTES
 
-USER = keccak(text="user-1")
+USER = keccak(text="alice")
 SERIAL = keccak(text="serial-1")
 
 
