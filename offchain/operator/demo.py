@@ -1,7 +1,7 @@
 """`clearhouse demo`: the whole settlement story on a local chain with the services as separate mTLS processes.
 
 Starts anvil (unless --rpc), deploys, provisions a consortium, starts CC, SP and bank, then runs deposits,
-packaging, offline use, a claim-14 renewal (new serial while unsettled) and a claim-13 top-up, settlement and
+packaging, offline use, a renewal that gets a new serial while logs are unsettled and a top-up in place, settlement and
 paid transfers; prints balances, gas, one device's audit trail and a reconciliation. Dev chains only (it funds
 accounts with anvil_setBalance and keeps keys unencrypted under the workdir). Everything it starts, it stops.
 """
@@ -63,8 +63,8 @@ class DemoState:
     workdir: Path
     rpc_url: str = ""
     deployment_path: Path | None = None
-    claim14: dict[str, str] = field(default_factory=dict)
-    claim13: dict[str, str] = field(default_factory=dict)
+    new_serial_story: dict[str, str] = field(default_factory=dict)
+    top_up_story: dict[str, str] = field(default_factory=dict)
     published: dict[str, Any] = field(default_factory=dict)
     uses: dict[str, int] = field(default_factory=dict)
 
@@ -289,7 +289,7 @@ def _reader(consortium: Any) -> Any:
     return ClearhouseChain(w3, Deployment.load(consortium.deployment_path), consortium.member("cc").signing_key())
 
 
-def story_claim14(consortium: Any, state: DemoState, console: Console) -> None:
+def story_new_serial_while_unsettled(consortium: Any, state: DemoState, console: Console) -> None:
     """Alice spends offline until her allowance runs out, then renews with her logs still unsettled."""
     alice = open_device(consortium, "alice-phone")
     try:
@@ -304,8 +304,8 @@ def story_claim14(consortium: Any, state: DemoState, console: Console) -> None:
         except AllowanceExceeded:
             console.print(f"  alice-phone: allowance exhausted ({alice.balance().remaining} left, Song costs 120)")
         old = alice.balance()
-        renewed = alice.renew(800)  # nothing uploaded yet: the CC must issue a new serial (claim 14)
-        state.claim14 = {"device": "alice-phone", "old_serial": to_hex(old.serial), "new_serial": to_hex(renewed.serial),
+        renewed = alice.renew(800)  # nothing uploaded yet: the CC must issue a new serial (new serial while unsettled)
+        state.new_serial_story = {"device": "alice-phone", "old_serial": to_hex(old.serial), "new_serial": to_hex(renewed.serial),
                          "carried": str(old.cap - old.spent), "cap": str(renewed.cap)}
         use(alice, state, "Song: Night Drive")
         use(alice, state, "Article: Offline Money")
@@ -314,7 +314,7 @@ def story_claim14(consortium: Any, state: DemoState, console: Console) -> None:
         alice.close()
 
 
-def story_claim13(consortium: Any, state: DemoState, processes: Processes) -> None:
+def story_top_up_in_place(consortium: Any, state: DemoState, processes: Processes) -> None:
     """Bob uses, uploads, waits until everything is settled on chain, then renews: a top-up in place."""
     bob = open_device(consortium, "bob-tablet")
     reader = _reader(consortium)
@@ -330,7 +330,7 @@ def story_claim13(consortium: Any, state: DemoState, processes: Processes) -> No
                   lambda: reader.issue_log(wallet.serial).next_seq >= wallet.next_seq, SETTLE_TIMEOUT_S,
                   "the CC settles every settle_interval_s; see cc.log", alive=lambda: processes.check_alive("cc"))
         renewed = bob.renew(300)
-        state.claim13 = {"device": "bob-tablet", "serial": to_hex(wallet.serial), "renewed_serial": to_hex(renewed.serial),
+        state.top_up_story = {"device": "bob-tablet", "serial": to_hex(wallet.serial), "renewed_serial": to_hex(renewed.serial),
                          "cap_before": str(wallet.cap), "cap_after": str(renewed.cap)}
         use(bob, state, "Film: The Ledger")
         bob.upload()
@@ -384,18 +384,18 @@ def print_gas(index: Any, console: Console) -> None:
     console.print(table)
 
 
-def print_claims(state: DemoState, index: Any, console: Console) -> None:
+def print_renewals(state: DemoState, index: Any, console: Console) -> None:
     """The two renewals as the chain recorded them (mode from the IssueLogRenewed event)."""
     from offchain.operator.audit import renewal_mode
 
     modes = {(e.args["oldSerial"], e.args["newSerial"]): renewal_mode(e) for e in index.events("IssueLogRenewed")}
-    c14, c13 = state.claim14, state.claim13
+    c14, c13 = state.new_serial_story, state.top_up_story
     mode14 = modes.get((c14["old_serial"], c14["new_serial"]), "missing")
     mode13 = modes.get((c13["serial"], c13["renewed_serial"]), "missing")
-    console.print(f"claim 14: {c14['device']} renewed while logs were unsettled -> {mode14}: new serial "
+    console.print(f"new serial while unsettled: {c14['device']} renewed while logs were unsettled -> {mode14}: new serial "
                   f"{c14['new_serial']} (old {c14['old_serial']}, carried {c14['carried']}, cap {c14['cap']})",
                   soft_wrap=True)
-    console.print(f"claim 13: {c13['device']} renewed after everything settled -> {mode13}: serial "
+    console.print(f"top-up in place: {c13['device']} renewed after everything settled -> {mode13}: serial "
                   f"{c13['serial']} cap {c13['cap_before']} -> {c13['cap_after']}", soft_wrap=True)
     if mode14 != "new_serial" or mode13 != "top_up":
         raise DemoError(f"renewal modes on chain were {mode14} / {mode13}, expected new_serial / top_up",
@@ -422,7 +422,7 @@ def report(consortium: Any, state: DemoState, processes: Processes, console: Con
     with audit.open_index(rpc_url=state.rpc_url, deployment_path=consortium.deployment_path,
                           cache_dir=state.workdir / "audit-cache") as index:
         console.rule("[bold]Report")
-        print_claims(state, index, console)
+        print_renewals(state, index, console)
         print_balances(consortium, console)
         print_gas(index, console)
         trail = audit.device_trail(index, consortium.member("alice-phone").eth_address)
@@ -459,10 +459,10 @@ def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: st
             deposit(consortium)
         with steps.step("two content providers package and register three contents"):
             publish_contents(consortium, state)
-        with steps.step("alice uses content offline, runs out, renews while unsettled (claim 14)"):
-            story_claim14(consortium, state, console)
-        with steps.step("bob uses content, everything settles, renews in place (claim 13)"):
-            story_claim13(consortium, state, processes)
+        with steps.step("alice uses content offline, runs out, renews while unsettled (new serial while unsettled)"):
+            story_new_serial_while_unsettled(consortium, state, console)
+        with steps.step("bob uses content, everything settles, renews in place (top-up in place)"):
+            story_top_up_in_place(consortium, state, processes)
         with audit.open_index(rpc_url=url, deployment_path=consortium.deployment_path,
                               cache_dir=state.workdir / "audit-cache") as index:
             with steps.step("settlement on chain, transfer requests, bank payments and confirmations"):

@@ -254,7 +254,7 @@ def _identity(cert: x509.Certificate, der: bytes) -> MemberIdentity:
 # --- Envelope ----------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Envelope:
-    """A signed log travelling with its sender's certificate (claim 8): kind, message JSON, 0x signature, PEM."""
+    """A signed log travelling with its sender's certificate (certificate-carrying logs): kind, message JSON, 0x signature, PEM."""
 
     kind: str
     message: dict[str, Any]

@@ -1,4 +1,4 @@
-"""The secure container (claims 7 and 21): AES-256-GCM content, a signed header with the content policy, the
+"""The secure container: AES-256-GCM content, a signed header with the content policy, the
 provider's certificate, and content keys wrapped to one device (ephemeral ECDH P-256 + HKDF + AES-GCM).
 
 Format: docs/container.md. This module packages, wraps and verifies; it never unwraps a key (only the device's

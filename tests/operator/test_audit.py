@@ -23,7 +23,7 @@ def index(world: ChainWorld, tmp_path):
         yield idx
 
 
-def test_serial_trail_shows_claim14_renewal_and_decoded_usage(world: ChainWorld, index) -> None:
+def test_serial_trail_shows_new_serial_renewal_and_decoded_usage(world: ChainWorld, index) -> None:
     s1 = world.notes["serials"]["s1"]
     trail = audit.serial_trail(index, s1)
     usage = trail.section("Usage logs (decoded from settle calldata)")
@@ -44,7 +44,7 @@ def test_serial_trail_of_renewed_serial_follows_lineage_to_user(world: ChainWorl
     assert trail.failures == 0
 
 
-def test_device_trail_marks_top_up_mode_for_claim13(world: ChainWorld, index) -> None:
+def test_device_trail_marks_top_up_in_place_mode(world: ChainWorld, index) -> None:
     trail = audit.device_trail(index, world.actors["dev2"].address)
     renewals = trail.section("Renewals").rows
     assert [row[2] for row in renewals] == ["top_up"]

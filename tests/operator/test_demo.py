@@ -37,11 +37,11 @@ def test_demo_exits_zero_with_clean_reconciliation(demo_run) -> None:
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_demo_report_shows_claim14_new_serial_and_claim13_top_up(demo_run) -> None:
+def test_demo_report_shows_new_serial_while_unsettled_and_top_up_in_place(demo_run) -> None:
     result, _ = demo_run
-    claim14 = re.search(r"claim 14: alice-phone .* -> new_serial: new serial (0x[0-9a-f]{64}) \(old (0x[0-9a-f]{64})",
+    claim14 = re.search(r"new serial while unsettled: alice-phone .* -> new_serial: new serial (0x[0-9a-f]{64}) \(old (0x[0-9a-f]{64})",
                         result.stdout)
-    claim13 = re.search(r"claim 13: bob-tablet .* -> top_up: serial (0x[0-9a-f]{64}) cap (\d+) -> (\d+)",
+    claim13 = re.search(r"top-up in place: bob-tablet .* -> top_up: serial (0x[0-9a-f]{64}) cap (\d+) -> (\d+)",
                         result.stdout)
     assert claim14 and claim14.group(1) != claim14.group(2)
     assert claim13 and int(claim13.group(3)) > int(claim13.group(2))

@@ -88,7 +88,8 @@ def device_trail(index: AuditIndex, device: str, *, verify: bool = True) -> Trai
 
 
 def renewal_mode(event: ChainEvent) -> str:
-    """"top_up" (claim 13: same serial, all settled) or "new_serial" (claim 14, or a voluntary new serial)."""
+    """"top_up" (top-up in place: same serial, all settled) or "new_serial" (new serial while unsettled, or a
+    voluntary new serial)."""
     return "top_up" if event.args["oldSerial"] == event.args["newSerial"] else "new_serial"
 
 
