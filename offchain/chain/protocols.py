@@ -69,6 +69,10 @@ class ChainWriter(ChainReader, Protocol):
         """Sign, `record(tx_hash, nonce, raw_tx)` durably, then broadcast; returns the tx hash."""
         ...
 
+    def rebroadcast_forgotten(self) -> list[str]:
+        """Send again, unchanged, this sender's transactions the node forgot (a restart); returns their hashes."""
+        ...
+
     def register_member(self, account: str, role: int, member_id: bytes, cert_fingerprint: bytes,
                         valid_from: int, valid_until: int, *, user_id_hash: bytes = ...) -> TxReceipt: ...
 

@@ -24,11 +24,14 @@ from offchain.clearing_center.store import CcStore
 from offchain.clearing_center.transfers import TransferWorker
 from offchain.core.settings import ClearingCenterSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings
-from offchain.core.types import Clock, Role
+from offchain.core.types import Clock, Role, from_hex
 from offchain.transport.client import JsonClient
 from offchain.transport.server import Route, add_routes, new_app, serve_app
 from offchain.transport.wiring import connect_chain, member_verifier, require_path
 from offchain.trust.certs import MemberIdentity
+
+PLAN_RESOLVE_MIN_INTERVAL_S = 2.0
+
 
 # --- HTTP -------------------------------------------------------------------------------------------------------------
 def routes(cc: ClearingCenter) -> list[Route]:
@@ -47,6 +50,10 @@ def routes(cc: ClearingCenter) -> list[Route]:
     async def user(request: web.Request, peer: MemberIdentity, _body: None) -> dict[str, Any]:
         return await asyncio.to_thread(cc.user_view, request.match_info["user_id"], peer)
 
+    async def renewal(request: web.Request, peer: MemberIdentity, _body: None) -> dict[str, Any]:
+        serial = from_hex(request.match_info["serial"], "serial")
+        return await asyncio.to_thread(cc.renewal_result, serial, peer)
+
     return [
         Route("POST", "/v1/deposits/notify", notify_deposit, (Role.BANK,), DepositNotice, None,
               "Credit a deposit after checking its DepositRecorded event"),
@@ -57,6 +64,8 @@ def routes(cc: ClearingCenter) -> list[Route]:
         Route("POST", "/v1/receive-logs", receive, (Role.SERVICE_PROVIDER,), ReceiveBody, None,
               "Accept receive logs (persisted before the answer)"),
         Route("GET", "/v1/users/{user_id}", user, (Role.DEVICE, Role.BANK), None, None, "Balance database view"),
+        Route("GET", "/v1/issue-logs/renewals/{serial}", renewal, (Role.DEVICE,), None, None,
+              "The answer of this device's completed renewal of a serial (after a lost answer)"),
     ]
 
 
@@ -86,12 +95,22 @@ def build_app(settings: ClearingCenterSettings, *, chain: ClearhouseChain | None
         transfers = TransferWorker(store, chain, verifier, key, cert_pem, interval_s=settings.transfer_interval_s,
                                    threshold_minor=settings.transfer_threshold_minor, clock=clock, log=log)
         client = JsonClient(settings.bank_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
-        app.cleanup_ctx.append(_background(settlement, transfers, client, settings, log))
+        app.cleanup_ctx.append(_background(cc, settlement, transfers, client, settings, log))
     return app
 
 
-def _background(settlement: SettlementWorker, transfers: TransferWorker, client: JsonClient,
+def _background(cc: ClearingCenter, settlement: SettlementWorker, transfers: TransferWorker, client: JsonClient,
                 settings: ClearingCenterSettings, log: Any) -> Callable[[web.Application], Any]:
+    async def plan_loop() -> None:
+        while True:  # at start, then on a timer: no plan a crash left `planned` stays open
+            try:
+                outcomes = await asyncio.to_thread(cc.resolve_open_plans)
+                if outcomes:
+                    log.info("issue_requests.resolved", outcomes=outcomes)
+            except Exception:  # noqa: BLE001 - keep the loop alive; the next round resolves from the chain again
+                log.exception("issue_requests.resolve_failed")
+            await asyncio.sleep(max(10 * settings.settle_interval_s, PLAN_RESOLVE_MIN_INTERVAL_S))
+
     async def settle_loop() -> None:
         while True:
             try:
@@ -110,7 +129,8 @@ def _background(settlement: SettlementWorker, transfers: TransferWorker, client:
             await asyncio.sleep(min(settings.settle_interval_s, settings.transfer_interval_s))
 
     async def context(_app: web.Application) -> Any:
-        tasks = [asyncio.create_task(settle_loop()), asyncio.create_task(transfer_loop())]
+        tasks = [asyncio.create_task(plan_loop()), asyncio.create_task(settle_loop()),
+                 asyncio.create_task(transfer_loop())]
         yield
         for task in tasks:
             task.cancel()

@@ -134,6 +134,7 @@ class SettlementWorker:
     def recover(self) -> dict[int, str]:
         """Resolve every outbox row left pending or sent, from the chain only; returns {outbox id: outcome}."""
         outcomes: dict[int, str] = {}
+        self.chain.rebroadcast_forgotten()  # what the node forgot (a restart), before judging rows by the chain
         for row in self.store.unfinished_settlements():
             outcomes[row.id] = self._recover_one(row)
             self.log.info("settlement.recovered", outbox_id=row.id, tx_hash=row.tx_hash, outcome=outcomes[row.id])
