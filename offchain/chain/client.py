@@ -18,7 +18,7 @@ from web3.exceptions import TimeExhausted, TransactionNotFound
 from web3.logs import DISCARD
 from web3.types import TxReceipt
 
-from offchain.core.errors import ChainError, ChainUnreachable
+from offchain.core.errors import CallRefused, ChainError, ChainUnreachable
 from offchain.chain.codec import (SettlementItem, decode_revert, encode_balance_statement, encode_settlement_item,
                                   encode_usage_batch, revert_data)
 from offchain.chain.deploy import (ARTIFACTS_PATH, EIP170_LIMIT_BYTES, RECEIPT_POLL_S, CompilerSettings,
@@ -191,8 +191,15 @@ class ClearhouseChain:
         return self._fees
 
     def _as_revert(self, exc: Exception, function: str) -> ChainError:
+        """ContractReverted for revert data; CallRefused when the node answered with an error of its own (out of
+        gas, memory, request size: the call's fault, deterministic); ChainUnreachable only when it did not
+        answer (connection refused or reset, timeout, a gateway's 5xx)."""
         data = revert_data(exc)
         if data is None and "revert" not in str(exc).lower():
+            refusal = node_refusal(exc)
+            if refusal is not None:
+                return CallRefused(f"{function}: the node refused the call: {refusal[0]}", function=function,
+                                   reason=refusal[0][:300], rpc_code=refusal[1])
             return ChainUnreachable(f"{function}: node error: {exc}", function=function)
         return decode_revert(self.deployment.abi, data, function)
 
@@ -295,6 +302,27 @@ class ClearhouseChain:
 # Kept so callers that still import these from offchain.chain.client work; new code imports offchain.chain.
 _anvil_binary = anvil_binary
 _free_port = free_port
+
+def node_refusal(exc: BaseException) -> tuple[str, int | None] | None:
+    """(message, JSON-RPC code) when `exc` is the node's own answer refusing a request (a JSON-RPC error object,
+    or HTTP 4xx such as 413 for a request over its size limit); None for no answer at all."""
+    from requests import HTTPError
+    from web3.exceptions import Web3RPCError
+
+    if isinstance(exc, Web3RPCError):
+        error = (exc.rpc_response or {}).get("error") if isinstance(exc.rpc_response, dict) else None
+        if isinstance(error, dict):
+            code = error.get("code")
+            return str(error.get("message", exc)), code if isinstance(code, int) else None
+        return str(exc), None
+    if isinstance(exc, ValueError) and exc.args and isinstance(exc.args[0], dict) and "code" in exc.args[0]:
+        code = exc.args[0].get("code")
+        return str(exc.args[0].get("message", exc)), code if isinstance(code, int) else None
+    response = getattr(exc, "response", None)
+    if isinstance(exc, HTTPError) and response is not None and 400 <= response.status_code < 500:
+        return f"HTTP {response.status_code} {response.reason}", None
+    return None
+
 __all__ = ["ClearhouseChain", "ZERO_BYTES32", "ARTIFACTS_PATH", "ANVIL_FALLBACK", "EIP170_LIMIT_BYTES", "RECEIPT_POLL_S",
            "CompilerSettings", "compile_contracts", "Deployment", "deploy", "deploy_artifact", "AnvilProcess",
            "start_anvil", "anvil_binary", "free_port", "decode_revert", "revert_data", "SettlementItem",

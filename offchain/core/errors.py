@@ -360,6 +360,21 @@ class IssueLogExpired(LimitError):
         self.used_at = used_at
 
 
+class BatchTooLarge(LimitError):
+    """A usage batch that one `settle` transaction cannot carry at the configured gas budget (fields: count,
+    maximum, policies, gas_budget): split it into batches of at most `maximum` logs and upload them in order."""
+
+    code = "batch_too_large"
+
+    def __init__(self, message: str, *, count: int | None = None, maximum: int | None = None,
+                 policies: int | None = None, gas_budget: int | None = None) -> None:
+        super().__init__(message)
+        self.count = count
+        self.maximum = maximum
+        self.policies = policies
+        self.gas_budget = gas_budget
+
+
 class InvalidAmount(LimitError):
     """Negative, zero where forbidden, or overflowing its field."""
 
@@ -604,6 +619,22 @@ class ChainUnreachable(ChainError):
         self.reason = reason
         self.rpc_urls = rpc_urls
         self.url = url
+
+
+class CallRefused(ChainError):
+    """The node answered a call or gas estimate with a JSON-RPC error and no revert data (out of gas, memory
+    limit, request too large): a deterministic refusal of this call, unlike ChainUnreachable (no answer at all).
+    Retrying the same call changes nothing; split or drop what was asked."""
+
+    code = "call_refused"
+    http_status = 422
+
+    def __init__(self, message: str, *, function: str | None = None, reason: str | None = None,
+                 rpc_code: int | None = None) -> None:
+        super().__init__(message)
+        self.function = function
+        self.reason = reason
+        self.rpc_code = rpc_code
 
 
 class ContractReverted(ChainError):
