@@ -12,7 +12,7 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from offchain.chain.client import ClearhouseChain, deploy
+from offchain.chain import ClearhouseChain, deploy
 from offchain.chain.failover import connect
 from offchain.chain.finality import FinalityPolicy, FinalityTracker, Inclusion, TxState, Web3Reader
 from offchain.chain.network import CliqueNetwork, dev_accounts, rpc

@@ -12,7 +12,7 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from offchain.chain.client import AnvilProcess
+from offchain.chain import AnvilProcess
 from offchain.chain.finality import (
     FinalityPolicy,
     FinalityTimeout,

@@ -8,7 +8,7 @@ import socket
 import pytest
 from web3.exceptions import Web3RPCError
 
-from offchain.chain.client import AnvilProcess
+from offchain.chain import AnvilProcess
 from offchain.chain.failover import FailoverHTTPProvider, connect
 from offchain.core.errors import ChainUnreachable, ConfigError
 
