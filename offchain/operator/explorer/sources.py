@@ -16,46 +16,24 @@ from typing import Any, Protocol
 from web3 import Web3
 
 from offchain.core.errors import ConfigError
-
-try:
-    from offchain.operator.audit import (
-        AuditIndex,
-        ChainEvent,
-        Check,
-        ContractRef,
-        SettledItem,
-        content_trail,
-        hex32,
-        open_index,
-        payee_pairs,
-        payee_trail,
-        policies,
-        renewal_mode,
-        serial_origin,
-        split_amount,
-        verify_item,
-        verify_renewals,
-    )
-except ImportError:  # the audit package is being split into index/trails/verify/render; until its __init__
-    # re-exports these names, the single module still holds them all
-    from offchain.operator.audit.index import (  # type: ignore[no-redef]
-        AuditIndex,
-        ChainEvent,
-        Check,
-        ContractRef,
-        SettledItem,
-        content_trail,
-        hex32,
-        open_index,
-        payee_pairs,
-        payee_trail,
-        policies,
-        renewal_mode,
-        serial_origin,
-        split_amount,
-        verify_item,
-        verify_renewals,
-    )
+from offchain.operator.audit import (
+    AuditIndex,
+    ChainEvent,
+    Check,
+    ContractRef,
+    SettledItem,
+    content_trail,
+    hex32,
+    open_index,
+    payee_pairs,
+    payee_trail,
+    policies,
+    renewal_mode,
+    serial_origin,
+    split_amount,
+    verify_item,
+    verify_renewals,
+)
 
 DEFAULT_CONFIRMATIONS = 6  # blocks by distinct signers before money counts as final (docs: Clique, floor(N/2)+1)
 

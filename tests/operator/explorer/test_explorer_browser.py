@@ -20,7 +20,7 @@ from typing import Any as ChainWorld  # the `world` fixture of tests/operator/co
 import pytest
 from explorer_kit import ROOT, explorer_process, rpc_url, tamper_device_signature
 
-from offchain.operator.audit.index import ContractRef, default_cache_path
+from offchain.operator.audit import ContractRef, default_cache_path
 from offchain.operator.explorer import ExplorerConfig
 
 CHROMIUM = Path("/usr/bin/chromium")
