@@ -288,8 +288,7 @@ class ClearingCenter:
     def _wait_receipt(self, tx_hash: str) -> Any:
         """The receipt (fast polling); still pending after `receipt_timeout_s` is TransactionPending (retry later)."""
         try:
-            return self.chain.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s,
-                                                                  poll_latency=RECEIPT_POLL_S)
+            return self.chain.wait_receipt(tx_hash, self.receipt_timeout_s)  # re-broadcasts what the node forgot
         except TimeExhausted:
             raise TransactionPending(f"transaction {tx_hash} is still pending after {self.receipt_timeout_s} s; "
                                      "retry the request (it resumes this transaction, nothing is sent twice)",
