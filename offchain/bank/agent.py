@@ -10,9 +10,10 @@ TransferReceipt. The ledger is the source of truth for money, the chain for what
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from offchain.bank.ledger import Ledger
+from offchain.chain.views import TransferRequestInfo
 from offchain.core import messages
 from offchain.core.errors import ChainError, ContractReverted, DuplicateMessage, MalformedMessage, NotFound, TransferMismatch
 from offchain.core.messages import Domain, TransferReceipt, TransferRequest, keccak
@@ -32,7 +33,19 @@ def deposit_key(deposit_id: str) -> bytes:
 
 
 # --- chain access ----------------------------------------------------------------------------------------------------
-def transfer_on_chain(chain: Any, request_id: bytes) -> Any:
+class BankChain(Protocol):
+    """The part of the chain the bank uses (offchain.chain.protocols.ChainWriter, i.e. ClearhouseChain, has it)."""
+
+    contract: Any  # web3 Contract: `.events.DepositRecorded()` finds the transaction of a replayed deposit
+
+    def record_deposit(self, deposit_id: bytes, user_id_hash: bytes, amount: int, bank_ref: bytes) -> Any: ...
+
+    def transfer_request(self, request_id: bytes) -> TransferRequestInfo: ...
+
+    def confirm_transfer(self, request_id: bytes, bank_ref: bytes) -> Any: ...
+
+
+def transfer_on_chain(chain: BankChain, request_id: bytes) -> TransferRequestInfo:
     """The chain's record of a transfer request (offchain.chain.client.TransferRequestInfo); NotFound if unknown."""
     info = chain.transfer_request(request_id)
     if int(info.payee, 16) == 0:
@@ -44,7 +57,7 @@ def transfer_on_chain(chain: Any, request_id: bytes) -> Any:
 class Bank:
     """Deposits and transfers; the ledger is the source of truth for money, the chain for what was requested."""
 
-    def __init__(self, *, ledger: Ledger, chain: Any, domain: Domain, private_key: bytes, cert_pem: bytes,
+    def __init__(self, *, ledger: Ledger, chain: BankChain, domain: Domain, private_key: bytes, cert_pem: bytes,
                  verifier: CertificateVerifier, clock: Clock = time.time) -> None:
         self.ledger = ledger
         self.chain = chain
@@ -137,4 +150,4 @@ def _tx_hash(receipt: Any) -> str:
     return value if isinstance(value, str) else to_hex(bytes(value))
 
 
-__all__ = ["Bank", "deposit_key", "transfer_on_chain"]
+__all__ = ["Bank", "BankChain", "deposit_key", "transfer_on_chain"]

@@ -18,6 +18,7 @@ from offchain import storage
 from offchain.bank import store as bank_store
 from offchain.bank.agent import Bank, deposit_key
 from offchain.bank.ledger import Ledger
+from offchain.chain.protocols import ChainWriter
 from offchain.core.settings import BankSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings
 from offchain.core.types import Clock, Role, to_hex
@@ -83,7 +84,7 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> BankSett
     return _load_settings(BankSettings, config_path, **overrides)
 
 
-def build_app(settings: BankSettings, *, chain: Any = None, clock: Clock = time.time) -> web.Application:
+def build_app(settings: BankSettings, *, chain: ChainWriter | None = None, clock: Clock = time.time) -> web.Application:
     """The bank application; `chain` defaults to a client built from the settings."""
     from offchain.trust import tls
     chain = chain if chain is not None else connect_chain(settings)

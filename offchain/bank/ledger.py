@@ -19,6 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from offchain.bank.store import JournalEntry, LedgerAccount, Posting
+from offchain.core.types import Clock
 from offchain.storage import money, payload_hash, session_scope
 from offchain.core.errors import DuplicateMessage, InsufficientFunds, InvalidAmount, UnbalancedEntry, UnknownAccount
 
@@ -93,7 +94,7 @@ class Ledger:
         engine: Engine,
         *,
         cc_management_account: str = CC_MANAGEMENT_ACCOUNT,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = time.time,
         new_bank_ref: Callable[[], bytes] = lambda: os.urandom(32),
     ) -> None:
         _account_kind(cc_management_account)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -19,7 +19,8 @@ from web3 import Web3
 from web3.exceptions import TimeExhausted, TransactionNotFound, Web3RPCError
 
 from offchain import storage
-from offchain.chain.client import RECEIPT_POLL_S, ClearhouseChain, IssueLogInfo, encode_balance_statement
+from offchain.chain.client import RECEIPT_POLL_S, IssueLogInfo, encode_balance_statement
+from offchain.chain.protocols import ChainWriter
 from offchain.clearing_center.bodies import DepositNotice, IssueBody, ReceiveItem, RenewBody
 from offchain.clearing_center.store import CcStore, IssueLogRecord, IssueRequestRow, ReceiveLogRecord
 from offchain.core import messages
@@ -44,6 +45,8 @@ from offchain.core.messages import BalanceStatement, IssueLog, ReceiveLog, Usage
 from offchain.core.types import Clock, Role, from_hex, to_hex, user_id_hash
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 
+ReceiptWaiter = Callable[[str], Any]  # tx hash -> its receipt (TransactionPending while it stays unmined)
+
 
 def derive_serial(device: str, kind: str, request_id: str) -> bytes:
     """A serial fixed by the request (so a retried request finds its own serial on chain, never a second one)."""
@@ -54,9 +57,11 @@ def derive_serial(device: str, kind: str, request_id: str) -> bytes:
 class ClearingCenter:
     """The CC's decisions; HTTP handlers call these in a worker thread. Money decisions are serialized by a lock."""
 
-    def __init__(self, store: CcStore, chain: ClearhouseChain, verifier: CertificateVerifier, private_key: bytes,
+    def __init__(self, store: CcStore, chain: ChainWriter, verifier: CertificateVerifier, private_key: bytes,
                  cert_pem: bytes, *, issue_expiry_s: int, clock: Clock = time.time, receipt_timeout_s: float = 60.0,
-                 log: Any = None) -> None:
+                 log: Any = None, wait_receipt: ReceiptWaiter | None = None) -> None:
+        """`wait_receipt(tx_hash)` returns the receipt of a sent transaction; by default it polls the chain for
+        up to `receipt_timeout_s` (TransactionPending after that). Tests inject one to crash mid-request."""
         self.store = store
         self.chain = chain
         self.domain = chain.domain
@@ -69,6 +74,7 @@ class ClearingCenter:
         self.log = log or structlog.get_logger("clearing_center")
         self._money_lock = threading.Lock()
         self._receive_lock = threading.Lock()
+        self._wait_receipt: ReceiptWaiter = wait_receipt or self._wait_receipt_on_chain
 
     # deposits (claim 4) ------------------------------------------------------------------------------------------
     def credit_deposit(self, notice: DepositNotice, peer: MemberIdentity) -> dict[str, Any]:
@@ -285,7 +291,7 @@ class ClearingCenter:
                                      node_message=str(exc)) from None
         self.log.warning("issue_request.rebroadcast", request_id=plan.request_id, tx_hash=tx_hash, nonce=nonce)
 
-    def _wait_receipt(self, tx_hash: str) -> Any:
+    def _wait_receipt_on_chain(self, tx_hash: str) -> Any:
         """The receipt (fast polling); still pending after `receipt_timeout_s` is TransactionPending (retry later)."""
         try:
             return self.chain.wait_receipt(tx_hash, self.receipt_timeout_s)  # re-broadcasts what the node forgot
@@ -470,4 +476,4 @@ def _in_mempool(w3: Web3, tx_hash: str) -> bool:
     return tx is not None and tx.get("blockNumber") is None
 
 
-__all__ = ["ClearingCenter", "derive_serial"]
+__all__ = ["ClearingCenter", "ReceiptWaiter", "derive_serial"]

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 
 from offchain import storage
-from offchain.chain.client import ClearhouseChain
+from offchain.chain.protocols import ChainWriter
 from offchain.clearing_center.agent import ClearingCenter
 from offchain.clearing_center.bodies import DepositNotice, IssueBody, ReceiveBody, ReceiveItem, RenewBody
 from offchain.clearing_center.settlement import SettlementWorker, build_worker
@@ -73,7 +73,7 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> Clearing
     return _load_settings(ClearingCenterSettings, config_path, **overrides)
 
 
-def build_app(settings: ClearingCenterSettings, *, chain: ClearhouseChain | None = None, clock: Clock = time.time,
+def build_app(settings: ClearingCenterSettings, *, chain: ChainWriter | None = None, clock: Clock = time.time,
               workers: bool = True) -> web.Application:
     """The CC application; with `workers` it runs the settlement and transfer loops while it is up."""
     from offchain.trust import tls

@@ -22,6 +22,7 @@ from web3.exceptions import TransactionNotFound
 
 from offchain.clearing_center.store import CcStore, ReceiveLogRow, SettlementOutbox
 from offchain.chain.client import ClearhouseChain, SettlementItem, encode_settlement_item
+from offchain.chain.protocols import ChainWriter
 from offchain.core.errors import CallRefused, ContractReverted
 from offchain.core.gas import (
     DEFAULT_GAS_BUDGET,
@@ -116,7 +117,7 @@ class RoundReport:
 class SettlementWorker:
     """Batches accepted receive logs into `settle` transactions; call `recover()` at start, then `tick()`."""
 
-    def __init__(self, store: CcStore, chain: ClearhouseChain, *, max_items: int = 64,
+    def __init__(self, store: CcStore, chain: ChainWriter, *, max_items: int = 64,
                  gas_budget: int | None = DEFAULT_GAS_BUDGET, crash_at: str | None = None,
                  receipt_timeout_s: float = 60.0, log: Any = None) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
@@ -284,7 +285,7 @@ class SettlementWorker:
 
 
 # --- standalone entry (also the subprocess of the SIGKILL recovery test) ------------------------------------------
-def build_worker(settings: Any, store: CcStore, chain: ClearhouseChain, log: Any = None) -> SettlementWorker:
+def build_worker(settings: Any, store: CcStore, chain: ChainWriter, log: Any = None) -> SettlementWorker:
     """A worker from ClearingCenterSettings (crash point from CLEARHOUSE_CRASH_AT, test only)."""
     return SettlementWorker(store, chain, max_items=settings.settle_batch_max_items,
                             gas_budget=settings.settle_gas_budget, crash_at=os.environ.get(CRASH_ENV) or None,

@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from offchain.chain.client import ClearhouseChain
+from offchain.chain.protocols import ChainWriter
 from offchain.clearing_center.store import CcStore, TransferReceiptRow
 from offchain.core.errors import ClearhouseError, DuplicateMessage
 from offchain.core.messages import TransferReceipt, TransferRequest
@@ -25,7 +25,7 @@ from offchain.trust.certs import CertificateVerifier, Envelope
 class TransferWorker:
     """Turns accrued fees into on-chain transfer requests and delivers each to the bank until it is receipted."""
 
-    def __init__(self, store: CcStore, chain: ClearhouseChain, verifier: CertificateVerifier, private_key: bytes,
+    def __init__(self, store: CcStore, chain: ChainWriter, verifier: CertificateVerifier, private_key: bytes,
                  cert_pem: bytes, *, interval_s: float, threshold_minor: int, clock: Clock = time.time,
                  max_backoff_s: float = 60.0, log: Any = None) -> None:
         self.store = store

@@ -22,14 +22,14 @@ from offchain.trust.container import WrappedKey, verify_container
 from offchain.core.errors import (ClearhouseError, ContractReverted, DuplicateMessage, IdentityMismatch, MalformedMessage,
                                   NoIssueLog, NotFound, ServiceUnavailable,
                              PolicyMismatch, SequenceError)
-from offchain.transport.client import SyncJsonClient
+from offchain.transport.client import JsonTransport, SyncJsonClient
 from offchain.transport.wiring import deployment_domain, file_reader, require_path
 from offchain.core import messages
 from offchain.core.messages import Domain, IssueLog, Role
 from offchain.device.secure_module import SecureModule, WalletBalance, cc_verify_fn
 from offchain.core.settings import DeviceSettings
+from offchain.core.types import Clock, to_hex
 
-Clock = Callable[[], float]
 PENDING_REQUEST_FILE = "pending-request.json"  # in the device's folder: the issue or renewal request not answered
 STILL_OPEN_CODES = ("transaction_pending", "rebroadcast_refused", "chain_unreachable", "service_unavailable")
 @dataclass(frozen=True)
@@ -50,14 +50,10 @@ class UploadResult:
     receive_log_ids: tuple[str, ...]
 
 
-def _hex(data: bytes) -> str:
-    return "0x" + bytes(data).hex()
-
-
 class DeviceClient:
     """One device: its secure module, its mTLS clients to the SP and CC, and a local content directory."""
 
-    def __init__(self, module: SecureModule, *, sp: SyncJsonClient, cc: SyncJsonClient, verifier: CertificateVerifier,
+    def __init__(self, module: SecureModule, *, sp: JsonTransport, cc: JsonTransport, verifier: CertificateVerifier,
                  domain: Domain, cert_pem: bytes, user_id: str, content_dir: Path,
                  registered_policy_of: RegisteredPolicyOf,
                  clock: Clock = time.time) -> None:
@@ -73,13 +69,14 @@ class DeviceClient:
         self._clock = clock
 
     @classmethod
-    def from_settings(cls, settings: DeviceSettings, passphrase: str, user_id: str,
-                      clock: Clock = time.time) -> DeviceClient:
+    def from_settings(cls, settings: DeviceSettings, passphrase: str, user_id: str, clock: Clock = time.time, *,
+                      sp: JsonTransport | None = None, cc: JsonTransport | None = None) -> DeviceClient:
+        """A device from its settings file; `sp` and `cc` default to mTLS clients of the settings' URLs."""
         cert, key = require_path(settings.cert_path, "cert_path"), require_path(settings.key_path, "key_path")
         ca = require_path(settings.ca_path, "ca_path")
         module = SecureModule.open(settings.keystore_path, settings.wallet_path, passphrase)
-        return cls(module, sp=SyncJsonClient(settings.sp_url, str(cert), str(key), str(ca)),
-                   cc=SyncJsonClient(settings.cc_url, str(cert), str(key), str(ca)),
+        return cls(module, sp=sp or SyncJsonClient(settings.sp_url, str(cert), str(key), str(ca)),
+                   cc=cc or SyncJsonClient(settings.cc_url, str(cert), str(key), str(ca)),
                    verifier=CertificateVerifier(ca.read_bytes(), file_reader(settings.crl_path), clock=clock),
                    domain=deployment_domain(settings.deployment_path), cert_pem=cert.read_bytes(), user_id=user_id,
                    content_dir=settings.wallet_path.parent / "content",
@@ -101,7 +98,7 @@ class DeviceClient:
         if kept is not None:
             return self._send_kept(self._clearing_center(), kept["path"], kept["body"], keep=False)
         cc = self._clearing_center()
-        body: dict[str, Any] = {"request_id": _hex(os.urandom(32)), "user_id": self.user_id}
+        body: dict[str, Any] = {"request_id": to_hex(os.urandom(32)), "user_id": self.user_id}
         if amount is not None:
             body["amount"] = amount
         return self._send_kept(cc, "/v1/issue-logs", body)
@@ -116,9 +113,9 @@ class DeviceClient:
             return resumed
         cc = self._clearing_center()  # before attesting: a statement sent to an impostor would freeze the log
         statement, signature = self.module.balance_statement(self.domain, int(self._clock()))
-        envelope = Envelope(kind=statement.PRIMARY_TYPE, message=statement.to_json(), signature=_hex(signature),
+        envelope = Envelope(kind=statement.PRIMARY_TYPE, message=statement.to_json(), signature=to_hex(signature),
                             certificate=self._cert_pem.decode())
-        body: dict[str, Any] = {"request_id": _hex(os.urandom(32)), "statement": envelope.to_json()}
+        body: dict[str, Any] = {"request_id": to_hex(os.urandom(32)), "statement": envelope.to_json()}
         if amount is not None:
             body["amount"] = amount
         return self._send_kept(cc, "/v1/issue-logs/renew", body)
@@ -144,7 +141,7 @@ class DeviceClient:
             return None
         cc = self._clearing_center()
         try:
-            answer = self._cc.get(f"/v1/issue-logs/renewals/{_hex(self.module.balance().serial)}")
+            answer = self._cc.get(f"/v1/issue-logs/renewals/{to_hex(self.module.balance().serial)}")
         except NotFound:
             return None
         return self._install(answer["issue_log"], cc)
@@ -196,7 +193,7 @@ class DeviceClient:
         owner on chain, and store both (with the SP's address, the receiver, and the on-chain policy hash and owner
         for the offline checks before each use) locally."""
         receiver = self._service_provider().eth_address
-        answer = self._sp.post("/v1/downloads", {"content_id": _hex(content_id), "version": version})
+        answer = self._sp.post("/v1/downloads", {"content_id": to_hex(content_id), "version": version})
         blob = base64.b64decode(answer["container_b64"])
         policy_id = messages.policy_id(content_id, version)
         registered = self._registered_policy_of(policy_id)
@@ -209,7 +206,7 @@ class DeviceClient:
         path.write_bytes(blob)
         self._key_path(content_id, version).write_text(json.dumps(
             {"wrapped_key": answer["wrapped_key"], "receiver": receiver,
-             "policy_hash": _hex(registered.policy_hash), "owner": registered.owner}))
+             "policy_hash": to_hex(registered.policy_hash), "owner": registered.owner}))
         return path
 
     def use(self, content_id: bytes, version: int) -> bytes:
@@ -244,8 +241,8 @@ class DeviceClient:
             last_seq = batch.first_seq + batch.count - 1
             try:
                 ack = self._sp.post("/v1/usage", {
-                    "batch": batch.to_json(), "batch_signature": _hex(signature),
-                    "logs": [{"log": item.log.to_json(), "signature": _hex(item.signature)} for item in run],
+                    "batch": batch.to_json(), "batch_signature": to_hex(signature),
+                    "logs": [{"log": item.log.to_json(), "signature": to_hex(item.signature)} for item in run],
                     "certificate": self._cert_pem.decode()})
             except DuplicateMessage as exc:  # an earlier batch from these seqs reached the SP, its ack was lost
                 held = exc.fields.get("highest_received")

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from offchain import storage
+from offchain.chain.protocols import ChainReader
 from offchain.core.errors import ContractReverted, IdentityMismatch
 from offchain.core.settings import ServiceProviderSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings
@@ -96,7 +97,7 @@ def load_settings(config_path: Path | None = None, **overrides: Any) -> ServiceP
     return _load_settings(ServiceProviderSettings, config_path, **overrides)
 
 
-def build_app(settings: ServiceProviderSettings, *, chain: Any = None, clock: Clock = time.time) -> web.Application:
+def build_app(settings: ServiceProviderSettings, *, chain: ChainReader | None = None, clock: Clock = time.time) -> web.Application:
     """The SP application; starts the forwarder on startup and stops it on cleanup. Peers and signers must be
     active members on chain (`chain` defaults to a client built from the settings)."""
     from offchain.trust import tls
@@ -141,7 +142,7 @@ def _background(forwarder: Forwarder, client: JsonClient, verify_pool: Executor)
     return context
 
 
-def _policy_hash_lookup(chain: Any) -> PolicyHashLookup:
+def _policy_hash_lookup(chain: ChainReader) -> PolicyHashLookup:
     def lookup(policy_id: bytes) -> bytes | None:
         try:
             view = chain.policy(policy_id)
@@ -154,7 +155,7 @@ def _policy_hash_lookup(chain: Any) -> PolicyHashLookup:
     return lookup
 
 
-def _serial_owner_lookup(chain: Any) -> SerialOwnerLookup:
+def _serial_owner_lookup(chain: ChainReader) -> SerialOwnerLookup:
     def lookup(serial: bytes) -> str | None:
         view = chain.issue_log(serial)
         return view.device if view.exists else None  # not on chain: the CC refuses it when forwarded

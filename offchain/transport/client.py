@@ -14,7 +14,7 @@ import socket
 import ssl
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -111,6 +111,19 @@ async def _probe_answers(host: str, port: int, context: ssl.SSLContext) -> bool:
         writer.close()
 
 
+class JsonTransport(Protocol):
+    """A blocking JSON connection to one peer service, as a device or a tool uses it (SyncJsonClient implements
+    it; a test double that implements it is a legitimate peer)."""
+
+    def get(self, path: str) -> Any: ...
+
+    def post(self, path: str, body: Any) -> Any: ...
+
+    def server_identity(self, verifier: Any, expected_role: Role | None = None) -> Identity: ...
+
+    def close(self) -> None: ...
+
+
 class SyncJsonClient:
     """Blocking JSON-over-mTLS client for operator tools and devices (CLI, demo); same error mapping.
 
@@ -174,4 +187,4 @@ def _json_or_none(raw: bytes) -> Any:
         return None
 
 
-__all__ = ["JsonClient", "SyncJsonClient", "error_from_payload", "PROBE_TIMEOUT_S"]
+__all__ = ["JsonClient", "SyncJsonClient", "JsonTransport", "error_from_payload", "PROBE_TIMEOUT_S"]

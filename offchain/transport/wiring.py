@@ -9,10 +9,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from offchain.core.errors import ConfigError
 from offchain.core.messages import Domain
+from offchain.core.types import Clock
+
+if TYPE_CHECKING:  # imported lazily below: a device or a tool reading a deployment file needs no web3 or TLS stack
+    from offchain.chain.protocols import ChainReader, ChainWriter
+    from offchain.trust.certs import CertificateVerifier
 
 
 def deployment_domain(deployment_path: Path) -> Domain:
@@ -39,7 +44,7 @@ def require_path(value: Path | None, name: str) -> Path:
     return Path(value)
 
 
-def connect_chain(settings: Any) -> Any:
+def connect_chain(settings: Any) -> ChainWriter:
     """The ClearhouseChain client of a service's settings (rpc_url, deployment_path, its signing key)."""
     from web3 import Web3
 
@@ -49,7 +54,7 @@ def connect_chain(settings: Any) -> Any:
     return ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_signing_key())
 
 
-def member_verifier(settings: Any, chain: Any, clock: Callable[[], float]) -> Any:
+def member_verifier(settings: Any, chain: ChainReader, clock: Clock) -> CertificateVerifier:
     """The certificate verifier every service uses for peers and signers: our CA, the current CRL, and the
     member's on-chain status (a member revoked on chain only is refused too)."""
     from offchain.trust.certs import CertificateVerifier

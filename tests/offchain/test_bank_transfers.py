@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,8 +26,14 @@ REQUEST_ID = b"\x07" * 32
 
 @dataclass
 class StubChain:
+    """A `BankChain` holding one transfer request; deposits are not part of these tests."""
+
     info: TransferRequestInfo
     confirmations: int = 0
+    contract: Any = None
+
+    def record_deposit(self, deposit_id: bytes, user_id_hash: bytes, amount: int, bank_ref: bytes) -> Any:
+        raise AssertionError("no deposit is recorded in these tests")
 
     def transfer_request(self, request_id: bytes) -> TransferRequestInfo:
         return self.info

@@ -25,6 +25,7 @@ from offchain.trust.ca import CertificateAuthority, MemberCredentials
 from offchain.clearing_center.store import CcStore
 from offchain.core.types import user_id_hash
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
+from offchain.chain.client import ClearhouseChain
 from offchain.clearing_center.agent import ClearingCenter
 from offchain.clearing_center.api import DepositNotice, IssueBody, ReceiveItem, RenewBody, build_app
 from offchain.core.errors import (AllowanceExceeded, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,
@@ -258,13 +259,19 @@ def top_up_request(world: CcWorld) -> tuple[IssueLog, RenewBody]:
     return log, RenewBody(request_id="n1", statement=world.statement(log.serial, 0, 0), amount=300)
 
 
-def crashed_top_up(world: CcWorld, body: RenewBody, monkeypatch: pytest.MonkeyPatch) -> Any:
+def cc_instance(world: CcWorld, chain: ClearhouseChain | None = None, **options: Any) -> ClearingCenter:
+    """Another CC process on the same database and key: `chain` defaults to the shared chain client."""
+    return ClearingCenter(world.store, chain or world.env.client("clearing_center"), world.cc.verifier,
+                          world.env.actors["clearing_center"].key, world.creds["clearing_center"].cert_pem,
+                          issue_expiry_s=3600, **options)
+
+
+def crashed_top_up(world: CcWorld, body: RenewBody) -> Any:
     """The top-up is broadcast, then the CC crashes while it is pending (call inside `manual_mining`); returns
     the stored plan."""
-    with monkeypatch.context() as patch:
-        patch.setattr(world.cc, "_wait_receipt", crash_before_receipt)
-        with pytest.raises(SimulatedCrash):
-            world.cc.renew(body, world.peers["device"])
+    crashing = cc_instance(world, wait_receipt=crash_before_receipt)
+    with pytest.raises(SimulatedCrash):
+        crashing.renew(body, world.peers["device"])
     plan = world.store.issue_request(world.peers["device"].eth_address, "n1")
     assert plan is not None and plan.status == "planned" and plan.tx_hash is not None and plan.raw_tx
     return plan
@@ -280,12 +287,11 @@ def assert_topped_up_once(world: CcWorld, serial: bytes) -> None:
     assert sorted(allocations) == [300, 500] and world.store.balance("alice").available == 500
 
 
-def test_renew_top_up_replayed_while_pending_waits_for_the_recorded_tx(world: CcWorld,
-                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_renew_top_up_replayed_while_pending_waits_for_the_recorded_tx(world: CcWorld) -> None:
     w3 = world.env.w3
     log, body = top_up_request(world)
     with manual_mining(w3):
-        plan = crashed_top_up(world, body, monkeypatch)
+        plan = crashed_top_up(world, body)
         world.cc.receipt_timeout_s = 0.3
         with pytest.raises(TransactionPending) as pending:  # the cap still reads 500: the CC must not send again
             world.cc.renew(body, world.peers["device"])
@@ -298,23 +304,23 @@ def test_renew_top_up_replayed_while_pending_waits_for_the_recorded_tx(world: Cc
     assert_topped_up_once(world, log.serial)
 
 
-def test_renew_top_up_dropped_after_crash_rebroadcasts_same_tx(world: CcWorld,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_renew_top_up_dropped_after_crash_rebroadcasts_same_tx(world: CcWorld) -> None:
     log, body = top_up_request(world)
     with manual_mining(world.env.w3):
-        plan = crashed_top_up(world, body, monkeypatch)
+        plan = crashed_top_up(world, body)
         world.env.w3.provider.make_request("anvil_dropTransaction", [plan.tx_hash])
     answer = world.cc.renew(body, world.peers["device"])
     assert answer["tx_hash"] == plan.tx_hash  # the same signed bytes, same nonce
     assert_topped_up_once(world, log.serial)
 
 
-def test_renew_top_up_superseded_nonce_sends_anew_once(world: CcWorld, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_renew_top_up_superseded_nonce_sends_anew_once(world: CcWorld) -> None:
     log, body = top_up_request(world)
     with manual_mining(world.env.w3):
-        plan = crashed_top_up(world, body, monkeypatch)
+        plan = crashed_top_up(world, body)
         world.env.w3.provider.make_request("anvil_dropTransaction", [plan.tx_hash])
-    world.env.client("clearing_center")._nonce = None  # a restarted CC reads its nonce from the node
+    fresh_chain = ClearhouseChain(world.env.w3, world.env.deployment, world.env.actors["clearing_center"].key)
+    world.cc = cc_instance(world, fresh_chain)  # a restarted CC: its chain client reads the nonce from the node
     world.issue("r2", amount=100)  # another transaction takes the dropped one's nonce
     answer = world.cc.renew(body, world.peers["device"])
     assert answer["tx_hash"] != plan.tx_hash
@@ -323,11 +329,10 @@ def test_renew_top_up_superseded_nonce_sends_anew_once(world: CcWorld, monkeypat
     assert len(chain.contract.events.IssueLogRenewed().get_logs(from_block=world.env.deployment.deploy_block)) == 1
 
 
-def test_renew_recorded_tx_reverted_drops_plan_with_decoded_error(world: CcWorld,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_renew_recorded_tx_reverted_drops_plan_with_decoded_error(world: CcWorld) -> None:
     _log, body = top_up_request(world)
     with manual_mining(world.env.w3):
-        plan = crashed_top_up(world, body, monkeypatch)
+        plan = crashed_top_up(world, body)
         world.env.w3.provider.make_request("anvil_dropTransaction", [plan.tx_hash])
     world.env.client("authority").revoke_member(world.peers["device"].eth_address)
     with pytest.raises(ContractReverted) as reverted:  # re-broadcast as signed, mined, reverted

@@ -23,6 +23,7 @@ from offchain.trust import tls
 from offchain.trust.certs import CertificateVerifier, Envelope
 from offchain.content_provider.publisher import ContentProvider, content_id_for
 from offchain.device.client import DeviceClient
+from offchain.transport.client import JsonTransport, SyncJsonClient
 from offchain.core.errors import (DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, SequenceError,
                              WrongRole)
 from offchain.core.messages import IssueLog, ReceiveLog, Role, UsageBatch, UsageLog, keccak, sign
@@ -108,26 +109,73 @@ def published(sp_running: Services, w3: Web3) -> dict[str, Any]:
     return {"content_id": content_id, "policy_id": result.policy_id}
 
 
-def open_device(services: Services, member_id: str) -> DeviceClient:
+def open_device(services: Services, member_id: str,
+                wrap_sp: Callable[[SyncJsonClient], JsonTransport] | None = None) -> DeviceClient:
+    """The member's device; `wrap_sp` puts a test double between it and the SP (constructor-injected)."""
     consortium = services.consortium
     settings = load_settings(DeviceSettings, consortium.settings_paths[member_id])
-    return DeviceClient.from_settings(settings, consortium.passphrase, consortium.member(member_id).user_id)
+    sp = None
+    if wrap_sp is not None:
+        sp = wrap_sp(SyncJsonClient(settings.sp_url, str(settings.cert_path), str(settings.key_path),
+                                    str(settings.ca_path)))
+    return DeviceClient.from_settings(settings, consortium.passphrase, consortium.member(member_id).user_id, sp=sp)
 
 
-def install_test_issue_log(services: Services, device: DeviceClient, cap: int) -> None:
-    """The test plays the CC: a CC-signed issue log (the SP does not consult the chain's issue logs)."""
+class SpRelay:
+    """The device's SP transport in these tests: the real SP client, or `rogue` in front of it while set."""
+
+    def __init__(self) -> None:
+        self.real: JsonTransport | None = None
+        self.rogue: JsonTransport | None = None
+
+    def attach(self, real: JsonTransport) -> SpRelay:
+        self.real = real
+        return self
+
+    def _target(self) -> JsonTransport:
+        target = self.rogue or self.real
+        assert target is not None, "attach the real SP client first"
+        return target
+
+    def get(self, path: str) -> Any:
+        return self._target().get(path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._target().post(path, body)
+
+    def server_identity(self, verifier: Any, expected_role: Role | None = None) -> Any:
+        return self._target().server_identity(verifier, expected_role)
+
+    def close(self) -> None:
+        if self.real is not None:
+            self.real.close()
+
+
+def install_test_issue_log(services: Services, device: DeviceClient, cap: int, w3: Web3) -> None:
+    """The test plays the CC: records the issue log on chain (the SP refuses usage of serials not on chain) and
+    installs the CC-signed issue log."""
     cc = services.consortium.of_role(Role.CLEARING_CENTER)[0]
     issue_log = IssueLog(serial=keccak(device.module.eth_address.encode() + b"sp-test"), device=device.module.eth_address,
                          user_id_hash=keccak(device.user_id.encode()), cap=cap, expires_at=int(time.time()) + 86400,
                          previous_serial=bytes(32), carried=0)
+    services.chain("bank", w3).record_deposit(keccak(issue_log.serial + b"deposit"), issue_log.user_id_hash, cap,
+                                              keccak(b"sp-test-ref"))
+    services.chain("cc", w3).issue(issue_log.serial, issue_log.device, issue_log.user_id_hash, cap,
+                                   issue_log.expires_at)
     signature = sign(issue_log, device.domain, cc.eth_private_key())
     device.module.install_issue_log(issue_log, signature, cc_verify_fn(device.domain, cc.eth_address))
 
 
 @pytest.fixture(scope="module")
-def alice(sp_running: Services, published: dict[str, Any]) -> Iterator[DeviceClient]:
-    device = open_device(sp_running, "alice-phone")
-    install_test_issue_log(sp_running, device, cap=100 * PRICE)
+def alice_sp() -> SpRelay:
+    """What alice's device talks to as its SP (a test may put a rogue SP in front of the real one)."""
+    return SpRelay()
+
+
+@pytest.fixture(scope="module")
+def alice(sp_running: Services, published: dict[str, Any], alice_sp: SpRelay, w3: Web3) -> Iterator[DeviceClient]:
+    device = open_device(sp_running, "alice-phone", wrap_sp=alice_sp.attach)
+    install_test_issue_log(sp_running, device, cap=100 * PRICE, w3=w3)
     device.download(published["content_id"], 1)
     yield device
     device.close()
@@ -280,9 +328,8 @@ def test_device_refuses_container_whose_policy_is_not_on_chain(sp_running: Servi
     cheaper = container.Policy(content_id=published["content_id"], version=1, price=PRICE - 1,
                                payees=(container.Payee(studio.eth_address, 10_000),), provider=studio.eth_address)
     blob, _key = container.package(b"a film" * 1000, published["content_id"], cheaper, studio.credentials())
-    device = open_device(sp_running, "bob-tablet")
+    device = open_device(sp_running, "bob-tablet", wrap_sp=lambda real: RogueServiceProvider(real, blob))
     try:
-        device._sp = RogueServiceProvider(device._sp, blob)
         with pytest.raises(PolicyMismatch):
             device.download(published["content_id"], 1)
         assert not device._content_path(published["content_id"], 1).exists()  # nothing stored
@@ -439,18 +486,18 @@ class OverAckingServiceProvider(RogueServiceProvider):
 
 
 def test_upload_ack_beyond_the_sent_batch_does_not_mark_unsent_logs(sp_running: Services, alice: DeviceClient,
+                                                                     alice_sp: SpRelay,
                                                                      published: dict[str, Any]) -> None:
     """An SP acking seqs it never received must not make the device drop them (they may be another SP's)."""
     alice.upload()
     for _ in range(3):
         alice.use(published["content_id"], 1)
-    real = alice._sp
-    alice._sp = OverAckingServiceProvider(real, extra=2)
+    alice_sp.rogue = OverAckingServiceProvider(alice_sp.real, extra=2)
     try:
         with pytest.raises(SequenceError):
             alice.upload(max_logs=1)
     finally:
-        alice._sp = real
+        alice_sp.rogue = None
     assert alice.balance().pending_count == 3  # nothing marked: the answer did not match the batch
     assert alice.upload(max_logs=1).logs == 3  # the same one-log batch again first: the SP's same answer
 
@@ -473,20 +520,19 @@ class AckLosingServiceProvider(RogueServiceProvider):
 
 
 def test_upload_after_lost_ack_and_further_use_is_not_stuck(sp_running: Services, alice: DeviceClient,
-                                                            published: dict[str, Any]) -> None:
+                                                            alice_sp: SpRelay, published: dict[str, Any]) -> None:
     """The SP kept a batch whose ack was lost; the device, having used content since, re-batches from the same
     seq: that must not block its uploads for good."""
     from offchain.core.errors import ServiceUnavailable
 
     alice.upload()
     alice.use(published["content_id"], 1)
-    real = alice._sp
-    alice._sp = AckLosingServiceProvider(real)
+    alice_sp.rogue = AckLosingServiceProvider(alice_sp.real)
     try:
         with pytest.raises(ServiceUnavailable):
             alice.upload()
     finally:
-        alice._sp = real
+        alice_sp.rogue = None
     alice.use(published["content_id"], 1)
     assert alice.upload().logs >= 1
     assert alice.balance().pending_count == 0
