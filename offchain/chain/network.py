@@ -257,9 +257,12 @@ class CliqueNetwork:
         return self
 
     def _write_files(self) -> None:
-        if self.workdir.exists():
-            for node in self.nodes:
-                shutil.rmtree(node.datadir, ignore_errors=True)
+        for node in self.nodes:  # a previous network's node folders are replaced; nothing else is touched
+            datadir = Path(node.datadir)
+            if datadir.exists() and not (datadir / "config.toml").exists():
+                raise NetworkError(f"{datadir} exists and is not a node folder of a Clearhouse network",
+                                   path=str(datadir), hint="pick another --workdir")
+            shutil.rmtree(datadir, ignore_errors=True)
         self.workdir.mkdir(parents=True, exist_ok=True)
         alloc = {a: DEV_BALANCE_WEI for a, _ in dev_accounts()}
         alloc.update({a: SIGNER_BALANCE_WEI for a in self.signers})

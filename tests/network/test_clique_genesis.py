@@ -53,3 +53,12 @@ def test_period_zero_is_refused(tmp_path) -> None:
     with pytest.raises(NetworkError) as info:
         CliqueNetwork(tmp_path, period_s=0, geth="geth")
     assert info.value.period_s == 0
+
+
+def test_up_refuses_a_workdir_folder_it_did_not_create(tmp_path) -> None:
+    (tmp_path / "node0").mkdir()
+    (tmp_path / "node0" / "mine.txt").write_text("the user's")
+    with pytest.raises(NetworkError) as info:
+        CliqueNetwork(tmp_path, signers=1, geth="geth").up()
+    assert info.value.path == str(tmp_path / "node0")
+    assert (tmp_path / "node0" / "mine.txt").read_text() == "the user's"
