@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from offchain import storage
 from offchain.core import messages
 from offchain.core.errors import DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, NotFound, PolicyMismatch, SequenceError
+from offchain.core.gas import DEFAULT_GAS_BUDGET, check_batch_fits
 from offchain.core.messages import Domain, ReceiveLog, UsageBatch, UsageLog
 from offchain.core.types import Clock, Role, to_hex
 from offchain.service_provider import store as sp_store
@@ -98,7 +99,8 @@ class ServiceProvider:
     def __init__(self, *, engine: Engine, domain: Domain, private_key: bytes, cert_pem: bytes,
                  verifier: CertificateVerifier, catalog_key: bytes, clock: Clock = time.time,
                  policy_hash_lookup: PolicyHashLookup | None = None,
-                 serial_owner_lookup: SerialOwnerLookup | None = None) -> None:
+                 serial_owner_lookup: SerialOwnerLookup | None = None,
+                 settle_gas_budget: int = DEFAULT_GAS_BUDGET) -> None:
         self.engine = engine
         self.domain = domain
         self.address = messages.address_from_public_key(_public_key(private_key)) \
@@ -110,6 +112,7 @@ class ServiceProvider:
         self._clock = clock
         self._policy_hash_lookup = policy_hash_lookup
         self._serial_owner_lookup = serial_owner_lookup
+        self._settle_gas_budget = settle_gas_budget  # a batch bigger than one settle tx carries is refused
 
     # --- catalog ------------------------------------------------------------------------------------------------
     def publish(self, blob: bytes, content_key: bytes, provider: MemberIdentity) -> tuple[bytes, int]:
@@ -178,12 +181,16 @@ class ServiceProvider:
         return verified_upload(checked, device, body.certificate)
 
     def check_terms(self, upload: VerifiedUpload) -> None:
-        """This SP is the receiver, the serial is not another device's on chain, and every fee is the catalog price
-        of its policy."""
+        """This SP is the receiver, one settle transaction can carry the batch, the serial is on chain and the
+        uploader's, and every fee is the catalog price of its policy."""
         batch = upload.batch
         if batch.receiver != self.address:
             raise IdentityMismatch("usage batch names another receiver", expected=self.address, got=batch.receiver)
+        check_batch_fits(batch.count, len(batch.policy_ids), self._settle_gas_budget)  # BatchTooLarge
         owner = None if self._serial_owner_lookup is None else self._serial_owner_lookup(batch.serial)
+        if owner is None and self._serial_owner_lookup is not None:  # a pending issue or renew: nobody's yet
+            raise NotFound("usage batch for a serial not recorded on chain; upload once its issue log is mined",
+                           serial=batch.serial)
         if owner is not None and owner != upload.device.eth_address:
             raise IdentityMismatch("usage batch for a serial issued to another device", serial=batch.serial,
                                    expected=owner, got=upload.device.eth_address)
@@ -206,6 +213,11 @@ class ServiceProvider:
         now = int(self._clock())
         with storage.session_scope(self.engine) as session:
             existing = sp_store.find_batch(session, batch_id)
+            if existing is not None and bytes(existing.device_sig) != upload.batch_signature:
+                # the digest does not cover the signer: someone else's copy of this batch is not its receipt
+                raise DuplicateMessage("this usage batch was received with another signature (another signer)",
+                                       serial=batch.serial, first_seq=batch.first_seq, kind="UsageBatch",
+                                       highest_received=None)
             if existing is not None:
                 return UsageAck(receive_log_id=existing.receive_log_json["id"], acked_through_seq=last_seq)
             self._check_continuity(session, batch, upload.device.eth_address)

@@ -1,0 +1,77 @@
+"""Hostile uploads at the real SP (issue 9, items 1 to 3): a batch one settle transaction cannot carry, a serial
+whose issue log is still pending (front-running `issue` on a chain with automine off), and someone else's copy of
+an owner's batch. Each attack gets its named refusal and the honest device's upload still lands."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from test_service_provider import PRICE, alice, alice_sp, open_device, published, sp_running  # noqa: F401 (fixtures)
+from web3 import Web3
+
+from offchain.core.errors import BatchTooLarge, IdentityMismatch, NotFound
+from offchain.core.gas import max_batch_logs
+from offchain.core.messages import UsageBatch, UsageLog, keccak, sign
+from offchain.device.client import DeviceClient
+
+Services = Any
+
+
+def signed_body(services: Services, member_id: str, serial: bytes, policy_id: bytes, first_seq: int,
+                count: int) -> dict[str, Any]:
+    """An upload body signed by `member_id`'s own key (what a device with a custom client can send)."""
+    member = services.consortium.member(member_id)
+    receiver = services.client(member_id, "sp").get("/v1/status")["address"]
+    now = int(time.time())
+    logs = [UsageLog(serial=serial, seq=first_seq + i, policy_id=policy_id, fee=PRICE, receiver=receiver, used_at=now)
+            for i in range(count)]
+    batch = UsageBatch.from_logs(logs)
+    domain, key = services.consortium.domain, member.eth_private_key()
+    return {"batch": batch.to_json(), "batch_signature": "0x" + sign(batch, domain, key).hex(),
+            "logs": [{"log": log.to_json(), "signature": "0x" + sign(log, domain, key).hex()} for log in logs],
+            "certificate": member.cert_path.read_text()}
+
+
+def test_batch_over_one_settle_transaction_refused_honest_upload_lands(
+        sp_running: Services, alice: DeviceClient, published: dict[str, Any]) -> None:
+    """Item 1: the SP refuses a batch that one settle transaction could never carry, before storing anything."""
+    serial = alice.balance().serial
+    maximum = max_batch_logs(1)
+    body = signed_body(sp_running, "alice-phone", serial, published["policy_id"], alice.balance().next_seq,
+                       maximum + 1)
+    with pytest.raises(BatchTooLarge) as caught:
+        sp_running.client("alice-phone", "sp", timeout_s=120).post("/v1/usage", body)
+    assert (caught.value.count, caught.value.maximum, caught.value.policies) == (maximum + 1, maximum, 1)
+    alice.use(published["content_id"], 1)  # honest control: the same device's real upload is acknowledged
+    assert alice.upload().logs >= 1
+
+
+def test_front_running_pending_issue_refused_owner_then_accepted(
+        sp_running: Services, published: dict[str, Any], w3: Web3) -> None:
+    """Item 3: with automine off, bob's device reads the CC's pending `issue` for alice's new serial and uploads
+    first. The serial is not on chain yet, so the SP stores nothing; once mined it is alice's, not bob's."""
+    alice_address = sp_running.consortium.member("alice-phone").eth_address
+    serial, user_hash = keccak(b"front-run-serial"), keccak(b"alice")
+    sp_running.chain("bank", w3).record_deposit(keccak(b"front-run-deposit"), user_hash, 10 * PRICE, keccak(b"r"))
+    cc = sp_running.chain("cc", w3)
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        tx_hash = cc.send_via_outbox("issue", serial, alice_address, user_hash, 10 * PRICE, int(time.time()) + 86400,
+                                     record=lambda *_: None, gas=400_000)
+        assert w3.eth.get_transaction(tx_hash)["blockNumber"] is None  # pending: what a front-runner sees
+        squat = signed_body(sp_running, "bob-tablet", serial, published["policy_id"], 0, 1)
+        with pytest.raises(NotFound) as caught:
+            sp_running.client("bob-tablet", "sp").post("/v1/usage", squat)
+        assert caught.value.serial == "0x" + serial.hex()
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        w3.provider.make_request("evm_mine", [])
+    assert w3.eth.get_transaction_receipt(tx_hash)["status"] == 1
+    with pytest.raises(IdentityMismatch) as squatted:  # mined: bob is still refused, now as another device
+        sp_running.client("bob-tablet", "sp").post("/v1/usage", squat)
+    assert squatted.value.expected == alice_address
+    owner = signed_body(sp_running, "alice-phone", serial, published["policy_id"], 0, 1)
+    ack = sp_running.client("alice-phone", "sp").post("/v1/usage", owner)  # the owner is not blocked
+    assert ack["acked_through_seq"] == 0
