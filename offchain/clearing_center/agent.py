@@ -41,6 +41,7 @@ from offchain.core.errors import (
     StatementRejected,
     TransactionPending,
 )
+from offchain.core.gas import DEFAULT_GAS_BUDGET, check_batch_fits
 from offchain.core.messages import BalanceStatement, IssueLog, ReceiveLog, UsageBatch
 from offchain.core.types import Clock, Role, from_hex, to_hex, user_id_hash
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
@@ -59,7 +60,8 @@ class ClearingCenter:
 
     def __init__(self, store: CcStore, chain: ChainWriter, verifier: CertificateVerifier, private_key: bytes,
                  cert_pem: bytes, *, issue_expiry_s: int, clock: Clock = time.time, receipt_timeout_s: float = 60.0,
-                 log: Any = None, wait_receipt: ReceiptWaiter | None = None) -> None:
+                 log: Any = None, wait_receipt: ReceiptWaiter | None = None,
+                 settle_gas_budget: int = DEFAULT_GAS_BUDGET) -> None:
         """`wait_receipt(tx_hash)` returns the receipt of a sent transaction; by default it polls the chain for
         up to `receipt_timeout_s` (TransactionPending after that). Tests inject one to crash mid-request."""
         self.store = store
@@ -75,6 +77,7 @@ class ClearingCenter:
         self._money_lock = threading.Lock()
         self._receive_lock = threading.Lock()
         self._wait_receipt: ReceiptWaiter = wait_receipt or self._wait_receipt_on_chain
+        self.settle_gas_budget = settle_gas_budget  # receive logs whose batch one settle tx cannot carry: refused
 
     # deposits (claim 4) ------------------------------------------------------------------------------------------
     def credit_deposit(self, notice: DepositNotice, peer: MemberIdentity) -> dict[str, Any]:
@@ -375,6 +378,7 @@ class ClearingCenter:
             raise MalformedMessage("receive_log must be a ReceiveLog", type=envelope.kind, field="kind",
                                    value=envelope.kind, reason="wrong message type")
         batch = UsageBatch.from_json(item.usage_batch)
+        check_batch_fits(batch.count, len(batch.policy_ids), self.settle_gas_budget)  # BatchTooLarge: never settles
         if batch.receiver != peer.eth_address:
             raise IdentityMismatch("the usage batch names another receiver", expected=peer.eth_address,
                                    got=batch.receiver)

@@ -86,7 +86,7 @@ def build_app(settings: ClearingCenterSettings, *, chain: ChainWriter | None = N
     key = settings.eth_signing_key()
     log = structlog.get_logger("clearing_center").bind(member_id=settings.member_id)
     cc = ClearingCenter(store, chain, verifier, key, cert_pem, issue_expiry_s=settings.issue_expiry_s, clock=clock,
-                        log=log)
+                        log=log, settle_gas_budget=settings.settle_gas_budget)
     app = new_app(clearing_center=cc)
     add_routes(app, routes(cc), lambda request: tls.peer_identity(request, verifier),
                title="Clearhouse clearing center")

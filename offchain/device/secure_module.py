@@ -33,6 +33,7 @@ from offchain.trust.container import (
     key_fingerprint,
     verify_container,
 )
+from offchain.core.gas import DEFAULT_GAS_BUDGET, max_batch_logs
 from offchain.core.errors import (
     AllowanceExceeded,
     ContainerTampered,
@@ -465,8 +466,9 @@ class SecureModule:
         return self._wallet.all_logs(serial)
 
 
-def _batchable_run(logs: list[SignedLog]) -> list[SignedLog]:
-    """The longest prefix with contiguous seqs, one receiver and at most 255 distinct policies."""
+def _batchable_run(logs: list[SignedLog], gas_budget: int = DEFAULT_GAS_BUDGET) -> list[SignedLog]:
+    """The longest prefix with contiguous seqs, one receiver, at most 255 distinct policies, and no more logs
+    than one settle transaction carries at `gas_budget` (offchain.core.gas: the SP and CC refuse bigger)."""
     run = logs[:1]
     policies = {logs[0].log.policy_id}
     for item in logs[1:]:
@@ -474,6 +476,9 @@ def _batchable_run(logs: list[SignedLog]) -> list[SignedLog]:
         if item.log.seq != previous.seq + 1 or item.log.receiver != previous.receiver:
             break
         if item.log.policy_id not in policies and len(policies) == MAX_BATCH_POLICIES:
+            break
+        with_item = len(policies) + (item.log.policy_id not in policies)
+        if len(run) + 1 > max_batch_logs(with_item, gas_budget):
             break
         policies.add(item.log.policy_id)
         run.append(item)

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 from test_clearing_center import PRICE, CcWorld, make_world
 
+from offchain.clearing_center.agent import ClearingCenter
 from offchain.clearing_center.settlement import SettlementWorker, select_contiguous
 from offchain.core import messages
 from offchain.core.errors import ChainUnreachable
-from offchain.core.gas import GAS_PER_SETTLE_TX, estimated_item_gas
+from offchain.core.gas import GAS_PER_SETTLE_TX, estimated_item_gas, max_batch_logs
 from offchain.core.messages import UsageBatch, UsageLog
 
 OVERSIZED = 40_000  # usage logs over two policies: within the 65,535 entries of a batch, over a 30M-gas block
@@ -46,14 +47,33 @@ def settled_digests(world: CcWorld) -> set[str]:
     return {"0x" + bytes(e["args"]["receiveLogDigest"]).hex() for e in events}
 
 
-def test_batch_no_block_can_carry_parked_other_device_settles_same_tick(world: CcWorld) -> None:
+def oversized_and_honest(world: CcWorld) -> tuple[Any, Any, bytes, bytes]:
+    """(attacker's item of OVERSIZED logs on `device`, bob's two-log item on `device2`, their serials)."""
     world.deposit("alice", OVERSIZED * PRICE)
     world.deposit("bob", 1_000, tag="d2")
     attacker_log, _ = world.issue("r-attacker", amount=OVERSIZED * PRICE)
     honest_log, _ = world.issue("r-honest", user_id="bob", device="device2", amount=1_000)
     oversized = world.receive_item(*two_policy_batch(world, attacker_log.serial, OVERSIZED, second_policy(world)))
     honest = world.receive_item(*world.batch(honest_log.serial, 0, 2, device="device2"), device="device2")
-    accepted = world.receive(oversized, honest)["accepted"]  # this CC has no batch bound: the worker must cope
+    return oversized, honest, attacker_log.serial, honest_log.serial
+
+
+def test_cc_refuses_batch_one_settle_cannot_carry_other_device_accepted(world: CcWorld) -> None:
+    oversized, honest, _, _ = oversized_and_honest(world)
+    answer = world.receive(oversized, honest)
+    [refused] = answer["rejected"]
+    assert (refused["index"], refused["error"]) == (0, "batch_too_large")
+    assert refused["fields"]["count"] == OVERSIZED and refused["fields"]["maximum"] == max_batch_logs(2)
+    assert len(answer["accepted"]) == 1  # bob's item in the same request is accepted
+
+
+def test_batch_no_block_can_carry_parked_other_device_settles_same_tick(world: CcWorld) -> None:
+    oversized, honest, attacker_serial, honest_serial = oversized_and_honest(world)
+    chain = world.env.client("clearing_center")
+    lenient = ClearingCenter(world.store, chain, world.verifier(), world.env.actors["clearing_center"].key,
+                             world.creds["clearing_center"].cert_pem, issue_expiry_s=3600,
+                             settle_gas_budget=40_000_000)  # accepted before the bound (or misconfigured)
+    accepted = lenient.receive_logs([oversized, honest], world.peers["provider"])["accepted"]
     assert len(accepted) == 2
     worker = SettlementWorker(world.store, world.env.client("clearing_center"), max_items=64)
 
@@ -63,9 +83,9 @@ def test_batch_no_block_can_carry_parked_other_device_settles_same_tick(world: C
     [(parked_id, reason)] = report.rejected.items()
     assert parked_id == accepted[0] and reason.startswith("CallRefused(")
     assert settled_digests(world) == {accepted[1]}  # the other device's usage settled in the same tick
-    on_chain = world.env.client("clearing_center").issue_log(honest_log.serial)
+    on_chain = chain.issue_log(honest_serial)
     assert (on_chain.next_seq, on_chain.spent) == (2, 2 * PRICE)
-    assert world.env.client("clearing_center").issue_log(attacker_log.serial).next_seq == 0
+    assert chain.issue_log(attacker_serial).next_seq == 0
     assert worker.tick().settled == 0 and not worker.tick().rejected  # parked for good: no retry loop
 
 
