@@ -13,13 +13,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from offchain import storage
 from offchain.core import messages
-from offchain.core.errors import DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, NotFound, PolicyMismatch, SequenceError
+from offchain.core.errors import (DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, MalformedMessage,
+                                    NotFound, PolicyMismatch, SequenceError)
 from offchain.core.gas import DEFAULT_GAS_BUDGET, check_batch_fits
 from offchain.core.messages import Domain, ReceiveLog, UsageBatch, UsageLog
 from offchain.core.types import Clock, Role, to_hex
@@ -168,7 +171,7 @@ class ServiceProvider:
     # --- usage intake -------------------------------------------------------------------------------------------
     def verify_device(self, body: UsageUploadBody, peer: MemberIdentity) -> MemberIdentity:
         """The attached certificate is a valid device certificate and the TLS peer's."""
-        device = self._verifier.verify(body.certificate, Role.DEVICE)
+        device = self._verifier.verify(canonical_certificate_pem(body.certificate), Role.DEVICE)
         if device.fingerprint != peer.fingerprint:
             raise IdentityMismatch("the attached certificate is not the TLS peer's", expected=peer.member_id,
                                    got=device.member_id)
@@ -283,6 +286,25 @@ class ServiceProvider:
                      "rejected_at": r.updated_at} for r in rows]
 
 
+MAX_CERTIFICATE_PEM_CHARS = 16_384  # a device certificate is ~1 KB of PEM; padding beyond this is refused
+
+
+def canonical_certificate_pem(text: str) -> str:
+    """Exactly one PEM certificate of bounded size, re-encoded: MalformedMessage for anything else."""
+    if len(text) > MAX_CERTIFICATE_PEM_CHARS:
+        raise MalformedMessage(f"certificate of {len(text)} characters: at most {MAX_CERTIFICATE_PEM_CHARS}",
+                               field="certificate", reason="size", value=len(text))
+    if text.count("-----BEGIN") != 1 or not text.strip().startswith("-----BEGIN CERTIFICATE-----") \
+            or not text.strip().endswith("-----END CERTIFICATE-----"):
+        raise MalformedMessage("certificate must be exactly one PEM CERTIFICATE block and nothing else",
+                               field="certificate", reason="pem")
+    try:
+        certificate = x509.load_pem_x509_certificate(text.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        raise MalformedMessage("certificate does not parse", field="certificate", reason="pem") from None
+    return certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
 def upload_signature_args(body: UsageUploadBody, domain: Domain,
                           device: MemberIdentity) -> tuple[dict[str, Any], str, list[tuple[dict[str, Any], str]],
                                                            Domain, str]:
@@ -292,8 +314,10 @@ def upload_signature_args(body: UsageUploadBody, domain: Domain,
 
 
 def verified_upload(checked: CheckedUsage, device: MemberIdentity, certificate: str) -> VerifiedUpload:
+    """The upload to store and forward: with the canonical re-encoding of the certificate, never the text the
+    peer sent (padding around the block, extra blocks)."""
     return VerifiedUpload(checked.batch, checked.batch_signature, checked.logs, checked.signatures, device,
-                          certificate, checked.log_json, checked.payload_hashes)
+                          canonical_certificate_pem(certificate), checked.log_json, checked.payload_hashes)
 
 
 def _log_rows(upload: VerifiedUpload, now: int) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ import pytest
 from test_service_provider import PRICE, alice, alice_sp, open_device, published, sp_running  # noqa: F401 (fixtures)
 from web3 import Web3
 
-from offchain.core.errors import BatchTooLarge, IdentityMismatch, NotFound
+from offchain.core.errors import BatchTooLarge, IdentityMismatch, MalformedMessage, NotFound
 from offchain.core.gas import max_batch_logs
 from offchain.core.messages import UsageBatch, UsageLog, keccak, sign
 from offchain.device.client import DeviceClient
@@ -75,3 +75,27 @@ def test_front_running_pending_issue_refused_owner_then_accepted(
     owner = signed_body(sp_running, "alice-phone", serial, published["policy_id"], 0, 1)
     ack = sp_running.client("alice-phone", "sp").post("/v1/usage", owner)  # the owner is not blocked
     assert ack["acked_through_seq"] == 0
+
+
+@pytest.mark.parametrize("padding", ["before", "after", "second block"])
+def test_padded_certificate_refused_honest_upload_lands(sp_running: Services, alice: DeviceClient,
+                                                        published: dict[str, Any], padding: str) -> None:
+    """Item 2: text around the PEM block (34 MB in the review) or a second block is refused before anything is
+    stored, so no forward request can grow past the CC's body limit; the device's plain upload is accepted."""
+    alice.use(published["content_id"], 1)
+    body = signed_body(sp_running, "alice-phone", alice.balance().serial, published["policy_id"],
+                       alice.balance().next_seq - 1, 1)
+    pem = body["certificate"]
+    body["certificate"] = {"before": "x" * 20_000 + pem, "after": pem + "\n" * 20_000, "second block": pem + pem}[padding]
+    with pytest.raises(MalformedMessage) as caught:
+        sp_running.client("alice-phone", "sp").post("/v1/usage", body)
+    assert caught.value.field == "certificate"
+    assert alice.upload().logs == 1  # the same log, uploaded by the real client, is acknowledged
+
+
+def test_stored_certificate_is_canonical_re_encoding(sp_running: Services, alice: DeviceClient,
+                                                     published: dict[str, Any]) -> None:
+    from offchain.service_provider.agent import canonical_certificate_pem
+
+    pem = sp_running.consortium.member("alice-phone").cert_path.read_text()
+    assert canonical_certificate_pem("\n  " + pem + "  \n") == canonical_certificate_pem(pem)
