@@ -15,6 +15,7 @@ from aiohttp import web
 from pydantic import BaseModel, Field
 
 from offchain import storage
+from offchain.bank import metrics as bank_metrics
 from offchain.bank import store as bank_store
 from offchain.bank.agent import Bank, deposit_key
 from offchain.bank.ledger import Ledger
@@ -110,7 +111,7 @@ def build_app(settings: BankSettings, *, chain: ChainWriter | None = None, clock
 def serve(settings: BankSettings) -> None:
     """Run the bank until SIGTERM/SIGINT."""
     configure_logging(settings)
-    serve_app(settings, build_app(settings))
+    serve_app(settings, build_app(settings), counts=bank_metrics.counts)
 
 
 if __name__ == "__main__":

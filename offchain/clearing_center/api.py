@@ -17,6 +17,7 @@ from aiohttp import web
 
 from offchain import storage
 from offchain.chain.protocols import ChainWriter
+from offchain.clearing_center import metrics as cc_metrics
 from offchain.clearing_center.agent import ClearingCenter
 from offchain.clearing_center.bodies import DepositNotice, IssueBody, ReceiveBody, ReceiveItem, RenewBody
 from offchain.clearing_center.settlement import SettlementWorker, build_worker
@@ -26,6 +27,7 @@ from offchain.core.settings import ClearingCenterSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings
 from offchain.core.types import Clock, Role, from_hex
 from offchain.transport.client import JsonClient
+from offchain.transport.ops import METRICS_KEY
 from offchain.transport.server import Route, add_routes, new_app, serve_app
 from offchain.transport.wiring import connect_chain, member_verifier, require_path
 from offchain.trust.certs import MemberIdentity
@@ -111,10 +113,11 @@ def _background(cc: ClearingCenter, settlement: SettlementWorker, transfers: Tra
                 log.exception("issue_requests.resolve_failed")
             await asyncio.sleep(max(10 * settings.settle_interval_s, PLAN_RESOLVE_MIN_INTERVAL_S))
 
-    async def settle_loop() -> None:
+    async def settle_loop(round_seconds: Any) -> None:
         while True:
             try:
-                await asyncio.to_thread(settlement.tick)
+                with round_seconds.time():
+                    await asyncio.to_thread(settlement.tick)
             except Exception:  # noqa: BLE001 - keep the loop alive; the next tick recovers from the outbox
                 log.exception("settlement.tick_failed")
             await asyncio.sleep(settings.settle_interval_s)
@@ -128,8 +131,8 @@ def _background(cc: ClearingCenter, settlement: SettlementWorker, transfers: Tra
                 log.exception("transfers.round_failed")
             await asyncio.sleep(min(settings.settle_interval_s, settings.transfer_interval_s))
 
-    async def context(_app: web.Application) -> Any:
-        tasks = [asyncio.create_task(plan_loop()), asyncio.create_task(settle_loop()),
+    async def context(app: web.Application) -> Any:
+        tasks = [asyncio.create_task(plan_loop()), asyncio.create_task(settle_loop(app[METRICS_KEY].settlement_round)),
                  asyncio.create_task(transfer_loop())]
         yield
         for task in tasks:
@@ -143,7 +146,7 @@ def _background(cc: ClearingCenter, settlement: SettlementWorker, transfers: Tra
 def serve(settings: ClearingCenterSettings) -> None:
     """Run the CC (HTTPS with mutual TLS) and its workers until SIGTERM/SIGINT; in-flight requests finish."""
     configure_logging(settings)
-    serve_app(settings, build_app(settings))
+    serve_app(settings, build_app(settings), counts=cc_metrics.counts)
 
 
 __all__ = ["DepositNotice", "IssueBody", "RenewBody", "ReceiveItem", "ReceiveBody", "routes", "build_app", "serve",

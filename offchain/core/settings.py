@@ -39,6 +39,10 @@ class BaseServiceSettings(BaseSettings):
     member_id: str = Field(description="This member's id (certificate CN, keccak256 of it is the on-chain memberId).")
     host: str = Field("127.0.0.1", description="Interface the HTTPS server binds to.")
     port: int = Field(-1, ge=-1, le=65535, description="HTTPS port; -1 means the role's default, 0 a free port.")
+    metrics_host: str = Field("127.0.0.1", description="Interface of the plain-HTTP /healthz and /metrics listener.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Port of the plain-HTTP /healthz and /metrics listener (no client certificate); unset: off.")
     cert_path: Path | None = Field(None, description="PEM member certificate issued by the Clearhouse CA.")
     key_path: Path | None = Field(None, description="PEM private key (P-256) of the member certificate.")
     ca_path: Path | None = Field(None, description="PEM root certificate of the Clearhouse CA (trust anchor).")
@@ -52,6 +56,13 @@ class BaseServiceSettings(BaseSettings):
     pkcs11_pin: SecretStr | None = Field(None, description="pkcs11: the token's user PIN.")
     pkcs11_key_label: str | None = Field(None, description="pkcs11: label of the key; empty means member_id.")
     rpc_url: str = Field("http://127.0.0.1:8545", description="JSON-RPC endpoint of the chain node.")
+    rpc_urls: list[str] = Field(
+        default_factory=list,
+        description="Several JSON-RPC endpoints of the same chain, used in order with failover; empty: rpc_url.")
+    confirmations: int | None = Field(
+        None, ge=0,
+        description="Blocks from the including block to the head (inclusive) before a transaction is final; unset: "
+                    "the chain's policy (anvil 0, Clique max(floor(N/2)+1, 6), Besu QBFT 0).")
     chain_id: int | None = Field(None, ge=1, description="If set, the node's chain id must equal it.")
     deployment_path: Path = Field(Path("deployments/local.json"), description="Deployment file of the contract.")
     database_url: str = Field("", description="SQLAlchemy URL; empty means sqlite:///var/<role>.db.")
@@ -76,6 +87,10 @@ class BaseServiceSettings(BaseSettings):
                                              or self.pkcs11_pin is None):
             raise ValueError("key_backend pkcs11 needs pkcs11_module, pkcs11_token_label and pkcs11_pin")
         return self
+
+    def chain_urls(self) -> list[str]:
+        """The chain endpoints in order: `rpc_urls` when given, else the single `rpc_url`."""
+        return list(self.rpc_urls) or [self.rpc_url]
 
     def eth_signing_key(self) -> Any:
         """The signing key for the chain client and `messages.sign`: the 32 key bytes (`file` backend) or an

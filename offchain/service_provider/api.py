@@ -23,6 +23,7 @@ from offchain.core.errors import ContractReverted, IdentityMismatch
 from offchain.core.settings import ServiceProviderSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings
 from offchain.core.types import Clock, Role, to_hex
+from offchain.service_provider import metrics as sp_metrics
 from offchain.service_provider import store as sp_store
 from offchain.service_provider.agent import (PolicyHashLookup, SerialOwnerLookup, ServiceProvider,
                                              check_usage_signatures, upload_signature_args, verified_upload)
@@ -166,7 +167,7 @@ def _serial_owner_lookup(chain: ChainReader) -> SerialOwnerLookup:
 def serve(settings: ServiceProviderSettings) -> None:
     """Run the SP until SIGTERM/SIGINT."""
     configure_logging(settings)
-    serve_app(settings, build_app(settings))
+    serve_app(settings, build_app(settings), counts=sp_metrics.counts)
 
 
 if __name__ == "__main__":

@@ -129,8 +129,13 @@ def add_routes(app: web.Application, routes: Iterable[Route], identify: Identify
 
 
 def new_app(**state: Any) -> web.Application:
-    """An Application with the error middleware and `state` stored under string keys."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=64 * 1024 * 1024)
+    """An Application with the request-metrics and error middlewares and `state` stored under string keys; its
+    `ServiceMetrics` is `app[ops.METRICS_KEY]` (served by the ops listener, see offchain/transport/ops.py)."""
+    from offchain.transport import ops
+    metrics = ops.ServiceMetrics()
+    app = web.Application(middlewares=[ops.request_metrics(metrics), error_middleware],
+                          client_max_size=64 * 1024 * 1024)
+    app[ops.METRICS_KEY] = metrics
     for key, value in state.items():
         app[key] = value
     return app
@@ -175,22 +180,28 @@ def _content(model: type[BaseModel] | None, schemas: dict[str, Any]) -> dict[str
 
 # --- running ---------------------------------------------------------------------------------------------------------
 async def run_app(app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None, *,
-                  shutdown_timeout_s: float = 5.0, ready: Callable[[], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight requests finish and run cleanups."""
+                  shutdown_timeout_s: float = 5.0, ready: Callable[[], None] | None = None,
+                  ops_listener: Callable[[], Awaitable[web.AppRunner | None]] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT, then stop accepting, let in-flight requests finish and run cleanups.
+    `ops_listener` starts the plain-HTTP health/metrics listener once the service port is open."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout_s, handle_signals=False)
     await runner.setup()
+    ops_runner: web.AppRunner | None = None
     try:
         await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True).start()
+        ops_runner = await ops_listener() if ops_listener is not None else None
         log.info("listening on %s:%d", host, port)
         if ready is not None:
             ready()
         await stop.wait()
         log.info("shutting down")
     finally:
+        if ops_runner is not None:
+            await ops_runner.cleanup()
         await runner.cleanup()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
@@ -208,12 +219,15 @@ class ServiceModule(Protocol):
     def serve(self, settings: Any) -> None: ...
 
 
-def serve_app(settings: Any, app: web.Application) -> None:
-    """Serve `app` over mutual TLS on the settings' host and port until SIGTERM/SIGINT."""
+def serve_app(settings: Any, app: web.Application, *, counts: Any = None) -> None:
+    """Serve `app` over mutual TLS on the settings' host and port until SIGTERM/SIGINT; with `metrics_port` set,
+    /healthz and /metrics on a plain-HTTP listener too (`counts`: the role's `ops.Counts` of its tables)."""
+    from offchain.transport import ops
     from offchain.trust import tls
     ssl_context = tls.server_ssl_context(settings.cert_path, settings.key_path,
                                          require_path(settings.ca_path, "ca_path"))
-    asyncio.run(run_app(app, settings.host, settings.port, ssl_context))
+    asyncio.run(run_app(app, settings.host, settings.port, ssl_context,
+                        ops_listener=lambda: ops.start_ops_listener(settings, app, counts)))
 
 
 __all__ = [
