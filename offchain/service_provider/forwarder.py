@@ -1,11 +1,14 @@
 """The SP's forwarder: a background task that sends unacked receive logs to the CC (`POST /v1/receive-logs`)
 until it accepts them. A batch the CC refuses for good (any code not in TRANSIENT_ERROR_CODES) is parked as
-`rejected` for the operator; a failed request or a transient refusal is retried next round.
+`rejected` for the operator; a failed request or a transient refusal is retried next round. A request is bounded
+by bytes as well as by count, and a request the CC refuses as a whole for what it carries (413, 422) is split
+until the one item at fault is parked: one batch never holds back the queue behind it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +35,28 @@ TRANSIENT_ERROR_CODES = frozenset({
     ChainError.code, ChainUnreachable.code, CrlUnavailable.code, ConfigError.code, "internal_error",
 })
 REJECT_MESSAGE_MAX = 2_000
+FORWARD_MAX_BYTES = 8 * 1024 * 1024  # JSON bytes per forward request: well below the CC's HTTP body limit
+# Whole-request refusals caused by what the request carries: split the request, park the one item at fault.
+REQUEST_FAULT_STATUSES = frozenset({413, 422})
+
+
+def request_fault(exc: ClearhouseError) -> bool:
+    """True when the CC refused the request for its content (too large, malformed), not for being unreachable."""
+    status = getattr(exc, "remote_status", None)
+    return status in REQUEST_FAULT_STATUSES and exc.code not in TRANSIENT_ERROR_CODES - {RemoteError.code}
+
+
+def within_bytes(pending: Sequence[tuple[bytes, dict[str, Any]]], max_bytes: int) -> list[tuple[bytes, dict[str, Any]]]:
+    """The longest prefix of `pending` whose items' JSON fits `max_bytes` (at least one item)."""
+    chosen: list[tuple[bytes, dict[str, Any]]] = []
+    total = 0
+    for entry in pending:
+        size = len(json.dumps(entry[1], separators=(",", ":")))
+        if chosen and total + size > max_bytes:
+            break
+        chosen.append(entry)
+        total += size
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -77,11 +102,13 @@ class CcPoster(Protocol):
 class Forwarder:
     """Background task: send unacked receive logs to the CC (`POST /v1/receive-logs`) until it accepts them."""
 
-    def __init__(self, provider: ForwardingQueue, client: CcPoster, *, batch_max: int, interval_s: float) -> None:
+    def __init__(self, provider: ForwardingQueue, client: CcPoster, *, batch_max: int, interval_s: float,
+                 max_bytes: int = FORWARD_MAX_BYTES) -> None:
         self._provider = provider
         self._client = client
         self._batch_max = batch_max
         self._interval_s = interval_s
+        self._max_bytes = max_bytes
         self.last_error: ClearhouseError | None = None
 
     async def forward_once(self) -> int:
@@ -90,9 +117,14 @@ class Forwarder:
         pending = await asyncio.to_thread(self._provider.unforwarded, self._batch_max)
         if not pending:
             return 0
+        return await self._forward(within_bytes(pending, self._max_bytes))
+
+    async def _forward(self, pending: list[tuple[bytes, dict[str, Any]]]) -> int:
         try:
             answer = await self._client.post("/v1/receive-logs", {"items": [item for _id, item in pending]})
         except ClearhouseError as exc:
+            if request_fault(exc):
+                return await self._split_or_park(pending, exc)
             self.last_error = exc
             log.warning("forwarding %d receive logs failed: %s (%s); will retry", len(pending), exc.code,
                         exc.message)
@@ -106,6 +138,17 @@ class Forwarder:
                             rejection.error, rejection.message)
         return await asyncio.to_thread(self._provider.mark_acked, answer.get("accepted", []))
 
+    async def _split_or_park(self, pending: list[tuple[bytes, dict[str, Any]]], exc: ClearhouseError) -> int:
+        """The CC refused the request for what it carries: halve it until the one item at fault is parked."""
+        if len(pending) == 1:
+            status = getattr(exc, "remote_status", None)
+            rejection = Rejection(pending[0][0], exc.code, f"HTTP {status}: {exc.message}"[:REJECT_MESSAGE_MAX])
+            await asyncio.to_thread(self._provider.mark_rejected, [rejection])
+            log.warning("the CC refused usage batch %s alone (HTTP %s): parked", to_hex(rejection.batch_id), status)
+            return 0
+        middle = len(pending) // 2
+        return await self._forward(pending[:middle]) + await self._forward(pending[middle:])
+
     async def run(self) -> None:
         while True:
             try:
@@ -118,4 +161,4 @@ class Forwarder:
 
 
 __all__ = ["Forwarder", "ForwardingQueue", "CcPoster", "Rejection", "permanent_rejections", "TRANSIENT_ERROR_CODES",
-           "REJECT_MESSAGE_MAX"]
+           "REJECT_MESSAGE_MAX", "FORWARD_MAX_BYTES", "request_fault", "within_bytes"]

@@ -53,8 +53,11 @@ class JsonClient:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
         try:
             async with self._session.request(method, url, json=body, ssl=self._ssl) as response:
-                payload = await response.json(content_type=None)
                 status = response.status
+                try:
+                    payload = await response.json(content_type=None)
+                except ValueError:  # a plain-text answer (e.g. the server's own 413): no Clearhouse error body
+                    payload = None
         except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
             raise TlsHandshakeFailed(f"TLS handshake with {url} failed: {exc}", url=url, reason=str(exc)) from None
         except aiohttp.ServerDisconnectedError as exc:
