@@ -37,6 +37,10 @@ interface IIssueLogs {
     error ExpiryInPast(uint40 expiresAt);
     /// @notice `device` is registered for user `expected` (its member record), not for `got`.
     error DeviceUserMismatch(address device, bytes32 expected, bytes32 got);
+    /// @notice The log's device is still active and the log has not been expired for the grace period yet.
+    error ReleaseTooEarly(bytes32 serial, uint256 releasableAt);
+    /// @notice Only the authority or an active clearing center may release an issue log.
+    error NotReleaser(address caller);
 
     // EVENTS
     /// @notice An issue log was opened.
@@ -57,6 +61,17 @@ interface IIssueLogs {
         bytes32 statementDigest
     );
 
+    /// @notice A log was closed at its settled totals and the unsettled rest of its cap returned to the user's
+    ///         unallocated deposits (stolen, revoked or expired device).
+    event IssueLogReleased(
+        bytes32 indexed serial,
+        address indexed device,
+        bytes32 indexed userIdHash,
+        uint256 settledSpent,
+        uint64 settledNextSeq,
+        uint256 released
+    );
+
     // EXTERNAL
     /// @notice Opens an issue log with `cap` allocated from the user's deposits (ClearingCenter only).
     /// @dev `userIdHash` must be the user recorded in the device's member record (DeviceUserMismatch): even the
@@ -75,6 +90,17 @@ interface IIssueLogs {
         uint96 newMoney,
         uint40 expiresAt
     ) external;
+
+    /// @notice Closes `serial` at its settled spent and next sequence number and returns `cap - spent` to the
+    ///         user's unallocated deposits (authority or ClearingCenter). Later usage of the serial cannot settle
+    ///         (SequenceBeyondClosedLog, or NotActiveMember for a revoked device) and it cannot renew
+    ///         (IssueLogClosed).
+    /// @dev Allowed at once when the device is revoked: nothing it signed can settle any more, and a revoked
+    ///      address never comes back. Otherwise only `RELEASE_GRACE` seconds after the earlier of the log's expiry
+    ///      and the device's validity end, so that usage logs still in transit can settle first
+    ///      (ReleaseTooEarly). Works on a log closed by a renewal too: its attested but unsettled rest is
+    ///      released. A log with nothing left to close reverts with IssueLogClosed.
+    function releaseIssueLog(bytes32 serial) external returns (uint256 released);
 
     /// @notice The stored state of an issue log; `seqLimit` is type(uint48).max while the log is open.
     function issueLog(bytes32 serial)

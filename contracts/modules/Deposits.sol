@@ -6,8 +6,9 @@ import {IIssueLogs} from "../interfaces/IIssueLogs.sol";
 import {Membership} from "./Membership.sol";
 
 /// @title Deposits module: money paid in per user, and how much of it backs issue-log caps
-/// @notice `allocated` only grows (by new money put into caps); carried balances move between a user's logs
-///         without touching it, so sum(caps net of carried) <= deposited always holds.
+/// @notice `allocated` grows by new money put into caps and shrinks only when a log is released (the unsettled
+///         rest of its cap comes back); carried balances move between a user's logs without touching it, so
+///         allocated == sum of the user's caps <= deposited always holds.
 abstract contract Deposits is Membership, IDeposits {
     // STORAGE
     struct UserFunds {
@@ -43,5 +44,11 @@ abstract contract Deposits is Membership, IDeposits {
         uint256 available = f.deposited - f.allocated;
         if (amount > available) revert IIssueLogs.InsufficientDeposits(userIdHash, available, amount);
         f.allocated += uint128(amount);
+    }
+
+    /// @notice Returns `amount` of the user's allocated deposits to unallocated (a released issue log's rest).
+    /// @dev amount <= the log's cap - spent <= allocated: allocated is the sum of the user's caps.
+    function _deallocate(bytes32 userIdHash, uint256 amount) internal {
+        _funds[userIdHash].allocated -= uint128(amount);
     }
 }

@@ -3,6 +3,7 @@ pragma solidity 0.8.30;
 
 import {IIssueLogs} from "../interfaces/IIssueLogs.sol";
 import {ISettlement} from "../interfaces/ISettlement.sol";
+import {CheckedCast} from "../libraries/CheckedCast.sol";
 import {LogHashes} from "../libraries/LogHashes.sol";
 import {Signatures} from "../libraries/Signatures.sol";
 import {Deposits} from "./Deposits.sol";
@@ -14,6 +15,9 @@ import {TypedDomain} from "./TypedDomain.sol";
 abstract contract IssueLogs is Deposits, TypedDomain, IIssueLogs {
     /// @dev seqLimit of an open log.
     uint48 internal constant OPEN = type(uint48).max;
+    /// @dev How long after a log's (or its device's) expiry usage logs still in transit may settle before the
+    ///      unsettled rest of the cap can be released back to the user.
+    uint256 public constant RELEASE_GRACE = 3 days;
 
     // STORAGE
     struct IssueLogRecord {
@@ -102,6 +106,29 @@ abstract contract IssueLogs is Deposits, TypedDomain, IIssueLogs {
     }
 
     /// @inheritdoc IIssueLogs
+    function releaseIssueLog(bytes32 serial) external returns (uint256 released) {
+        if (msg.sender != authority && !_isActive(msg.sender, ROLE_CLEARING_CENTER)) revert NotReleaser(msg.sender);
+        IssueLogRecord storage log = _issueLogs[serial];
+        address device = log.device;
+        if (device == address(0)) revert UnknownSerial(serial);
+        uint256 spent = log.spent;
+        uint64 nextSeq = log.nextSeq;
+        if (log.seqLimit == nextSeq && log.cap == spent) revert IssueLogClosed(serial);
+        (bool revoked, uint256 validUntil) = _revocation(device);
+        if (!revoked) {
+            uint256 expiry = log.expiresAt < validUntil ? log.expiresAt : validUntil;
+            uint256 releasableAt = expiry + RELEASE_GRACE;
+            if (block.timestamp < releasableAt) revert ReleaseTooEarly(serial, releasableAt);
+        }
+        released = log.cap - spent;
+        log.cap = uint96(spent);
+        log.seqLimit = CheckedCast.toUint48Below(nextSeq, OPEN - 1);
+        bytes32 userIdHash = log.userIdHash;
+        _deallocate(userIdHash, released);
+        emit IssueLogReleased(serial, device, userIdHash, spent, nextSeq, released);
+    }
+
+    /// @inheritdoc IIssueLogs
     function issueLog(bytes32 serial)
         external
         view
@@ -135,7 +162,7 @@ abstract contract IssueLogs is Deposits, TypedDomain, IIssueLogs {
             device: device,
             expiresAt: expiresAt,
             seqLimit: OPEN,
-            cap: uint96(cap),
+            cap: CheckedCast.toUint96(cap),
             spent: 0,
             nextSeq: 0,
             userIdHash: userIdHash
@@ -154,14 +181,14 @@ abstract contract IssueLogs is Deposits, TypedDomain, IIssueLogs {
     {
         if (newSerial == oldSerial) {
             r.newCap = r.attestedSpent + r.carried + r.newMoney;
-            log.cap = uint96(r.newCap);
+            log.cap = CheckedCast.toUint96(r.newCap);
             log.expiresAt = r.expiresAt;
             return;
         }
         if (_issueLogs[newSerial].device != address(0)) revert DuplicateSerial(newSerial);
         r.newCap = r.carried + r.newMoney;
         log.cap = uint96(r.attestedSpent);
-        log.seqLimit = uint48(r.attestedNextSeq);
+        log.seqLimit = CheckedCast.toUint48Below(r.attestedNextSeq, OPEN - 1);
         _open(newSerial, log.device, log.userIdHash, r.newCap, r.expiresAt);
     }
 

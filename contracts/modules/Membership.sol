@@ -111,6 +111,12 @@ abstract contract Membership is IMembership {
         return memberRole == role && !revoked && block.timestamp >= validFrom && block.timestamp <= validUntil;
     }
 
+    /// @notice Whether `account` was revoked, and the end of its validity (read by issue-log release only).
+    function _revocation(address account) internal view returns (bool revoked, uint256 validUntil) {
+        MemberRecord storage m = _members[account];
+        return (m.revoked, m.validUntil);
+    }
+
     /// @notice The user id hash recorded for `account` (zero unless it is a device).
     function _deviceUser(address account) internal view returns (bytes32) {
         return _members[account].userIdHash;

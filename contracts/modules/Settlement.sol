@@ -2,6 +2,7 @@
 pragma solidity 0.8.30;
 
 import {ISettlement} from "../interfaces/ISettlement.sol";
+import {CheckedCast} from "../libraries/CheckedCast.sol";
 import {LogHashes} from "../libraries/LogHashes.sol";
 import {Signatures} from "../libraries/Signatures.sol";
 import {ContentPolicies} from "./ContentPolicies.sol";
@@ -91,7 +92,7 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
         unchecked {
             total = price * (batch.entries.length / ENTRY_BYTES);
         }
-        p.settled = uint128(settled + total);
+        p.settled = CheckedCast.toUint128(settled + total);
     }
 
     /// @notice Checks every entry of a one-policy batch, two entries (one 32-byte calldata word) at a time.
@@ -144,7 +145,8 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
                     policyTotal = prices[i] * count;
                     total += policyTotal;
                 }
-                _policies[policyIds[i]].settled += uint128(policyTotal);
+                PolicyRecord storage p = _policies[policyIds[i]];
+                p.settled = CheckedCast.toUint128(p.settled + policyTotal);
             }
             // cannot overflow: i < prices.length
             unchecked {

@@ -2,11 +2,15 @@
 pragma solidity 0.8.30;
 
 import {ITransferRequests} from "../interfaces/ITransferRequests.sol";
+import {CheckedCast} from "../libraries/CheckedCast.sol";
 import {Split} from "../libraries/Split.sol";
 import {ContentPolicies} from "./ContentPolicies.sol";
 
 /// @title Transfer-request module: accrued fees become one payout request per payee, confirmed by a bank
 /// @notice `requested` catches up with `settled` for every listed policy, so a policy's accrual is requested once.
+///         Each payee gets parts(settled) - parts(requested) (Split.parts is cumulative and monotone): what a
+///         payee has been requested for a policy is always its part of the policy's requested total, whatever
+///         the cadence of requests, and no extra storage per payee is needed.
 abstract contract TransferRequests is ContentPolicies, ITransferRequests {
     // STORAGE
     struct TransferRecord {
@@ -31,7 +35,7 @@ abstract contract TransferRequests is ContentPolicies, ITransferRequests {
         uint256 nonce = _requestNonce;
         for (uint256 i; i < count; ++i) {
             bytes32 requestId = keccak256(abi.encode(block.chainid, address(this), nonce++, payees[i]));
-            _transfers[requestId] = TransferRecord(payees[i], uint96(amounts[i]), false, bytes32(0));
+            _transfers[requestId] = TransferRecord(payees[i], CheckedCast.toUint96(amounts[i]), false, bytes32(0));
             requestIds[i] = requestId;
             emit TransferRequested(requestId, payees[i], amounts[i]);
         }
@@ -74,11 +78,27 @@ abstract contract TransferRequests is ContentPolicies, ITransferRequests {
             }
             PolicyRecord storage p = _policies[policyId];
             if (!p.exists) revert UnknownPolicy(policyId);
-            uint256 amount = p.settled - p.requested;
+            uint256 settled = p.settled;
+            uint256 requested = p.requested;
+            uint256 amount = settled - requested;
             if (amount == 0) continue;
-            p.requested = p.settled;
+            p.requested = uint128(settled);
             emit AccrualRequested(policyId, amount);
-            count = _addShares(p.payees, Split.parts(amount, p.payees), payees, amounts, count);
+            Payee[] memory split = p.payees;
+            count = _addShares(split, _due(settled, requested, split), payees, amounts, count);
+        }
+    }
+
+    /// @notice Each payee's part of `settled` minus its part of `requested` (never negative: parts are monotone).
+    function _due(uint256 settled, uint256 requested, Payee[] memory split)
+        private
+        pure
+        returns (uint256[] memory shares)
+    {
+        shares = Split.parts(settled, split);
+        uint256[] memory before = Split.parts(requested, split);
+        for (uint256 k; k < shares.length; ++k) {
+            shares[k] -= before[k];
         }
     }
 
