@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from offchain import storage
 from offchain.core import messages
-from offchain.core.errors import (DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, MalformedMessage,
+from offchain.core.errors import (ContentOwnerMismatch, DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, MalformedMessage,
                                     NotFound, PolicyMismatch, SequenceError)
 from offchain.core.gas import DEFAULT_GAS_BUDGET, check_batch_fits
 from offchain.core.messages import Domain, ReceiveLog, UsageBatch, UsageLog
@@ -35,6 +35,7 @@ from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 STATUS_REJECTED_MAX = 100
 PolicyHashLookup = Callable[[bytes], bytes | None]  # policy id -> on-chain policyHash (None: unknown policy)
 SerialOwnerLookup = Callable[[bytes], str | None]  # serial -> its device on chain (None: not on chain)
+PolicyOwnerLookup = Callable[[bytes], str | None]  # policy id -> its content id's on-chain owner (None: unknown)
 
 
 # --- value objects -------------------------------------------------------------------------------------------------
@@ -103,6 +104,7 @@ class ServiceProvider:
                  verifier: CertificateVerifier, catalog_key: bytes, clock: Clock = time.time,
                  policy_hash_lookup: PolicyHashLookup | None = None,
                  serial_owner_lookup: SerialOwnerLookup | None = None,
+                 policy_owner_lookup: PolicyOwnerLookup | None = None,
                  settle_gas_budget: int = DEFAULT_GAS_BUDGET) -> None:
         self.engine = engine
         self.domain = domain
@@ -115,16 +117,18 @@ class ServiceProvider:
         self._clock = clock
         self._policy_hash_lookup = policy_hash_lookup
         self._serial_owner_lookup = serial_owner_lookup
+        self._policy_owner_lookup = policy_owner_lookup
         self._settle_gas_budget = settle_gas_budget  # a batch bigger than one settle tx carries is refused
 
     # --- catalog ------------------------------------------------------------------------------------------------
     def publish(self, blob: bytes, content_key: bytes, provider: MemberIdentity) -> tuple[bytes, int]:
         """Verify and store a container from its provider (the TLS peer); idempotent for the same container."""
-        box = containers.verify_container(blob, self._verifier)
+        box = containers.verify_container(blob, self._verifier, expected_owner=self._owner_of_container(blob))
         if box.provider.fingerprint != provider.fingerprint:
             raise IdentityMismatch(f"container signed by {box.provider.member_id}, uploaded by {provider.member_id}",
                                    expected=provider.member_id, got=box.provider.member_id)
         self._check_on_chain(box.policy)
+        self._check_owner(box.policy.content_id, box.policy.version, box.provider.eth_address)
         box.decrypt(content_key)  # ContainerTampered unless this key opens this container (key commitment + GCM)
         policy = box.policy
         sealed = sp_store.seal_content_key(self._catalog_aead, policy.content_id, policy.version, content_key)
@@ -144,6 +148,22 @@ class ServiceProvider:
             raise PolicyMismatch("the container's policy is not registered on chain with this policy hash",
                                  policy_id=policy.policy_id, expected=registered or b"", got=got)
 
+    def _owner_of_container(self, blob: bytes) -> str | None:
+        """The on-chain owner of the content id a container's header names (None without a chain)."""
+        if self._policy_owner_lookup is None:
+            return None
+        policy = containers.ContainerHeader.decode(containers.decode_frame(blob).header).policy
+        return self._policy_owner_lookup(policy.policy_id) or containers.ZERO_ADDRESS
+
+    def _check_owner(self, content_id: bytes, version: int, signer: str) -> None:
+        """The container's signer must be the content id's on-chain owner (when a chain is wired)."""
+        if self._policy_owner_lookup is None:
+            return
+        owner = self._policy_owner_lookup(messages.policy_id(content_id, version))
+        if owner != signer:
+            raise ContentOwnerMismatch("the container is signed by another provider than the content id's owner",
+                                       content_id=content_id, owner=owner, signer=signer)
+
     def catalog(self) -> list[CatalogItemOut]:
         with storage.session_scope(self.engine) as session:
             rows = sp_store.catalog_items(session)
@@ -157,6 +177,8 @@ class ServiceProvider:
         with storage.session_scope(self.engine) as session:
             row = sp_store.catalog_item(session, content_id, version)
             blob, sealed = row.container_bytes, row.content_key_encrypted
+            provider = str(row.policy_json.get("provider", ""))
+        self._check_owner(content_id, version, provider)  # never serve a container of a hijacked id
         content_key = sp_store.open_content_key(self._catalog_aead, content_id, version, sealed)
         wrapped = containers.wrap_content_key(content_key, content_id, device_cert_pem, device_member_id)
         return blob, wrapped.to_json()

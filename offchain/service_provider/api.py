@@ -25,7 +25,7 @@ from offchain.core.settings import load_settings as _load_settings
 from offchain.core.types import Clock, Role, to_hex
 from offchain.service_provider import metrics as sp_metrics
 from offchain.service_provider import store as sp_store
-from offchain.service_provider.agent import (PolicyHashLookup, SerialOwnerLookup, ServiceProvider,
+from offchain.service_provider.agent import (PolicyHashLookup, PolicyOwnerLookup, SerialOwnerLookup, ServiceProvider,
                                              check_usage_signatures, upload_signature_args, verified_upload)
 from offchain.service_provider.bodies import (CatalogResponse, DownloadBody, DownloadResponse, PublishBody,
                                               PublishResponse, UsageAck, UsageUploadBody, request_b64, request_hex)
@@ -111,7 +111,8 @@ def build_app(settings: ServiceProviderSettings, *, chain: ChainReader | None = 
         engine=engine, domain=deployment_domain(settings.deployment_path),
         private_key=settings.eth_signing_key(), cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(),
         verifier=verifier, catalog_key=settings.catalog_key_bytes(), clock=clock,
-        policy_hash_lookup=_policy_hash_lookup(chain), serial_owner_lookup=_serial_owner_lookup(chain))
+        policy_hash_lookup=_policy_hash_lookup(chain), serial_owner_lookup=_serial_owner_lookup(chain),
+        policy_owner_lookup=_policy_owner_lookup(chain))
     client = JsonClient(settings.cc_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
     forwarder = Forwarder(provider, client, batch_max=settings.forward_batch_max,
                           interval_s=settings.forward_interval_s)
@@ -152,6 +153,19 @@ def _policy_hash_lookup(chain: ChainReader) -> PolicyHashLookup:
                 return None
             raise
         return None if int(view.provider, 16) == 0 else view.policy_hash
+
+    return lookup
+
+
+def _policy_owner_lookup(chain: ChainReader) -> PolicyOwnerLookup:
+    def lookup(policy_id: bytes) -> str | None:
+        try:
+            owner = chain.policy(policy_id).provider
+        except ContractReverted as exc:
+            if exc.fields.get("error_name") == "UnknownPolicy":
+                return None
+            raise
+        return None if int(owner, 16) == 0 else owner
 
     return lookup
 

@@ -11,7 +11,7 @@ import pytest
 from test_service_provider import PRICE, alice, alice_sp, open_device, published, sp_running  # noqa: F401 (fixtures)
 from web3 import Web3
 
-from offchain.core.errors import BatchTooLarge, IdentityMismatch, MalformedMessage, NotFound
+from offchain.core.errors import BatchTooLarge, ContentOwnerMismatch, IdentityMismatch, MalformedMessage, NotFound
 from offchain.core.gas import max_batch_logs
 from offchain.core.messages import UsageBatch, UsageLog, keccak, sign
 from offchain.device.client import DeviceClient
@@ -99,3 +99,41 @@ def test_stored_certificate_is_canonical_re_encoding(sp_running: Services, alice
 
     pem = sp_running.consortium.member("alice-phone").cert_path.read_text()
     assert canonical_certificate_pem("\n  " + pem + "  \n") == canonical_certificate_pem(pem)
+
+
+def test_provider_publishing_on_another_providers_content_id_refused_owner_publishes(
+        sp_running: Services, w3: Web3) -> None:
+    """Item 4: studio2 copies studio's public policy and packages its own bytes under studio's content id. The
+    chain refuses its registration (NotContentOwner) and the SP its container; studio's container is published
+    and a device downloads it."""
+    from offchain.content_provider.publisher import ContentProvider, content_id_for
+    from offchain.core.errors import ContractReverted
+    from offchain.trust import container
+
+    studio, thief = (sp_running.consortium.member(m) for m in ("studio", "studio2"))
+    content_id = content_id_for("film-hijack-test")
+    policy = container.Policy(content_id=content_id, version=1, price=PRICE,
+                              payees=(container.Payee(studio.eth_address, 10_000),), provider=studio.eth_address)
+    owner = ContentProvider(studio.credentials(), sp_running.chain("studio", w3), sp_running.client("studio", "sp"))
+    owner.register(policy)  # the victim registers first; its public policy is what the thief copies
+    with pytest.raises(ContractReverted) as on_chain:
+        sp_running.chain("studio2", w3).register_policy(content_id, 2, PRICE, [(thief.eth_address, 10_000)],
+                                                        bytes(32))
+    assert on_chain.value.error_name == "NotContentOwner"
+    assert on_chain.value.error_args == {"contentId": content_id, "owner": studio.eth_address,
+                                         "caller": thief.eth_address}
+    blob, key = container.package(b"not the film", content_id, policy, thief.credentials())
+    import base64
+
+    with pytest.raises((ContentOwnerMismatch, IdentityMismatch)) as refused:
+        sp_running.client("studio2", "sp").post("/v1/catalog", {"container_b64": base64.b64encode(blob).decode(),
+                                                                "content_key_b64": base64.b64encode(key).decode()})
+    assert isinstance(refused.value, ContentOwnerMismatch) and refused.value.owner == studio.eth_address
+    published = owner.publish(b"the real film", content_id=content_id, version=1, price=PRICE,
+                              payees=[(studio.eth_address, 10_000)], title="Real")
+    assert published.policy_id == policy.policy_id
+    device = open_device(sp_running, "bob-tablet")
+    try:
+        assert device.download(content_id, 1).exists()  # the owner's container verifies at the device
+    finally:
+        device.close()
