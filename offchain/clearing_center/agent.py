@@ -49,6 +49,9 @@ from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 ReceiptWaiter = Callable[[str], Any]  # tx hash -> its receipt (TransactionPending while it stays unmined)
 
 
+MAX_CAP = 2**96 - 1  # uint96 cap in the IssueLogs module
+
+
 def derive_serial(device: str, kind: str, request_id: str) -> bytes:
     """A serial fixed by the request (so a retried request finds its own serial on chain, never a second one)."""
     return messages.keccak(f"clearhouse:serial:{kind}:{device}:{request_id}".encode())
@@ -131,6 +134,7 @@ class ClearingCenter:
             if plan is None:
                 self.store.bind_device(peer.eth_address, peer.member_id, user_id)
                 amount = self._new_money(user_id, body.amount, minimum=1)
+                _bound_cap(bytes(32), amount, user_id, amount)
                 now = int(self.clock())
                 plan = self.store.plan_issue_request(IssueRequestRow(
                     device=peer.eth_address, request_id=body.request_id, kind="issue", payload_hash=fingerprint,
@@ -211,6 +215,7 @@ class ClearingCenter:
         unsettled = old.spent < statement.spent or old.next_seq < statement.next_seq
         carried = old.cap - statement.spent
         new_money = self._new_money(user_id, body.amount, minimum=0)
+        _bound_cap(old.serial, carried + new_money if unsettled else old.cap + new_money, user_id, new_money)
         if unsettled:
             mode, serial, cap = "new_serial", derive_serial(peer.eth_address, "renew", body.request_id), carried + new_money
         else:
@@ -454,6 +459,14 @@ class ClearingCenter:
         if peer.role == Role.DEVICE:
             _certified_user(peer, user_id)
         return self.store.user_view(user_id)
+
+
+def _bound_cap(serial: bytes, cap: int, user_id: str, new_money: int) -> None:
+    """The contract stores caps as uint96 and reverts with AmountOverflow above it: refuse before planning, so a
+    renewal that cannot be mined is never sent (nothing reserved, the device's wallet unchanged)."""
+    if cap > MAX_CAP:
+        raise AllowanceExceeded(f"the renewed cap {cap} exceeds the largest cap {MAX_CAP} (2**96 - 1)",
+                                serial=serial, cap=MAX_CAP, user_id=user_id, wanted=new_money)
 
 
 def _certified_user(peer: MemberIdentity, claimed: str) -> str:

@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from offchain.operator.audit import AuditIndex, open_index, payee_pairs, split_amount
+from offchain.core.split import accrual_shares
+from offchain.operator.audit import AuditIndex, open_index, payee_pairs
 from offchain.core.errors import ConfigError, ReconciliationFailed
 from offchain.core.messages import keccak
 
@@ -126,6 +127,8 @@ def chain_facts(index: AuditIndex) -> ChainFacts:
         user = users_of_device.get(event.args["oldSerial"])
         users_of_device[event.args["newSerial"]] = user
         _add(allocated, user or "unknown", int(event.args["newMoney"]))
+    for event in index.events("IssueLogReleased"):  # a stolen or expired device's unsettled rest came back
+        _add(allocated, event.args["userIdHash"], -int(event.args["released"]))
     contract = index.contract
     users = set(allocated) | {d.user_id_hash for d in deposits.values()}
     funds_view = {u: tuple(contract.functions.userFunds(bytes.fromhex(u[2:])).call()) for u in users
@@ -137,10 +140,11 @@ def chain_facts(index: AuditIndex) -> ChainFacts:
     policy_view = {pid: _policy_counters(contract, pid) for pid in registered}
     accruals: dict[str, int] = {}
     request_shares: dict[str, int] = {}
-    for event in index.events("AccrualRequested"):
+    for event in index.events("AccrualRequested"):  # in chain order: each share is parts(after) - parts(before)
         pid, amount = event.args["policyId"], int(event.args["amount"])
+        shares = accrual_shares(accruals.get(pid, 0), amount, payee_pairs(registered[pid].args["payees"]))
         _add(accruals, pid, amount)
-        for payee, share in split_amount(amount, payee_pairs(registered[pid].args["payees"])).items():
+        for payee, share in shares.items():
             _add(request_shares, payee, share)
     return ChainFacts(
         deposits=deposits, allocated=allocated, funds_view=funds_view,  # type: ignore[arg-type]
