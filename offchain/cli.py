@@ -573,5 +573,14 @@ def _register_network() -> None:
 
 _register_network()
 
+
+def _register_ops() -> None:
+    from offchain.operator.cli_ops import register
+
+    register(main)  # `clearhouse db ...`, lifecycle commands (offchain/operator/cli_ops.py)
+
+
+_register_ops()
+
 if __name__ == "__main__":
     main()

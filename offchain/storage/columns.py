@@ -75,6 +75,16 @@ def status_check(column: str, values: Sequence[str]) -> CheckConstraint:
     return CheckConstraint(f"{column} IN ({allowed})", name=f"ck_{column}_values")
 
 
+# Named constraints from the first migration on: Alembic's batch mode (SQLite table rebuilds) and a later
+# revision can only drop or alter a constraint it can name. CHECKs are always named explicitly (status_check).
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 def new_metadata() -> MetaData:
     """A fresh MetaData for one role's tables (set it as `metadata` on the role's abstract base)."""
-    return MetaData()
+    return MetaData(naming_convention=NAMING_CONVENTION)

@@ -2,7 +2,8 @@
 
 Tables are not defined here: each role declares its own in its `store.py` (clearing_center, service_provider,
 bank) and passes its MetaData to `create_schema`. Transactions and idempotency helpers are in `session.py`,
-column types in `columns.py`. Migrations are out of scope: `create_schema` only creates missing tables.
+column types in `columns.py`. Migrations are in `migrate.py`: `create_schema` creates a fresh role schema at the
+migrations' head and refuses a database behind it (`clearhouse db upgrade`).
 
 Concurrency strategy. SQLite: every transaction starts with `BEGIN IMMEDIATE`, so writers are serialized and
 a read-then-write never meets a stale snapshot (busy_timeout waits for the lock). PostgreSQL: READ COMMITTED
@@ -65,12 +66,18 @@ def _sqlite_engine(url: str, database: str | None, echo: bool) -> Engine:
 
 
 def create_schema(engine: Engine, *metadatas: MetaData) -> None:
-    """Create every table of `metadatas` that does not exist yet (idempotent; migrations are out of scope).
+    """Create the tables of `metadatas` in a fresh database, stamped at the migrations' head (idempotent).
 
     A role passes its own MetaData (e.g. `offchain.clearing_center.store.create_schema` passes `CcTable.metadata`),
     so nothing has to be imported for its side effect of registering tables."""
     if not metadatas:
         raise ValueError("create_schema needs the MetaData of at least one role's tables")
+    from offchain.storage import migrate
+
     for metadata in metadatas:
-        metadata.create_all(engine)
+        schema = migrate.role_for(metadata)
+        if schema is None:
+            metadata.create_all(engine)
+        else:  # fresh: created and stamped at head; at head: as is; behind: SchemaOutdated naming the command
+            migrate.ensure_current(engine, schema)
 
