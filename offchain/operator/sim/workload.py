@@ -138,6 +138,11 @@ class Workload:
                 finished = _finish_pending(device)
                 if finished:
                     self.timeline.add("drain", f"{name}: {finished}")
+                if _has_log(device) and device.balance().renewal_pending:
+                    # attested, then refused for good (e.g. more new money than unallocated): the user renews
+                    # again with what is available, which is what unfreezes a wallet
+                    renewed = device.renew(None)
+                    self.timeline.add("drain", f"{name}: renewed a frozen wallet (cap {renewed.cap})")
                 if device.module.balance().pending_count if _has_log(device) else 0:
                     result = device.upload()
                     self.timeline.add("drain", f"{name}: uploaded {result.logs} logs")
