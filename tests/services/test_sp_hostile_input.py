@@ -137,3 +137,33 @@ def test_provider_publishing_on_another_providers_content_id_refused_owner_publi
         assert device.download(content_id, 1).exists()  # the owner's container verifies at the device
     finally:
         device.close()
+
+
+def test_front_running_pending_renew_refused_owner_then_accepted(
+        sp_running: Services, published: dict[str, Any], w3: Web3) -> None:
+    """Item 3, renew: bob's device reads the CC's pending `renew` (new serial) from the mempool and uploads under
+    the new serial first. Not on chain yet: refused, nothing stored; mined: alice's, and alice uploads."""
+    from offchain.chain.codec import encode_balance_statement
+    from offchain.core.messages import BalanceStatement
+
+    alice_member = sp_running.consortium.member("alice-phone")
+    old, new, user_hash = keccak(b"renew-old-serial"), keccak(b"renew-new-serial"), keccak(b"alice")
+    bank, cc = sp_running.chain("bank", w3), sp_running.chain("cc", w3)
+    bank.record_deposit(keccak(b"renew-front-run-deposit"), user_hash, 20 * PRICE, keccak(b"r"))
+    cc.issue(old, alice_member.eth_address, user_hash, 10 * PRICE, int(time.time()) + 86400)
+    statement = BalanceStatement(serial=old, next_seq=0, spent=0, attested_at=int(time.time()))
+    signature = sign(statement, sp_running.consortium.domain, alice_member.eth_private_key())
+    w3.provider.make_request("evm_setAutomine", [False])
+    try:
+        tx_hash = cc.send_via_outbox("renew", old, encode_balance_statement(statement), signature, new, 5 * PRICE,
+                                     int(time.time()) + 86400, record=lambda *_: None, gas=600_000)
+        squat = signed_body(sp_running, "bob-tablet", new, published["policy_id"], 0, 1)
+        with pytest.raises(NotFound) as caught:
+            sp_running.client("bob-tablet", "sp").post("/v1/usage", squat)
+        assert caught.value.serial == "0x" + new.hex()
+    finally:
+        w3.provider.make_request("evm_setAutomine", [True])
+        w3.provider.make_request("evm_mine", [])
+    assert w3.eth.get_transaction_receipt(tx_hash)["status"] == 1
+    owner = signed_body(sp_running, "alice-phone", new, published["policy_id"], 0, 1)
+    assert sp_running.client("alice-phone", "sp").post("/v1/usage", owner)["acked_through_seq"] == 0
