@@ -33,8 +33,6 @@ interface ISettlement is ISignatureErrors {
     error FeeMismatch(bytes32 policyId, uint256 expected, uint256 got);
     /// @notice An entry was used after its issue log expired.
     error UsageAfterExpiry(bytes32 serial, uint256 usedAt, uint256 expiresAt);
-    /// @notice The device signature is valid but not by the serial's device.
-    error SignerMismatch(address expected, address got);
     /// @notice The receive log signature is valid but not by the batch's receiver.
     error ReceiverMismatch(address expected, address got);
     /// @notice The batch starts below the settled high-water mark: already settled.

@@ -13,4 +13,7 @@ interface ISignatureErrors {
     error InvalidSignatureV(uint8 v);
     /// @notice The signature recovers to the zero address.
     error InvalidSignature();
+    /// @notice The signature is valid but by another signer than the expected one (for a usage batch or a balance
+    ///         statement: not the serial's device).
+    error SignerMismatch(address expected, address got);
 }

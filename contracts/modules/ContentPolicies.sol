@@ -3,6 +3,7 @@ pragma solidity 0.8.30;
 
 import {IContentPolicies} from "../interfaces/IContentPolicies.sol";
 import {Split} from "../libraries/Split.sol";
+import {PolicyId, PolicyIdLibrary} from "../types/PolicyId.sol";
 import {Membership} from "./Membership.sol";
 
 /// @title Content-policy module: versioned prices and revenue splits, and cumulative fee counters
@@ -45,7 +46,7 @@ abstract contract ContentPolicies is Membership, IContentPolicies {
         _claimVersion(contentId, version);
         if (price == 0 || price > type(uint88).max) revert BadPrice(price);
         Split.validate(payees);
-        bytes32 policyId = keccak256(abi.encode(contentId, version));
+        bytes32 policyId = PolicyId.unwrap(PolicyIdLibrary.fromContent(contentId, version));
         PolicyRecord storage p = _policies[policyId];
         p.price = price;
         p.exists = true;

@@ -2,7 +2,7 @@
 pragma solidity 0.8.30;
 
 import {IIssueLogs} from "../interfaces/IIssueLogs.sol";
-import {ISettlement} from "../interfaces/ISettlement.sol";
+import {ISignatureErrors} from "../interfaces/ISignatureErrors.sol";
 import {CheckedCast} from "../libraries/CheckedCast.sol";
 import {LogHashes} from "../libraries/LogHashes.sol";
 import {Signatures} from "../libraries/Signatures.sol";
@@ -202,7 +202,7 @@ abstract contract IssueLogs is Deposits, TypedDomain, IIssueLogs {
             LogHashes.balanceStatement(statement.serial, statement.nextSeq, statement.spent, statement.attestedAt);
         digest = Signatures.typedDigest(_domainSeparator(), structHash);
         address signer = Signatures.recover(digest, signature);
-        if (signer != device) revert ISettlement.SignerMismatch(device, signer);
+        if (signer != device) revert ISignatureErrors.SignerMismatch(device, signer);
         _requireActive(device, ROLE_DEVICE);
     }
 

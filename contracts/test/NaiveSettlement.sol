@@ -11,7 +11,6 @@ import {Signatures} from "../libraries/Signatures.sol";
 contract NaiveSettlement is ISignatureErrors {
     error NotOwner(address caller);
     error AlreadySettled(bytes32 logId);
-    error SignerMismatch(address expected, address got);
     error CapExceeded(bytes32 serial, uint256 cap, uint256 wanted);
     error FeeMismatch(bytes32 policyId, uint256 expected, uint256 got);
 
