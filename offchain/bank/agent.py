@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
+from offchain.bank.finality import TransferFinality
 from offchain.bank.ledger import Ledger
 from offchain.chain.views import TransferRequestInfo
 from offchain.core import messages
@@ -58,7 +59,10 @@ class Bank:
     """Deposits and transfers; the ledger is the source of truth for money, the chain for what was requested."""
 
     def __init__(self, *, ledger: Ledger, chain: BankChain, domain: Domain, private_key: bytes, cert_pem: bytes,
-                 verifier: CertificateVerifier, clock: Clock = time.time) -> None:
+                 verifier: CertificateVerifier, clock: Clock = time.time,
+                 finality: TransferFinality | None = None, confirmations: int | None = None) -> None:
+        """`finality`: the finality checks of transfer requests and confirmations; by default built over the
+        chain's web3 (a chain double without `w3` has none: its answers are final by construction)."""
         self.ledger = ledger
         self.chain = chain
         self.domain = domain
@@ -66,6 +70,11 @@ class Bank:
         self._cert_pem = cert_pem
         self._verifier = verifier
         self._clock = clock
+        if finality is None and getattr(chain, "w3", None) is not None:
+            deployment = getattr(chain, "deployment", None)
+            finality = TransferFinality(chain.w3, chain.contract, confirmations=confirmations,
+                                        deploy_block=getattr(deployment, "deploy_block", 0))
+        self.finality = finality
 
     # --- deposits ---------------------------------------------------------------------------------------------
     def record_deposit(self, deposit_id: str, user_id: str, amount: int) -> tuple[bytes, str]:
@@ -97,8 +106,12 @@ class Bank:
         request_hash = request.digest(self.domain)
         if self.ledger.find_transfer(request.request_id) is None:
             self._check_against_chain(request)
+            if self.finality is not None:  # only a final request is paid (block hash at its height re-read)
+                self.finality.require_request_final(request.request_id)
         entry = self.ledger.execute_transfer(request.request_id, request.payee, request.amount, request_hash)
         self.confirm_on_chain(request.request_id, entry.bank_ref)
+        if self.finality is not None:  # the receipt only once our confirmation is final; until then retryable
+            self.finality.require_confirmation_final(request.request_id)
         booked = self.ledger.find_transfer(request.request_id)
         confirmed_at = booked.created_at if booked is not None else int(self._clock())
         receipt = TransferReceipt(request_id=request.request_id, bank_ref=entry.bank_ref, amount=request.amount,

@@ -96,7 +96,8 @@ def build_app(settings: BankSettings, *, chain: ChainWriter | None = None, clock
     bank = Bank(ledger=Ledger(engine, cc_management_account=settings.cc_management_account, clock=clock),
                 chain=chain, domain=deployment_domain(settings.deployment_path),
                 private_key=settings.eth_signing_key(),
-                cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(), verifier=verifier, clock=clock)
+                cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(), verifier=verifier, clock=clock,
+                confirmations=settings.confirmations)
     cc_client = None
     if settings.cc_url:
         cc_client = JsonClient(settings.cc_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))

@@ -95,7 +95,8 @@ def build_app(settings: ClearingCenterSettings, *, chain: ChainWriter | None = N
     if workers:
         settlement = build_worker(settings, store, chain, log)
         transfers = TransferWorker(store, chain, verifier, key, cert_pem, interval_s=settings.transfer_interval_s,
-                                   threshold_minor=settings.transfer_threshold_minor, clock=clock, log=log)
+                                   threshold_minor=settings.transfer_threshold_minor, clock=clock, log=log,
+                                   confirmations=settings.confirmations)
         client = JsonClient(settings.bank_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
         app.cleanup_ctx.append(_background(cc, settlement, transfers, client, settings, log))
     return app
@@ -131,8 +132,16 @@ def _background(cc: ClearingCenter, settlement: SettlementWorker, transfers: Tra
                 log.exception("transfers.round_failed")
             await asyncio.sleep(min(settings.settle_interval_s, settings.transfer_interval_s))
 
+    async def finality_loop() -> None:
+        while True:  # included -> final at the configured depth; a reorged transaction is re-broadcast
+            try:
+                await asyncio.to_thread(transfers.finality.tick)
+            except Exception:  # noqa: BLE001 - keep the loop alive; a stalled or unreachable chain just waits
+                log.exception("finality.tick_failed")
+            await asyncio.sleep(settings.settle_interval_s)
+
     async def context(app: web.Application) -> Any:
-        tasks = [asyncio.create_task(plan_loop()), asyncio.create_task(settle_loop(app[METRICS_KEY].settlement_round)),
+        tasks = [asyncio.create_task(finality_loop()), asyncio.create_task(plan_loop()), asyncio.create_task(settle_loop(app[METRICS_KEY].settlement_round)),
                  asyncio.create_task(transfer_loop())]
         yield
         for task in tasks:

@@ -3,7 +3,7 @@ issue logs and issue requests, receive logs, the settlement outbox, transfer req
 
 Every CC table is declared here, on `CcTable` (its own MetaData: `create_schema` creates exactly these). It
 stores what the CC decided; it reads no chain view, verifies no signature and sends no transaction. Balances are
-derived from append-only `user_balance_entries` rows (deposit / allocation / carry), never updated.
+derived from append-only `user_balance_entries` rows (deposit / allocation / carry / release), never updated.
 """
 
 from __future__ import annotations
@@ -78,11 +78,12 @@ class IssueLogRow(CcTable):
     created_at: Mapped[int] = mapped_column(BigInteger)
 
 
-BALANCE_KINDS = ("deposit", "allocation", "carry")
+BALANCE_KINDS = ("deposit", "allocation", "carry", "release")
 
 
 class UserBalanceEntry(CcTable):
-    """Append-only user balance database (claim 4): deposits credited, new money allocated, amounts carried."""
+    """Append-only user balance database (claim 4): deposits credited, new money allocated, amounts carried, and
+    the unsettled rest of a revoked or expired device's log released back (IssueLogReleased, one row per serial)."""
 
     __tablename__ = "user_balance_entries"
     __table_args__ = (status_check("kind", BALANCE_KINDS), CheckConstraint("amount > 0", name="ck_amount_pos"))
@@ -203,6 +204,28 @@ class TransferReceiptRow(CcTable):
     received_at: Mapped[int] = mapped_column(BigInteger)
 
 
+CHAIN_TX_STATES = ("pending", "included", "final", "reorged", "dropped")
+
+
+class ChainTxRow(CcTable):
+    """One CC transaction followed to finality (offchain.clearing_center.finality): a confirmed settlement, an
+    anchored issue log or renewal, a transfer request. `included` until `confirmations` deep, then `final`; the
+    recorded (block_number, block_hash) is what a reorg changes. `raw_tx` is the signed bytes re-broadcast when a
+    reorg drops it; `dropped` when they can never be mined again (the state is re-derived from the chain)."""
+
+    __tablename__ = "cc_chain_txs"
+    __table_args__ = (status_check("state", CHAIN_TX_STATES),)
+    tx_hash: Mapped[str] = mapped_column(String(66), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(24))  # settlement | issue | renew | transfer_request
+    ref: Mapped[str] = mapped_column(String(200))  # outbox id, device:request_id, or the tx hash
+    raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary)
+    block_number: Mapped[int | None] = mapped_column(BigInteger)
+    block_hash: Mapped[str | None] = mapped_column(String(66))
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    reorgs: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+
+
 # --- repository functions (one session each; CcStore runs them in transactions) -------------------------------
 def add_user(session: Session, user_id: str, user_id_hash: bytes, display_name: str, now: int) -> User:
     """Register a user once; the same user again is a no-op, a different hash or name is DuplicateMessage."""
@@ -275,17 +298,19 @@ def mark_issue_log_anchored(session: Session, serial: bytes, revision: int, tx_h
 
 @dataclass(frozen=True)
 class Balance:
-    """A user's totals from the append-only balance entries (claim 4); `available` is not yet allocated."""
+    """A user's totals from the append-only balance entries (claim 4); `available` is not yet allocated:
+    deposits minus allocations plus what releases returned (the chain's `allocated -= cap - spent`)."""
 
     user_id: str
     user_id_hash: bytes
     deposited: int
     allocated: int
     carried: int
+    released: int = 0
 
     @property
     def available(self) -> int:
-        return self.deposited - self.allocated
+        return self.deposited - self.allocated + self.released
 
 
 def append_balance_entry(
@@ -299,7 +324,7 @@ def append_balance_entry(
     serial: bytes | None = None,
     reference: str | None = None,
 ) -> tuple[UserBalanceEntry, bool]:
-    """Append one user balance entry (deposit / allocation / carry) exactly once per idempotency key."""
+    """Append one user balance entry (deposit / allocation / carry / release) exactly once per idempotency key."""
     if kind not in BALANCE_KINDS:
         raise ValueError(f"kind must be one of {BALANCE_KINDS}")
     require_money(amount, "amount", positive=True)
@@ -320,7 +345,7 @@ def user_funds(session: Session, user_id: str) -> Balance:
     )
     sums = {kind: money(total) for kind, total in session.execute(query)}
     return Balance(user_id, user_id_hash(user_id), sums.get("deposit", 0), sums.get("allocation", 0),
-                   sums.get("carry", 0))
+                   sums.get("carry", 0), sums.get("release", 0))
 
 
 @dataclass(frozen=True)
@@ -484,6 +509,20 @@ class CcStore:
                                                    amount, now, reference=tx_hash)
             return row.id, created
 
+    def credit_release(self, serial: bytes, user_id: str, amount: int, tx_hash: str) -> bool:
+        """Append the release entry of `serial` once (key release:<serial>) and close its issue log rows; returns
+        created. The same serial with another amount or user: DuplicateMessage (a serial is released once)."""
+        now = self.now()
+        with session_scope(self.engine) as session:
+            if session.get(User, user_id) is None:
+                add_user(session, user_id, user_id_hash(user_id), user_id, now)
+            close_issue_log(session, serial)
+            if amount == 0:
+                return False
+            _row, created = append_balance_entry(session, f"release:{to_hex(serial)}", user_id, "release", amount,
+                                                 now, serial=serial, reference=tx_hash)
+            return created
+
     def balance(self, user_id: str) -> Balance:
         with session_scope(self.engine) as session:
             return user_funds(session, user_id)
@@ -501,6 +540,7 @@ class CcStore:
             return {
                 "user_id": user_id, "user_id_hash": to_hex(balance.user_id_hash), "deposited": balance.deposited,
                 "allocated": balance.allocated, "available": balance.available, "carried": balance.carried,
+                "released": balance.released,
                 "entries": [{"kind": e.kind, "amount": e.amount, "key": e.idempotency_key, "reference": e.reference,
                              "serial": to_hex(e.serial) if e.serial else None, "at": e.created_at} for e in entries],
                 "issue_logs": [{"serial": to_hex(r.serial), "revision": r.revision, "cap": r.cap,
@@ -711,9 +751,77 @@ class CcStore:
             if session.get(TransferReceiptRow, receipt.request_id) is None:
                 session.add(receipt)
 
+    # finality of the CC's transactions (cc_chain_txs) ---------------------------------------------------------
+    def untracked_transactions(self) -> list[tuple[str, str, str, bytes | None]]:
+        """(kind, ref, tx_hash, raw_tx) of confirmed settlements, completed issue/renew requests and transfer
+        requests whose transaction is not yet followed in cc_chain_txs."""
+        with session_scope(self.engine) as session:
+            known = select(ChainTxRow.tx_hash)
+            out: list[tuple[str, str, str, bytes | None]] = []
+            for s_id, tx, raw in session.execute(select(SettlementOutbox.id, SettlementOutbox.tx_hash,
+                                                        SettlementOutbox.raw_tx)
+                                                 .where(SettlementOutbox.status == "confirmed",
+                                                        SettlementOutbox.tx_hash.is_not(None),
+                                                        SettlementOutbox.tx_hash.not_in(known))):
+                out.append(("settlement", str(s_id), tx, raw))
+            for kind, device, request_id, tx, raw in session.execute(
+                    select(IssueRequestRow.kind, IssueRequestRow.device, IssueRequestRow.request_id,
+                           IssueRequestRow.tx_hash, IssueRequestRow.raw_tx)
+                    .where(IssueRequestRow.status == "done", IssueRequestRow.tx_hash.is_not(None),
+                           IssueRequestRow.tx_hash.not_in(known))):
+                out.append((kind, f"{device}:{request_id}", tx, raw))
+            for (tx,) in session.execute(select(TransferRequestRow.tx_hash).distinct()
+                                         .where(TransferRequestRow.tx_hash.is_not(None),
+                                                TransferRequestRow.tx_hash.not_in(known))):
+                out.append(("transfer_request", tx, tx, None))
+            return out
+
+    def track_transaction(self, kind: str, ref: str, tx_hash: str, raw_tx: bytes | None) -> None:
+        """Follow `tx_hash` to finality (idempotent by hash)."""
+        with session_scope(self.engine) as session:
+            if session.get(ChainTxRow, tx_hash) is None:
+                session.add(ChainTxRow(tx_hash=tx_hash, kind=kind, ref=ref, raw_tx=raw_tx, state="pending",
+                                       reorgs=0, updated_at=self.now()))
+
+    def unfinal_transactions(self) -> list[ChainTxRow]:
+        """Followed transactions not yet final (nor dropped), oldest first."""
+        with session_scope(self.engine) as session:
+            return list(session.scalars(select(ChainTxRow)
+                                        .where(ChainTxRow.state.in_(("pending", "included", "reorged")))
+                                        .order_by(ChainTxRow.updated_at, ChainTxRow.tx_hash)))
+
+    def chain_tx(self, tx_hash: str) -> ChainTxRow | None:
+        with session_scope(self.engine) as session:
+            return session.get(ChainTxRow, tx_hash)
+
+    def set_chain_tx(self, tx_hash: str, state: str, *, block: tuple[int, str] | None = None,
+                     raw_tx: bytes | None = None, reorged: bool = False) -> None:
+        """Record what the tracker says now: the state, the inclusion (None clears it), the signed bytes."""
+        with session_scope(self.engine) as session:
+            row = get_row(session, ChainTxRow, tx_hash, "chain_tx")
+            row.state = state
+            row.block_number, row.block_hash = block if block is not None else (None, None)
+            if raw_tx is not None:
+                row.raw_tx = raw_tx
+            if reorged:
+                row.reorgs += 1
+            row.updated_at = self.now()
+
+    def chain_tx_counts(self) -> dict[str, int]:
+        with session_scope(self.engine) as session:
+            return dict(session.execute(select(ChainTxRow.state, func.count()).group_by(ChainTxRow.state)).all())
+
+    def reopen_settlement(self, settlement_id: int, why: str) -> None:
+        """A reorg undid a confirmed settlement whose signed transaction can no longer be mined: back to `sent`, so
+        the worker's recovery re-derives each log from the chain (settled nextSeq) and re-queues the others."""
+        with session_scope(self.engine) as session:
+            outbox = get_row(session, SettlementOutbox, settlement_id, "settlement")
+            if outbox.status == "confirmed":
+                outbox.status, outbox.error, outbox.updated_at = "sent", why, self.now()
+
 
 __all__ = [
     "CcStore", "Balance", "CcTable", "create_schema", "IssueLogRecord", "ReceiveLogRecord", "User", "Device",
     "IssueLogRow", "UserBalanceEntry", "SettlementOutbox", "ReceiveLogRow", "TransferRequestRow", "IssueRequestRow",
-    "TransferReceiptRow",
+    "TransferReceiptRow", "ChainTxRow", "CHAIN_TX_STATES",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 import structlog
 
 from offchain.chain.protocols import ChainWriter
+from offchain.clearing_center.finality import FinalityWatch
 from offchain.clearing_center.store import CcStore, TransferReceiptRow
 from offchain.core.errors import ClearhouseError, DuplicateMessage
 from offchain.core.messages import TransferReceipt, TransferRequest
@@ -27,7 +28,8 @@ class TransferWorker:
 
     def __init__(self, store: CcStore, chain: ChainWriter, verifier: CertificateVerifier, private_key: bytes,
                  cert_pem: bytes, *, interval_s: float, threshold_minor: int, clock: Clock = time.time,
-                 max_backoff_s: float = 60.0, log: Any = None) -> None:
+                 max_backoff_s: float = 60.0, log: Any = None, finality: FinalityWatch | None = None,
+                 confirmations: int | None = None) -> None:
         self.store = store
         self.chain = chain
         self.verifier = verifier
@@ -41,6 +43,8 @@ class TransferWorker:
         self._last_request_at = clock()
         self._scanned_block = chain.deployment.deploy_block - 1
         self._retry: dict[bytes, tuple[int, float]] = {}  # request id -> (attempts, next attempt at)
+        # every CC transaction is followed to finality here; a request goes to the bank only once it is final
+        self.finality = finality or FinalityWatch(store, chain.w3, confirmations=confirmations, log=self.log)
 
     def due_policies(self) -> list[bytes]:
         """Settled policies with accrued fees: all when the interval passed, else those at the threshold."""
@@ -81,6 +85,8 @@ class TransferWorker:
             attempts, not_before = self._retry.get(row.request_id, (0, 0.0))
             if self.clock() < not_before:
                 continue
+            if row.tx_hash is not None and not await asyncio.to_thread(self.finality.is_final, row.tx_hash):
+                continue  # included, not yet at the configured depth (or reorged: the watch repairs it)
             try:
                 await self._deliver_one(client, row.request_id, row.payee, row.amount)
                 receipts += 1

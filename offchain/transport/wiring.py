@@ -7,6 +7,7 @@ No routes and no business logic here; `offchain.transport.server.serve_app` runs
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 from offchain.core.errors import ConfigError
 from offchain.core.messages import Domain
 from offchain.core.types import Clock
+
+_log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:  # imported lazily below: a device or a tool reading a deployment file needs no web3 or TLS stack
     from offchain.chain.protocols import ChainReader, ChainWriter
@@ -44,14 +47,49 @@ def require_path(value: Path | None, name: str) -> Path:
     return Path(value)
 
 
-def connect_chain(settings: Any) -> ChainWriter:
-    """The ClearhouseChain client of a service's settings (rpc_url, deployment_path, its signing key)."""
+def chain_web3(settings: Any) -> Any:
+    """The Web3 of a service's settings: over `rpc_urls` with failover (offchain.chain.failover) when several are
+    given, else over `rpc_url`; either way with the POA extraData middleware (Clique; harmless on anvil). Logs
+    which node it starts on; the failover provider logs every switch."""
     from web3 import Web3
+    from web3.middleware import ExtraDataToPOAMiddleware
 
+    urls = settings.chain_urls() if hasattr(settings, "chain_urls") else [settings.rpc_url]
+    if len(urls) > 1:
+        from offchain.chain.failover import connect
+
+        w3 = connect(urls)
+        _log.info("chain: rpc failover over %d endpoints, using %s", len(urls), w3.provider.current_url)
+        return w3
+    w3 = Web3(Web3.HTTPProvider(urls[0], request_kwargs={"timeout": 60}))
+    w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+    _log.info("chain: using %s", urls[0])
+    return w3
+
+
+def connect_chain(settings: Any) -> ChainWriter:
+    """The ClearhouseChain client of a service's settings (rpc_url or rpc_urls, deployment_path, signing key)."""
     from offchain.chain.client import ClearhouseChain, Deployment
 
-    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": 60}))
-    return ClearhouseChain(w3, Deployment.load(settings.deployment_path), settings.eth_signing_key())
+    return ClearhouseChain(chain_web3(settings), Deployment.load(settings.deployment_path),
+                           settings.eth_signing_key())
+
+
+def finality_tracker(settings: Any, w3: Any) -> Any:
+    """The FinalityTracker of a service: the chain's policy (offchain.chain.finality) with the `confirmations`
+    setting as override. Detection asks the node (web3_clientVersion, clique_getSigners); a chain it cannot
+    identify gets depth 6, never 0."""
+    from offchain.chain.finality import FinalityPolicy, FinalityTracker, Web3Reader
+
+    def request(method: str, params: list[Any]) -> Any:
+        reply = w3.provider.make_request(method, params)
+        if "error" in reply:
+            raise ConfigError(f"{method}: {reply['error']}", method=method)
+        return reply.get("result")
+
+    policy = FinalityPolicy.detect(request, getattr(settings, "confirmations", None))
+    _log.info("chain: finality %s, confirmations %d", policy.kind, policy.confirmations)
+    return FinalityTracker(Web3Reader(w3), policy)
 
 
 def member_verifier(settings: Any, chain: ChainReader, clock: Clock) -> CertificateVerifier:
@@ -63,4 +101,5 @@ def member_verifier(settings: Any, chain: ChainReader, clock: Clock) -> Certific
                                chain_status=lambda address, role: chain.is_active(address, int(role)), clock=clock)
 
 
-__all__ = ["deployment_domain", "file_reader", "require_path", "connect_chain", "member_verifier"]
+__all__ = ["deployment_domain", "file_reader", "require_path", "chain_web3", "connect_chain", "finality_tracker",
+           "member_verifier"]
