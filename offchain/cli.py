@@ -70,11 +70,18 @@ def _service_modules() -> dict[str, ServiceModule]:
 @main.command()
 @click.argument("role", type=click.Choice(_SERVICE_ROLES))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--chain-timeout-s", type=float, default=5.0, show_default=True, envvar="CLEARHOUSE_CHAIN_TIMEOUT_S",
+              help="How long the start checks wait for the chain node to answer.")
 @_edge
-def serve(role: str, config_path: Path) -> None:
-    """Run one service (cc, sp or bank) until SIGTERM, with mutual TLS."""
+def serve(role: str, config_path: Path, chain_timeout_s: float) -> None:
+    """Run one service (cc, sp or bank) until SIGTERM, with mutual TLS, after checking the chain node, the
+    contract's code, this member's on-chain status and its gas (offchain/operator/preflight.py)."""
+    from offchain.operator.preflight import preflight
+
     module = _service_modules()[role]
-    module.serve(module.load_settings(config_path))
+    settings = module.load_settings(config_path)
+    preflight(settings, timeout_s=chain_timeout_s, echo=lambda line: click.echo(f"[serve {role}] {line}", err=True))
+    module.serve(settings)
 
 
 # --- benchmarks ------------------------------------------------------------------------------------------------
@@ -345,9 +352,11 @@ def content_package(config_path: Path, sp_url: str, content_file: Path, name: st
 @click.option("--anvil-port", type=int, default=None, help="Port for the anvil the demo starts (default: free port).")
 @click.option("--keep", is_flag=True, help="Leave the chain and the services running after the report (Ctrl-C stops).")
 @click.option("--hsm", is_flag=True, help="Keep the CA root, authority, CC, SP and bank keys in a SoftHSM2 token.")
+@click.option("--network", type=click.Choice(["anvil", "clique"]), default="anvil", show_default=True,
+              help="clique: run the story on a local four-signer Clique network (geth) in the workdir.")
 @click.pass_context
 def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_port: int | None, keep: bool,
-         hsm: bool) -> None:
+         hsm: bool, network: str) -> None:
     """Run the whole settlement story: chain, deploy, CA, services, deposits, uses, renewals, settlement, payouts."""
     import os
 
@@ -355,7 +364,8 @@ def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_po
 
     if ctx.find_root().params.get("debug"):
         os.environ["CLEARHOUSE_DEBUG"] = "1"  # the demo handles its own errors; this makes it re-raise them
-    sys.exit(main_demo(rpc_url=rpc_url, workdir=workdir, anvil_port=anvil_port, keep=keep, hsm=hsm))
+    sys.exit(main_demo(rpc_url=rpc_url, workdir=workdir, anvil_port=anvil_port, keep=keep, hsm=hsm,
+                       network=network))
 
 
 _CHAIN_OPTIONS = [

@@ -62,6 +62,8 @@ class DemoState:
 
     workdir: Path
     rpc_url: str = ""
+    rpc_urls: list[str] = field(default_factory=list)  # --network clique: every node, for the services' failover
+    network: Any = None  # --network clique: the running offchain.chain.network.CliqueNetwork
     deployment_path: Path | None = None
     new_serial_story: dict[str, str] = field(default_factory=dict)
     top_up_story: dict[str, str] = field(default_factory=dict)
@@ -136,6 +138,30 @@ def preflight(*, rpc_url: str | None, anvil_port: int | None) -> None:
                         hint="start the node, or drop --rpc to let the demo start its own anvil") from exc
 
 
+def web3_for(rpc_url: str) -> Web3:
+    """A Web3 for the demo's own reads and writes, with the POA extraData middleware (Clique; harmless on anvil)."""
+    from web3.middleware import ExtraDataToPOAMiddleware
+
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+    w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+    return w3
+
+
+@contextmanager
+def _clique(state: DemoState, console: Console) -> Iterator[str]:
+    """--network clique: four signer nodes (period 1 s) in the demo's workdir; stopped on the way out."""
+    from offchain.chain.network import CliqueNetwork
+
+    net = CliqueNetwork(state.workdir / "clique", signers=4, period_s=1, seed=b"clearhouse-demo",
+                        progress=lambda message: console.print(f"  [dim]{message}"))
+    try:
+        net.up()
+        state.network, state.rpc_urls = net, net.rpc_urls
+        yield net.rpc_urls[0]
+    finally:
+        net.down()
+
+
 @contextmanager
 def _chain(rpc_url: str | None, anvil_port: int | None) -> Iterator[str]:
     if rpc_url is not None:
@@ -198,11 +224,12 @@ def deploy_and_provision(state: DemoState, rpc_url: str, hsm: Any = None) -> Any
     from offchain.operator.provision import MemberSpec, provision
     from offchain.trust import keys
 
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+    w3 = web3_for(rpc_url)
     deployer = Account.create()
     authority: Any = keys.generate_secp256k1(hsm, "authority") if hsm else Account.create()
+    fund = _funder(state, w3)
     for account in (deployer, authority):
-        w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])  # type: ignore[arg-type]
+        fund(account.address)
     deployment = deploy(w3, bytes(deployer.key), authority.address, root=ROOT, network="demo")
     members = (MemberSpec("cc", Role.CLEARING_CENTER), MemberSpec("sp", Role.SERVICE_PROVIDER),
                MemberSpec("bank", Role.BANK), MemberSpec("studio", Role.CONTENT_PROVIDER),
@@ -211,9 +238,18 @@ def deploy_and_provision(state: DemoState, rpc_url: str, hsm: Any = None) -> Any
     # fast_kdf: the demo's device keystores are throwaway; real devices use the default scrypt cost.
     consortium = provision(state.workdir / "consortium", w3, deployment,
                            authority if hsm else bytes(authority.key), members=members,
-                           rpc_url=rpc_url, passphrase=PASSPHRASE, fast_kdf=True, hsm=hsm)
+                           rpc_url=rpc_url, passphrase=PASSPHRASE, fast_kdf=True, hsm=hsm, fund=fund,
+                           rpc_urls=state.rpc_urls)
     state.rpc_url, state.deployment_path = rpc_url, consortium.deployment_path
     return consortium
+
+
+def _funder(state: DemoState, w3: Web3) -> Callable[[str], None]:
+    """Gas for a fresh account: anvil_setBalance on anvil, the dev faucet on the Clique network."""
+    if state.network is not None:
+        return lambda address: state.network.fund([address], 10**21)
+    return lambda address: w3.provider.make_request("anvil_setBalance",  # type: ignore[arg-type]
+                                                    [address, hex(10**21)])
 
 
 def client(consortium: Any, member_id: str, service: str) -> Any:
@@ -254,7 +290,7 @@ def publish_contents(consortium: Any, state: DemoState) -> None:
     from offchain.content_provider.publisher import ContentProvider, content_id_for
 
     deployment = Deployment.load(consortium.deployment_path)
-    w3 = Web3(Web3.HTTPProvider(consortium.rpc_url, request_kwargs={"timeout": 60}))
+    w3 = web3_for(consortium.rpc_url)
     sp, cc = consortium.member("sp").eth_address, consortium.member("cc").eth_address
     for spec in CONTENTS:
         member = consortium.member(spec.provider)
@@ -285,7 +321,7 @@ def _reader(consortium: Any) -> Any:
     """A chain client used only for views (it never sends a transaction)."""
     from offchain.chain import ClearhouseChain, Deployment
 
-    w3 = Web3(Web3.HTTPProvider(consortium.rpc_url, request_kwargs={"timeout": 60}))
+    w3 = web3_for(consortium.rpc_url)
     return ClearhouseChain(w3, Deployment.load(consortium.deployment_path), consortium.member("cc").signing_key())
 
 
@@ -434,14 +470,19 @@ def report(consortium: Any, state: DemoState, processes: Processes, console: Con
 
 # --- entry point ----------------------------------------------------------------------------------------------------
 def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: str | None,
-        anvil_port: int | None, keep: bool = False, hsm: bool = False) -> None:
-    """The demo's steps in order; raises DemoError (or another ClearhouseError) on the first failure."""
+        anvil_port: int | None, keep: bool = False, hsm: bool = False, network: str = "anvil") -> None:
+    """The demo's steps in order; raises DemoError (or another ClearhouseError) on the first failure.
+    `network="clique"`: the whole story on a local four-signer Clique network instead of anvil."""
     from offchain.operator import audit
     steps = Steps(console)
-    with steps.step("checking prerequisites"):
-        preflight(rpc_url=rpc_url, anvil_port=anvil_port)
-    with steps.step("starting a local anvil (--hardfork paris)" if rpc_url is None else f"connecting to {rpc_url}"):
-        chain = _chain(rpc_url, anvil_port)
+    clique = network == "clique"
+    if not clique:
+        with steps.step("checking prerequisites"):
+            preflight(rpc_url=rpc_url, anvil_port=anvil_port)
+    title = ("starting a four-signer Clique network (geth, period 1 s)" if clique else
+             "starting a local anvil (--hardfork paris)" if rpc_url is None else f"connecting to {rpc_url}")
+    with steps.step(title):
+        chain = _clique(state, console) if clique else _chain(rpc_url, anvil_port)
         url = chain.__enter__()
     try:
         token = None
@@ -513,7 +554,7 @@ def default_workdir() -> Path:
 
 
 def main_demo(*, rpc_url: str | None = None, workdir: Path | None = None, anvil_port: int | None = None,
-              console: Console | None = None, keep: bool = False, hsm: bool = False) -> int:
+              console: Console | None = None, keep: bool = False, hsm: bool = False, network: str = "anvil") -> int:
     """`clearhouse demo`: 0 on success; 1 with what failed and what to do; 130 when interrupted (Ctrl-C/SIGTERM).
 
     Everything it started (anvil, services) is stopped before it returns, whatever happened.
@@ -527,7 +568,7 @@ def main_demo(*, rpc_url: str | None = None, workdir: Path | None = None, anvil_
     processes = Processes(state.workdir)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        run(state, processes, console, rpc_url=rpc_url, anvil_port=anvil_port, keep=keep, hsm=hsm)
+        run(state, processes, console, rpc_url=rpc_url, anvil_port=anvil_port, keep=keep, hsm=hsm, network=network)
     except KeyboardInterrupt:
         console.print("[yellow]interrupted: stopped every process the demo started")
         return 130

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,8 +118,15 @@ def _new_eth_key() -> tuple[bytes, str]:
     return key.secret, address_from_public_key(key.public_key.format(compressed=False))
 
 
+def anvil_fund(w3: Web3) -> Callable[[str], None]:
+    """Give an address gas on a dev node (anvil_setBalance); a Clique network passes its faucet instead."""
+    return lambda address: w3.provider.make_request("anvil_setBalance",  # type: ignore[arg-type]
+                                                    [address, hex(DEV_BALANCE_WEI)])
+
+
 def create_member(ca: CertificateAuthority, authority: ClearhouseChain, w3: Web3, workdir: Path,
-                  spec: MemberSpec, *, valid_days: int = 365, hsm: keys.Pkcs11Config | None = None) -> Member:
+                  spec: MemberSpec, *, valid_days: int = 365, hsm: keys.Pkcs11Config | None = None,
+                  fund: Callable[[str], None] | None = None) -> Member:
     """Keys, certificate, funding and on-chain registration of one member (with `hsm`, its signing key is
     generated in that token, non-extractable, labelled with the member id)."""
     directory = workdir / "members" / spec.member_id
@@ -134,7 +141,7 @@ def create_member(ca: CertificateAuthority, authority: ClearhouseChain, w3: Web3
         keys.write_pkcs11_marker(eth_key_path, hsm, spec.member_id, "secp256k1")
     creds = ca.issue_member(spec.member_id, spec.role, address, valid_days=valid_days, user_id=spec.user_id or None)
     cert_path, key_path = creds.write(directory)
-    w3.provider.make_request("anvil_setBalance", [address, hex(DEV_BALANCE_WEI)])  # type: ignore[arg-type]
+    (fund or anvil_fund(w3))(address)
     authority.register_member(address, int(spec.role), keccak(spec.member_id.encode()), creds.fingerprint,
                               creds.valid_from, creds.valid_until,
                               user_id_hash=keccak(spec.user_id.encode()) if spec.user_id else bytes(32))
@@ -155,6 +162,7 @@ def _service_settings(member: Member, consortium_paths: dict[str, Any], port: in
         "crl_path": str(consortium_paths["crl"]), **key_settings,
         "rpc_url": consortium_paths["rpc_url"], "deployment_path": str(consortium_paths["deployment"]),
         "database_url": f"sqlite:///{member.directory / 'service.db'}",
+        **consortium_paths.get("chain_settings", {}),  # rpc_urls, confirmations (a consortium network)
     }
 
 
@@ -204,11 +212,14 @@ def create_device_keystore(member: Member, passphrase: str, *, fast_kdf: bool) -
 def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: bytes | keys.Signer, *,
               members: Sequence[MemberSpec] = DEFAULT_MEMBERS, rpc_url: str | None = None,
               passphrase: str = DEFAULT_PASSPHRASE, fast_kdf: bool = False, hsm: keys.Pkcs11Config | None = None,
-              hsm_members: frozenset[str] = frozenset({"cc", "sp", "bank"})) -> Consortium:
+              hsm_members: frozenset[str] = frozenset({"cc", "sp", "bank"}),
+              fund: Callable[[str], None] | None = None, rpc_urls: Sequence[str] = (),
+              confirmations: int | None = None) -> Consortium:
     """Create the CA and every member under `workdir`, register them on chain, write settings; returns it all.
 
     With `hsm`, the CA root key is generated in that token and so are the signing keys of `hsm_members`;
-    `authority_key` is then usually the token's Signer too (see `offchain.operator.demo` --hsm)."""
+    `authority_key` is then usually the token's Signer too (see `offchain.operator.demo` --hsm). `fund` gives a
+    member gas (default anvil_setBalance); `rpc_urls` and `confirmations` go into every settings file."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ca = keys.create_ca(workdir / "ca", hsm)
@@ -220,13 +231,19 @@ def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: by
     deployment_path = deployment.write(workdir / "deployment.json")
     authority = ClearhouseChain(w3, deployment, authority_key)
     created = {spec.member_id: create_member(ca, authority, w3, workdir, spec,
-                                             hsm=hsm if spec.member_id in hsm_members else None)
+                                             hsm=hsm if spec.member_id in hsm_members else None, fund=fund)
                for spec in members}
     for member in created.values():
         if member.role == Role.DEVICE:
             create_device_keystore(member, passphrase, fast_kdf=fast_kdf)
     rpc = rpc_url or str(getattr(w3.provider, "endpoint_uri", "http://127.0.0.1:8545"))
-    paths = {"root": ca.root_path, "crl": ca.directory / "crl.pem", "deployment": deployment_path, "rpc_url": rpc}
+    chain_settings: dict[str, Any] = {}
+    if rpc_urls:
+        chain_settings["rpc_urls"] = list(rpc_urls)
+    if confirmations is not None:
+        chain_settings["confirmations"] = confirmations
+    paths = {"root": ca.root_path, "crl": ca.directory / "crl.pem", "deployment": deployment_path, "rpc_url": rpc,
+             "chain_settings": chain_settings}
     ports = {name: free_port() for name in ("cc", "sp", "bank")}
     urls, settings_paths = write_settings(workdir, created, paths, ports)
     return Consortium(workdir=workdir, ca_dir=ca.directory, root_path=ca.root_path, crl_path=paths["crl"],

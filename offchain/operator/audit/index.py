@@ -485,6 +485,9 @@ def open_index(*, rpc_url: str, deployment_path: Path, cache_dir: Path | None = 
     """Connect, check the chain id against the deployment file, and sync the local index to the head."""
     ref = ContractRef.from_file(Path(deployment_path))
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
+    from web3.middleware import ExtraDataToPOAMiddleware
+
+    w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)  # Clique blocks carry a longer extraData
     try:
         chain_id = w3.eth.chain_id
     except (OSError, ConnectionError) as exc:
