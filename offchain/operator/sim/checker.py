@@ -275,6 +275,8 @@ class Checker:
             user = users.get(bytes(e["oldSerial"]))
             users[bytes(e["newSerial"])] = user or b""
             allocated[user or b""] += int(e["newMoney"])
+        for e in self.of("IssueLogReleased"):  # an expired or closed log handing its unspent cap back
+            allocated[bytes(e["userIdHash"])] -= int(e["released"])
         for user in sorted(set(deposited) | set(allocated)):
             chain_deposited, chain_allocated = self.chain.call("userFunds", user)
             if not (allocated[user] <= deposited[user] and chain_allocated == allocated[user]
