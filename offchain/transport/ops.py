@@ -94,7 +94,10 @@ class HealthProbe:
                  timeout_s: float = PROBE_TIMEOUT_S, clock: Callable[[], float] = time.time) -> None:
         from web3 import Web3
 
+        from web3.middleware import ExtraDataToPOAMiddleware
+
         self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
+        self.w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)  # Clique: a longer extraData
         self.contract_address = contract_address
         self.engine = engine
         self.clock = clock
