@@ -16,7 +16,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (BigInteger, CheckConstraint, Engine, Integer, LargeBinary, String, Text, UniqueConstraint,
                         insert, select)
-from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.orm import Mapped, Session, defer, mapped_column
 from sqlalchemy.types import JSON
 
 from offchain.core.errors import ConfigError, DuplicateMessage, NotFound
@@ -149,8 +149,10 @@ def catalog_item(session: Session, content_id: bytes, version: int) -> SpCatalog
 
 
 def catalog_items(session: Session) -> list[SpCatalogItem]:
-    """Every catalog row, oldest first (the SP's listing and its price list)."""
-    return list(session.scalars(select(SpCatalogItem).order_by(SpCatalogItem.created_at)))
+    """Every catalog row, oldest first (the SP's listing and its price list), without the container bytes: the
+    listing and every usage upload's price look-up must not read megabytes per title (only `catalog_item` does)."""
+    return list(session.scalars(select(SpCatalogItem).options(defer(SpCatalogItem.container_bytes, raiseload=True))
+                                .order_by(SpCatalogItem.created_at)))
 
 
 def find_batch(session: Session, batch_id: bytes) -> SpBatch | None:

@@ -69,7 +69,9 @@ def test_catalog_item_added_once_and_conflicting_container_refused(engine: Engin
             sp.add_catalog_item(session, **{**item, "container": b"another container"})
         assert (info.value.content_id, info.value.version) == (CONTENT_ID, 1)
     with session_scope(engine) as session:
-        assert [r.container_bytes for r in sp.catalog_items(session)] == [b"container"]
+        assert [(r.content_id, r.version) for r in sp.catalog_items(session)] == [(CONTENT_ID, 1)]
+    with session_scope(engine) as session:
+        assert sp.catalog_item(session, CONTENT_ID, 1).container_bytes == b"container"
         assert sp.catalog_item(session, CONTENT_ID, 1).policy_json["price"] == 10
         with pytest.raises(NotFound):
             sp.catalog_item(session, CONTENT_ID, 2)
