@@ -19,7 +19,10 @@ SERVICE_LINKS = ("sp->cc", "cc->bank", "bank->cc")
 DEVICE_LINKS = tuple(f"{d}->{peer}" for d in DEVICES for peer in ("sp", "cc"))
 CHAIN_LINKS = ("cc->chain", "sp->chain", "bank->chain")
 LINK_MODES = ("refuse", "cut", "blackhole", "delay")
-CRASH_POINTS = ("", "before_broadcast", "after_broadcast")
+# A CC kill either plain, armed at a settlement crash point (CLEARHOUSE_CRASH_AT: it dies with an outbox row
+# pending), or `while_pending`: blocks stop for the window, so the kill at its end finds the CC's plans and
+# settlements broadcast and unmined.
+CRASH_POINTS = ("", "before_broadcast", "after_broadcast", "while_pending")
 DUP_TARGETS = (("bank->cc", "/v1/deposits/notify"), ("sp->cc", "/v1/receive-logs"),
                ("alice-phone->sp", "/v1/usage"), ("bob-tablet->sp", "/v1/usage"),
                ("alice-phone->cc", "/v1/issue-logs"), ("bob-tablet->cc", "/v1/issue-logs"))

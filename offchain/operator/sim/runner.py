@@ -310,7 +310,9 @@ class Injector:
     def open_fault(self, fault: Fault) -> None:
         w, services = self.world, self.world.services
         assert services is not None
-        if fault.kind == "kill":
+        if fault.kind == "kill" and fault.mode == "while_pending":
+            w.node.rpc("evm_setAutomine", [False])  # what the CC sends now stays pending until the kill
+        elif fault.kind == "kill":
             services.kill(fault.target)
             if fault.mode:  # restarted at once, armed to die at the crash point while an outbox row is pending
                 services.start(fault.target, env={"CLEARHOUSE_CRASH_AT": fault.mode}, wait=False)
@@ -338,6 +340,9 @@ class Injector:
         assert services is not None
         if fault.kind == "kill":
             services.kill(fault.target)
+            if fault.mode == "while_pending":
+                w.node.rpc("evm_setAutomine", [True])
+                w.node.rpc("evm_mine", [])
             services.start(fault.target)
         elif fault.kind == "pause":
             services.resume(fault.target)
