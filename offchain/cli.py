@@ -521,21 +521,47 @@ def member() -> None:
 @click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option("--authority-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
               help="File holding the authority's hex secp256k1 key.")
+@click.option("--release-logs/--no-release-logs", "release_logs", default=False, show_default=True,
+              help="For a device: close its issue logs at their settled totals (releaseIssueLog) and return the "
+                   "unspent rest to the user's deposits, so the user's next device can be issued it.")
 @_chain_options
 @_edge
-def member_revoke(member_id: str, ca_dir: Path, authority_key_file: Path, rpc_url: str, deployment_path: Path,
-                  cache_dir: Path | None) -> None:
-    """Revoke MEMBER_ID everywhere: put its certificates on the CRL and revoke its addresses on chain."""
+def member_revoke(member_id: str, ca_dir: Path, authority_key_file: Path, release_logs: bool, rpc_url: str,
+                  deployment_path: Path, cache_dir: Path | None) -> None:
+    """Revoke MEMBER_ID: its addresses on chain first, then its certificates on the CRL, then (--release-logs, a
+    device) its issue logs released. Running it again resumes a half-done revocation (see `member status`)."""
+    from offchain.operator.revocation import revoke_member
+    from offchain.trust.ca import CertificateAuthority
+
+    authority = _authority_chain(authority_key_file, rpc_url, deployment_path)
+    status = revoke_member(CertificateAuthority.load(ca_dir), authority, member_id, release_logs=release_logs)
+    _print_json({**status.to_json(), "crl": str(ca_dir / "crl.pem")})
+
+
+@member.command("status")
+@click.argument("member_id")
+@click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@_chain_options
+@_edge
+def member_status(member_id: str, ca_dir: Path, rpc_url: str, deployment_path: Path, cache_dir: Path | None) -> None:
+    """Where the revocation of MEMBER_ID stands: on chain, on the CRL, its device's logs still holding money."""
+    import os
+
+    from offchain.operator.revocation import revocation_status
+    from offchain.trust.ca import CertificateAuthority
+
+    reader = _authority_chain(None, rpc_url, deployment_path, fallback_key=os.urandom(32))  # eth_call only
+    _print_json(revocation_status(CertificateAuthority.load(ca_dir), reader, member_id).to_json())
+
+
+def _authority_chain(key_file: Path | None, rpc_url: str, deployment_path: Path, *,
+                     fallback_key: bytes | None = None) -> Any:
     from web3 import Web3
 
-    from offchain.trust.ca import CertificateAuthority
     from offchain.chain import ClearhouseChain, Deployment
-    from offchain.operator.provision import revoke_member
 
-    key = bytes.fromhex(authority_key_file.read_text().strip().removeprefix("0x"))
-    authority = ClearhouseChain(Web3(Web3.HTTPProvider(rpc_url)), Deployment.load(deployment_path), key)
-    addresses = revoke_member(CertificateAuthority.load(ca_dir), authority, member_id)
-    _print_json({"member_id": member_id, "revoked_addresses": addresses, "crl": str(ca_dir / "crl.pem")})
+    key = fallback_key if key_file is None else bytes.fromhex(key_file.read_text().strip().removeprefix("0x"))
+    return ClearhouseChain(Web3(Web3.HTTPProvider(rpc_url)), Deployment.load(deployment_path), key)
 
 
 @main.group("ca")

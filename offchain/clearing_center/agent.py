@@ -155,6 +155,7 @@ class ClearingCenter:
         return plan
 
     def _new_money(self, user_id: str, wanted: int | None, *, minimum: int) -> int:
+        self.credit_releases(user_id)
         available = self.store.balance(user_id).available - self.store.reserved(user_id)
         amount = available if wanted is None else wanted
         if amount > available:
@@ -453,11 +454,29 @@ class ClearingCenter:
         self.log.info("receive_log.accepted", id=to_hex(record.id), serial=to_hex(record.serial),
                       first_seq=record.first_seq, count=record.count, total=record.total)
 
+    # released logs (a stolen or expired device) ----------------------------------------------------------------
+    def credit_releases(self, user_id: str) -> int:
+        """Credit every IssueLogReleased of this user's logs to its balance (one `release` entry per serial, from
+        the event, whoever sent the release: the authority's `member revoke --release-logs` or this CC), so the
+        money a revoked device never spent can be issued to the user's next device. Returns the new entries."""
+        events = self.chain.contract.events.IssueLogReleased().get_logs(
+            argument_filters={"userIdHash": user_id_hash(user_id)}, from_block=self.chain.deployment.deploy_block)
+        created = 0
+        for event in events:
+            serial, released = bytes(event["args"]["serial"]), int(event["args"]["released"])
+            if self.store.credit_release(serial, user_id, released, to_hex(bytes(event["transactionHash"]))):
+                created += 1
+                self.log.info("issue_log.release_credited", serial=to_hex(serial), user_id=user_id,
+                              released=released)
+        return created
+
     # balance view ------------------------------------------------------------------------------------------------
     def user_view(self, user_id: str, peer: MemberIdentity) -> dict[str, Any]:
         """A device reads only the balance of the user its certificate names; the bank reads any."""
         if peer.role == Role.DEVICE:
             _certified_user(peer, user_id)
+        with self._money_lock:
+            self.credit_releases(user_id)
         return self.store.user_view(user_id)
 
 

@@ -256,15 +256,12 @@ __all__ = ["MemberSpec", "Member", "Consortium", "DEFAULT_MEMBERS", "provision",
 
 
 def revoke_member(ca: CertificateAuthority, authority: ClearhouseChain, member_id: str) -> list[str]:
-    """Revoke a member everywhere at once: its certificates go on the CRL and its addresses are revoked on chain.
+    """Revoke a member everywhere: its addresses on chain first, then its certificates on the CRL (a chain error
+    leaves the CRL untouched; `offchain.operator.revocation` does it, and releases a device's logs on request).
 
     Returns the revoked addresses. The CRL file is rewritten by the CA; services re-read it on each handshake
     check, and the on-chain revocation makes every contract call by or signed by the member fail at once.
     """
-    addresses = sorted({entry["eth_address"] for entry in ca.issued if entry["member_id"] == member_id})
-    ca.revoke(member_id)  # NotFound if the CA never issued to this member
-    for address in addresses:
-        info = authority.member(address)
-        if not info.revoked and info.role != 0:
-            authority.revoke_member(address)
-    return addresses
+    from offchain.operator.revocation import revoke_member as revoke_in_order
+
+    return sorted(revoke_in_order(ca, authority, member_id).on_chain)
