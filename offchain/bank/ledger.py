@@ -112,7 +112,7 @@ class Ledger:
     def deposit(
         self, deposit_id: bytes | str, user_id: str, amount: int, external_ref: str | None = None
     ) -> PostedEntry:
-        """Cash enters for `user_id` and the user pays it into the CC management account (claim 12).
+        """Cash enters for `user_id` and the user pays it into the CC management account (deposit backing the allowance).
 
         Exactly once per deposit id: an identical replay returns the original entry, another payload raises
         DuplicateMessage.

@@ -82,7 +82,7 @@ class ClearingCenter:
         self._wait_receipt: ReceiptWaiter = wait_receipt or self._wait_receipt_on_chain
         self.settle_gas_budget = settle_gas_budget  # receive logs whose batch one settle tx cannot carry: refused
 
-    # deposits (claim 4) ------------------------------------------------------------------------------------------
+    # deposits ---------------------------------------------------------------------------------------------------
     def credit_deposit(self, notice: DepositNotice, peer: MemberIdentity) -> dict[str, Any]:
         """Credit a deposit only if the bank's transaction emitted the matching DepositRecorded event."""
         deposit_id = from_hex(notice.deposit_id, "deposit_id")
@@ -123,7 +123,7 @@ class ClearingCenter:
         raise DepositNotProven("the transaction has no DepositRecorded event for this deposit id",
                                deposit_id=deposit_id, tx_hash=tx_hash, reason="no matching event")
 
-    # issue logs (claim 12) ---------------------------------------------------------------------------------------
+    # issue logs ------------------------------------------------------------------------------------------------
     def issue(self, body: IssueBody, peer: MemberIdentity) -> dict[str, Any]:
         """Issue a log of up to the user's unallocated deposits, anchored on chain before the answer. The user is
         the one the CA named in the device's certificate; the body's `user_id` must agree with it."""
@@ -184,7 +184,7 @@ class ClearingCenter:
                       new_money=plan.new_money, carried=plan.carried, tx_hash=tx_hash)
         return response
 
-    # renewal (claims 13, 14) -------------------------------------------------------------------------------------
+    # renewal: top-up in place, new serial while unsettled -------------------------------------------------
     def renew(self, body: RenewBody, peer: MemberIdentity) -> dict[str, Any]:
         """Renew against the device's signed balance: a new serial while anything attested is unsettled, else a
         top-up of the same serial. New cap = new deposits + carried (= old cap - attested spent)."""

@@ -82,7 +82,7 @@ BALANCE_KINDS = ("deposit", "allocation", "carry", "release")
 
 
 class UserBalanceEntry(CcTable):
-    """Append-only user balance database (claim 4): deposits credited, new money allocated, amounts carried, and
+    """Append-only user balance database: deposits credited, new money allocated, amounts carried, and
     the unsettled rest of a revoked or expired device's log released back (IssueLogReleased, one row per serial)."""
 
     __tablename__ = "user_balance_entries"
@@ -298,7 +298,7 @@ def mark_issue_log_anchored(session: Session, serial: bytes, revision: int, tx_h
 
 @dataclass(frozen=True)
 class Balance:
-    """A user's totals from the append-only balance entries (claim 4); `available` is not yet allocated:
+    """A user's totals from the append-only balance entries; `available` is not yet allocated:
     deposits minus allocations plus what releases returned (the chain's `allocated -= cap - spent`)."""
 
     user_id: str

@@ -251,7 +251,7 @@ class ServiceProvider:
             receive_id = to_hex(envelope.decode().id(self.domain))
             sp_store.store_upload(session, _log_rows(upload, now), sp_store.SpBatch(
                 id=batch_id, serial=batch.serial, first_seq=batch.first_seq, count=batch.count,
-                # batch_json carries the device certificate too: the CC needs it with the batch (claim 8)
+                # batch_json carries the device certificate too: the CC needs it with the batch (certificate-carrying logs)
                 batch_json={"usage_batch": batch.to_json(), "device_certificate": upload.device_certificate},
                 device_sig=upload.batch_signature, receive_log_json={"id": receive_id, "envelope": envelope.to_json()},
                 receiver_sig=envelope.signature_bytes(), status="pending", payload_hash=payload,
