@@ -70,11 +70,18 @@ def _service_modules() -> dict[str, ServiceModule]:
 @main.command()
 @click.argument("role", type=click.Choice(_SERVICE_ROLES))
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True)
+@click.option("--chain-timeout-s", type=float, default=5.0, show_default=True, envvar="CLEARHOUSE_CHAIN_TIMEOUT_S",
+              help="How long the start checks wait for the chain node to answer.")
 @_edge
-def serve(role: str, config_path: Path) -> None:
-    """Run one service (cc, sp or bank) until SIGTERM, with mutual TLS."""
+def serve(role: str, config_path: Path, chain_timeout_s: float) -> None:
+    """Run one service (cc, sp or bank) until SIGTERM, with mutual TLS, after checking the chain node, the
+    contract's code, this member's on-chain status and its gas (offchain/operator/preflight.py)."""
+    from offchain.operator.preflight import preflight
+
     module = _service_modules()[role]
-    module.serve(module.load_settings(config_path))
+    settings = module.load_settings(config_path)
+    preflight(settings, timeout_s=chain_timeout_s, echo=lambda line: click.echo(f"[serve {role}] {line}", err=True))
+    module.serve(settings)
 
 
 # --- benchmarks ------------------------------------------------------------------------------------------------
