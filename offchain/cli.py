@@ -188,10 +188,10 @@ def _certificate_user(cert_path: Path | None) -> str:
     return users[0]
 
 
-def _show_balance(balance: Any) -> None:
+def _show_balance(balance: Any, *, err: bool = False) -> None:
     from dataclasses import asdict
 
-    _print_json({k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in asdict(balance).items()})
+    _print_json({k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in asdict(balance).items()}, err=err)
 
 
 @device.command("request")
@@ -249,18 +249,27 @@ def device_download(ctx: click.Context, content_id: str, version: int) -> None:
 @device.command("use")
 @click.argument("content_id")
 @click.option("--version", type=int, default=1, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the plaintext here.")
+@click.option("--out", default=None, metavar="PATH|-",
+              help="Write the plaintext to PATH (a temporary file beside it, renamed when complete), or to stdout "
+                   "with `-`. Required: without it the use would be charged and the content thrown away.")
 @click.pass_context
 @_edge
-def device_use(ctx: click.Context, content_id: str, version: int, out: Path | None) -> None:
-    """Use downloaded content offline: deduct the fee and write a signed usage log (no network)."""
-    client = _device_client(ctx)
+def device_use(ctx: click.Context, content_id: str, version: int, out: str | None) -> None:
+    """Use downloaded content offline: deduct the fee and write a signed usage log (no network).
+
+    The destination is checked and opened before anything is charged; a use that fails charges nothing."""
+    from offchain.device.delivery import STDOUT, Destination, deliver_use
+
+    destination = Destination.open(out)  # ConfigError(field=out) before the keystore is even unlocked
     try:
-        plaintext = client.use(_content_id(content_id), version)
-        if out is not None:
-            out.write_bytes(plaintext)
-        click.echo(f"used {len(plaintext)} bytes; balance:")
-        _show_balance(client.balance())
+        client = _device_client(ctx)
+    except BaseException:
+        destination.abort()
+        raise
+    try:
+        size = deliver_use(destination, client, _content_id(content_id), version)
+        click.echo(f"used {size} bytes; balance:", err=out == STDOUT)
+        _show_balance(client.balance(), err=out == STDOUT)
     finally:
         client.close()
 
@@ -588,8 +597,8 @@ def ca_refresh_crl(ca_dir: Path) -> None:
     _print_json(refresh_crl(ca_dir).to_json())
 
 
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+def _print_json(value: Any, *, err: bool = False) -> None:
+    click.echo(json.dumps(value, indent=2, default=str), err=err)
 
 
 def _register_sim() -> None:

@@ -12,11 +12,17 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from offchain.core.errors import ConfigError
 
 STDOUT = "-"
+
+
+class UsesContent(Protocol):
+    """What delivery needs of a device: one offline use (charge, sign, decrypt) returning the plaintext."""
+
+    def use(self, content_id: bytes, version: int) -> bytes: ...
 
 
 @dataclass
@@ -65,3 +71,20 @@ class Destination:
         self._handle.close()
         if self._temp is not None and self._temp.exists():
             self._temp.unlink()
+
+
+def deliver_use(destination: Destination, device: UsesContent, content_id: bytes, version: int) -> int:
+    """Use the content into an already opened `destination`: any failure of the use itself (not downloaded,
+    wrong device, tampered container, allowance exceeded, renewal pending, expired log) happens before the
+    secure module's charge commits, so the temporary file is dropped and nothing is charged. Returns the bytes
+    delivered. A failure while writing after the charge (a full disk) leaves the charge: the limit this narrows."""
+    try:
+        plaintext = device.use(content_id, version)
+    except BaseException:
+        destination.abort()
+        raise
+    destination.deliver(plaintext)
+    return len(plaintext)
+
+
+__all__ = ["Destination", "STDOUT", "UsesContent", "deliver_use"]
