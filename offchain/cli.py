@@ -378,9 +378,11 @@ def demo(ctx: click.Context, rpc_url: str | None, workdir: Path | None, anvil_po
 
 
 _CHAIN_OPTIONS = [
-    click.option("--rpc", "rpc_url", default="http://127.0.0.1:8545", show_default=True, help="Chain JSON-RPC URL."),
+    click.option("--rpc", "rpc_url", default="http://127.0.0.1:8545", show_default=True, envvar="CLEARHOUSE_RPC_URL",
+                 help="Chain JSON-RPC URL (env CLEARHOUSE_RPC_URL)."),
     click.option("--deployment", "deployment_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-                 default=Path("deployments/local.json"), show_default=True, help="Deployment file."),
+                 default=Path("deployments/local.json"), show_default=True, envvar="CLEARHOUSE_DEPLOYMENT",
+                 help="Deployment file (env CLEARHOUSE_DEPLOYMENT)."),
     click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                  help="Local event index cache (default ~/.cache/clearhouse)."),
 ]

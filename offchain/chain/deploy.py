@@ -125,12 +125,14 @@ class Deployment:
     address: str
     abi: list[dict[str, Any]] = field(repr=False)
     compiler: dict[str, str] = field(default_factory=dict)
+    deploy_block_hash: str | None = None  # `clearhouse audit` checks it: a reset dev chain has another block there
 
     def to_json(self) -> dict[str, Any]:
         return {
             "network": self.network,
             "chain_id": self.chain_id,
             "deploy_block": self.deploy_block,
+            **({"deploy_block_hash": self.deploy_block_hash} if self.deploy_block_hash else {}),
             "authority": self.authority,
             "contracts": {"Clearhouse": {"address": self.address, "abi": self.abi}},
             "compiler": self.compiler,
@@ -148,6 +150,7 @@ class Deployment:
                 address=to_checksum_address(entry["address"]),
                 abi=entry["abi"],
                 compiler=dict(data.get("compiler", {})),
+                deploy_block_hash=data.get("deploy_block_hash"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed deployment file: missing or bad {exc}", field=str(exc)) from exc
@@ -193,6 +196,7 @@ def deploy(
         address=address,
         abi=art["abi"],
         compiler={"version": settings.version, "evm_version": settings.evm_version},
+        deploy_block_hash="0x" + bytes(receipt["blockHash"]).hex(),
     )
 
 

@@ -106,9 +106,212 @@ def db_revision(role: str, message: str) -> None:
         click.echo(f"wrote {path}: review it (renames show as drop + add), then commit it")
 
 
+# --- output helpers ----------------------------------------------------------------------------------------------
+def iso(ts: int | float | None) -> str:
+    """ISO 8601 UTC of a Unix time (tables; --json keeps the raw seconds)."""
+    import datetime as dt
+
+    if ts is None or ts == "":
+        return ""
+    return dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def print_table(title: str, rows: list[dict[str, Any]], columns: list[str],
+                formats: dict[str, Callable[[Any], str]] | None = None) -> None:
+    """A rich table at the terminal's real width (rich reads COLUMNS or the tty; 80 when piped)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    formats = formats or {}
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(formats.get(c, str)(row.get(c, "")) for c in columns))
+    Console().print(table)
+
+
+def print_json(value: Any) -> None:
+    import json
+
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def passphrase_from_env(variable: str = "CLEARHOUSE_PASSPHRASE") -> str:
+    """The passphrase from `variable`, else a hidden prompt on a terminal, else a ConfigError naming the variable."""
+    import os
+    import sys
+
+    from offchain.core.errors import ConfigError
+
+    value = os.environ.get(variable)
+    if value:
+        return value
+    if sys.stdin.isatty():
+        return str(click.prompt("keystore passphrase", hide_input=True, confirmation_prompt=True))
+    raise ConfigError(f"no passphrase: set {variable} (there is no terminal to ask on)", env=variable)
+
+
+# --- ca init -----------------------------------------------------------------------------------------------------
+@click.command("init")
+@click.option("--dir", "ca_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Directory for the root key and certificate, the CRL and the authority key (created).")
+@_edge
+def ca_init(ca_dir: Path) -> None:
+    """Create a CA and an authority Ethereum key; deploy the contract with the printed authority address."""
+    from offchain.operator.lifecycle import init_ca
+
+    result = init_ca(ca_dir)
+    print_json(result)
+    click.echo(f"next: deploy with CLEARHOUSE_AUTHORITY={result['authority_address']} `ape run deploy`, then "
+               f"`clearhouse member add <id> --role ... --ca-dir {ca_dir}`", err=True)
+
+
+# --- member add / list -------------------------------------------------------------------------------------------
+def _chain_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--deployment", "deployment_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                      default=Path("deployments/local.json"), show_default=True, envvar="CLEARHOUSE_DEPLOYMENT",
+                      help="Deployment file (env CLEARHOUSE_DEPLOYMENT).")(fn)
+    return click.option("--rpc", "rpc_url", default="http://127.0.0.1:8545", show_default=True,
+                        envvar="CLEARHOUSE_RPC_URL", help="Chain JSON-RPC URL (env CLEARHOUSE_RPC_URL).")(fn)
+
+
+def _chain(rpc_url: str, deployment_path: Path, key: bytes) -> Any:
+    from web3 import Web3
+
+    from offchain.chain import ClearhouseChain, Deployment
+
+    return ClearhouseChain(Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30})),
+                           Deployment.load(deployment_path), key)
+
+
+@click.command("add")
+@click.argument("member_id")
+@click.option("--role", required=True, type=click.Choice(["clearing_center", "service_provider", "bank",
+                                                          "content_provider", "device"]))
+@click.option("--user", "user_id", default="", help="device: the user it belongs to.")
+@click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--authority-key-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The authority's hex key (default: CA_DIR/authority-eth.key).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where members/<id>/ is written (default: the CA directory's parent).")
+@click.option("--valid-days", type=int, default=365, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Only JSON on stdout.")
+@_chain_options
+@_edge
+def member_add(member_id: str, role: str, user_id: str, ca_dir: Path, authority_key_file: Path | None,
+               workdir: Path | None, valid_days: int, as_json: bool, rpc_url: str, deployment_path: Path) -> None:
+    """Issue MEMBER_ID's keys and certificate, register it on chain, and give it gas on a dev chain (elsewhere it
+    says when the member has none). A device needs --user and a keystore passphrase (CLEARHOUSE_PASSPHRASE)."""
+    from offchain.operator.lifecycle import add_member
+
+    key_file = authority_key_file or ca_dir / "authority-eth.key"
+    key = bytes.fromhex(key_file.read_text().strip().removeprefix("0x"))
+    passphrase = passphrase_from_env() if role == "device" else None
+    echo = (lambda _line: None) if as_json else (lambda line: click.echo(f"[member add] {line}", err=True))
+    added = add_member(ca_dir, workdir or ca_dir.parent, member_id, role, _chain(rpc_url, deployment_path, key),
+                       user_id=user_id, valid_days=valid_days, passphrase=passphrase, echo=echo)
+    print_json(added.to_json())
+
+
+@click.command("list")
+@click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--no-chain", is_flag=True, help="Only the CA's view (no RPC).")
+@click.option("--json", "as_json", is_flag=True, help="JSON for tools (raw Unix seconds).")
+@_chain_options
+@_edge
+def member_list(ca_dir: Path, no_chain: bool, as_json: bool, rpc_url: str, deployment_path: Path) -> None:
+    """Every member the CA issued: certificate, CRL and on-chain status side by side."""
+    import os
+
+    from offchain.operator.lifecycle import member_rows
+    from offchain.trust import keys
+
+    chain = None if no_chain else _chain(rpc_url, deployment_path, os.urandom(32))  # eth_call only
+    rows = member_rows(keys.load_ca(ca_dir), chain)
+    if as_json:
+        print_json(rows)
+        return
+    columns = ["member_id", "role", "user_id", "eth_address", "not_after", "crl_revoked"]
+    if chain is not None:
+        columns += ["chain_role", "chain_revoked", "chain_fingerprint_matches", "balance_wei"]
+    print_table(f"members of {ca_dir}", rows, columns, {"not_after": iso})
+
+
+# --- config init ---------------------------------------------------------------------------------------------------
+@click.group("config")
+def config_group() -> None:
+    """Settings files."""
+
+
+@config_group.command("init")
+@click.argument("role", type=click.Choice(["cc", "sp", "bank", "device"]))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write here (refuses to overwrite); default stdout.")
+@_edge
+def config_init(role: str, out: Path | None) -> None:
+    """A commented TOML settings template for ROLE: every setting, its meaning and its default."""
+    from offchain.core.errors import ConfigError
+    from offchain.operator.lifecycle import settings_template
+
+    text = settings_template(role)
+    if out is None:
+        click.echo(text)
+        return
+    if out.exists():
+        raise ConfigError(f"{out} exists; remove it or choose another --out", path=str(out))
+    out.write_text(text)
+    click.echo(f"wrote {out}", err=True)
+
+
+# --- bank deposit --------------------------------------------------------------------------------------------------
+@click.group("bank")
+def bank_group() -> None:
+    """The bank's operator commands."""
+
+
+@bank_group.command("deposit")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="The bank's settings file (its certificate, key, CA and port are used).")
+@click.option("--user", "user_id", required=True)
+@click.option("--amount", type=int, required=True, help="Minor units.")
+@click.option("--deposit-id", default=None, help="Idempotency key (default: a new one; give it to retry safely).")
+@_edge
+def bank_deposit(config_path: Path, user_id: str, amount: int, deposit_id: str | None) -> None:
+    """Record a user's deposit at the bank: ledger, on chain, and the CC notified."""
+    from offchain.core.settings import BankSettings, load_settings
+    from offchain.operator.lifecycle import bank_deposit as deposit
+
+    print_json(deposit(load_settings(BankSettings, config_path), user_id, amount, deposit_id))
+
+
+def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("clearhouse")
+    except PackageNotFoundError:
+        found = "0+unknown (not installed: pip install -e .)"
+    click.echo(f"clearhouse {found}")
+    ctx.exit()
+
+
 def register(main: click.Group) -> None:
-    """Add the operator groups to the `clearhouse` command."""
+    """Add the operator groups to the `clearhouse` command (and to its `ca` and `member` groups when present)."""
     main.add_command(db)
+    main.add_command(config_group)
+    main.add_command(bank_group)
+    main.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
+                                    callback=_version, help="Print the version and exit."))
+    ca = main.commands.get("ca")
+    if isinstance(ca, click.Group):
+        ca.add_command(ca_init)
+    member = main.commands.get("member")
+    if isinstance(member, click.Group):
+        member.add_command(member_add)
+        member.add_command(member_list)
 
 
-__all__ = ["db", "register"]
+__all__ = ["db", "register", "iso", "print_table", "print_json", "passphrase_from_env"]
