@@ -27,7 +27,7 @@ from offchain.core.settings import ClearingCenterSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings
 from offchain.core.types import Clock, Role, from_hex
 from offchain.transport.client import JsonClient
-from offchain.transport.ops import METRICS_KEY
+from offchain.transport.ops import METRICS_KEY, LoopBackoff
 from offchain.transport.server import Route, add_routes, new_app, serve_app
 from offchain.transport.wiring import connect_chain, member_verifier, require_path
 from offchain.trust.certs import MemberIdentity
@@ -105,40 +105,49 @@ def build_app(settings: ClearingCenterSettings, *, chain: ChainWriter | None = N
 def _background(cc: ClearingCenter, settlement: SettlementWorker, transfers: TransferWorker, client: JsonClient,
                 settings: ClearingCenterSettings, log: Any) -> Callable[[web.Application], Any]:
     async def plan_loop() -> None:
+        gate = LoopBackoff("issue_requests.resolve", log, max(10 * settings.settle_interval_s,
+                                                               PLAN_RESOLVE_MIN_INTERVAL_S))
         while True:  # at start, then on a timer: no plan a crash left `planned` stays open
             try:
                 outcomes = await asyncio.to_thread(cc.resolve_open_plans)
                 if outcomes:
                     log.info("issue_requests.resolved", outcomes=outcomes)
-            except Exception:  # noqa: BLE001 - keep the loop alive; the next round resolves from the chain again
-                log.exception("issue_requests.resolve_failed")
-            await asyncio.sleep(max(10 * settings.settle_interval_s, PLAN_RESOLVE_MIN_INTERVAL_S))
+                delay = gate.succeeded()
+            except Exception as exc:  # noqa: BLE001 - keep the loop alive; the next round resolves from the chain
+                delay = gate.failed(exc)
+            await asyncio.sleep(delay)
 
     async def settle_loop(round_seconds: Any) -> None:
+        gate = LoopBackoff("settlement.tick", log, settings.settle_interval_s)
         while True:
             try:
                 with round_seconds.time():
                     await asyncio.to_thread(settlement.tick)
-            except Exception:  # noqa: BLE001 - keep the loop alive; the next tick recovers from the outbox
-                log.exception("settlement.tick_failed")
-            await asyncio.sleep(settings.settle_interval_s)
+                delay = gate.succeeded()
+            except Exception as exc:  # noqa: BLE001 - keep the loop alive; the next tick recovers from the outbox
+                delay = gate.failed(exc)
+            await asyncio.sleep(delay)
 
     async def transfer_loop() -> None:
+        gate = LoopBackoff("transfers.round", log, min(settings.settle_interval_s, settings.transfer_interval_s))
         while True:
             try:
                 await asyncio.to_thread(transfers.request_round)
                 await transfers.deliver(client)
-            except Exception:  # noqa: BLE001 - keep the loop alive; requests are mirrored from chain events
-                log.exception("transfers.round_failed")
-            await asyncio.sleep(min(settings.settle_interval_s, settings.transfer_interval_s))
+                delay = gate.succeeded()
+            except Exception as exc:  # noqa: BLE001 - keep the loop alive; requests are mirrored from chain events
+                delay = gate.failed(exc)
+            await asyncio.sleep(delay)
 
     async def finality_loop() -> None:
+        gate = LoopBackoff("finality.tick", log, settings.settle_interval_s)
         while True:  # included -> final at the configured depth; a reorged transaction is re-broadcast
             try:
                 await asyncio.to_thread(transfers.finality.tick)
-            except Exception:  # noqa: BLE001 - keep the loop alive; a stalled or unreachable chain just waits
-                log.exception("finality.tick_failed")
-            await asyncio.sleep(settings.settle_interval_s)
+                delay = gate.succeeded()
+            except Exception as exc:  # noqa: BLE001 - keep the loop alive; a stalled or unreachable chain waits
+                delay = gate.failed(exc)
+            await asyncio.sleep(delay)
 
     async def context(app: web.Application) -> Any:
         tasks = [asyncio.create_task(finality_loop()), asyncio.create_task(plan_loop()), asyncio.create_task(settle_loop(app[METRICS_KEY].settlement_round)),

@@ -150,14 +150,17 @@ class Forwarder:
         return await self._forward(pending[:middle]) + await self._forward(pending[middle:])
 
     async def run(self) -> None:
+        from offchain.transport.ops import LoopBackoff
+
+        gate = LoopBackoff("forwarder round", log, self._interval_s)
         while True:
             try:
                 accepted = await self.forward_once()
-            except Exception:  # keep the loop alive; the next round retries
-                log.exception("forwarder round failed")
-                accepted = 0
+                delay = gate.succeeded()
+            except Exception as exc:  # keep the loop alive; the next round retries (one warning per outage)
+                accepted, delay = 0, gate.failed(exc)
             if accepted < self._batch_max:
-                await asyncio.sleep(self._interval_s)
+                await asyncio.sleep(delay)
 
 
 __all__ = ["Forwarder", "ForwardingQueue", "CcPoster", "Rejection", "permanent_rejections", "TRANSIENT_ERROR_CODES",

@@ -189,6 +189,41 @@ def status_samples(name: str, help_text: str, counts: dict[str, int], statuses: 
     return [Sample(name, help_text, float(counts.get(status, 0)), (("status", status),)) for status in statuses]
 
 
+# --- background loops: one warning per outage ------------------------------------------------------------------------
+class LoopBackoff:
+    """What a background loop does on failure: one warning when it starts failing (a traceback only for an error
+    that is not a known outage), silence while it keeps failing with the wait doubling up to `max_s`, and one
+    `recovered` line when a round succeeds again. `failed`/`succeeded` return the seconds to wait. `log` is a
+    structlog or a stdlib logger (plain messages, `exc_info` only)."""
+
+    def __init__(self, name: str, log: Any, interval_s: float, *, max_s: float = 30.0) -> None:
+        self.name, self.log, self.interval_s, self.max_s = name, log, interval_s, max(max_s, interval_s)
+        self.failures = 0
+
+    def failed(self, exc: BaseException) -> float:
+        from offchain.core.errors import ClearhouseError
+
+        self.failures += 1
+        delay = min(self.max_s, self.interval_s * 2 ** (self.failures - 1))
+        if self.failures == 1:
+            known = isinstance(exc, (ClearhouseError, OSError, TimeoutError)) or _is_transport_error(exc)
+            error = f"{type(exc).__name__}: {exc}"[:500]
+            self.log.warning(f"{self.name} failing ({error}); retrying with backoff up to {self.max_s:g} s, "
+                             "quiet until it recovers", exc_info=None if known else exc)
+        return delay
+
+    def succeeded(self) -> float:
+        if self.failures:
+            self.log.info(f"{self.name} recovered after {self.failures} failed rounds")
+            self.failures = 0
+        return self.interval_s
+
+
+def _is_transport_error(exc: BaseException) -> bool:
+    module = type(exc).__module__
+    return module.startswith(("requests", "urllib3", "aiohttp", "web3.exceptions"))
+
+
 # --- the ops listener ------------------------------------------------------------------------------------------------
 def ops_app(metrics: ServiceMetrics, probe: HealthProbe, identity: dict[str, str]) -> web.Application:
     """The plain-HTTP application: GET /healthz (readiness, 503 when not ready), /livez, /metrics."""
@@ -235,5 +270,5 @@ async def start_ops_listener(settings: Any, app: web.Application, counts: Counts
     return runner
 
 
-__all__ = ["Sample", "Counts", "ServiceMetrics", "HealthProbe", "request_metrics", "status_samples", "ops_app",
+__all__ = ["LoopBackoff", "Sample", "Counts", "ServiceMetrics", "HealthProbe", "request_metrics", "status_samples", "ops_app",
            "start_ops_listener", "METRICS_KEY"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import ssl
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -35,18 +34,18 @@ def ops_ports(consortium: Consortium) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def ops_flow(consortium: Consortium, services: Any, ops_ports: dict[str, int], w3: Web3) -> Iterator[Flow]:
-    conftest = sys.modules[type(services).__module__]
+    conftest = type(services).close.__globals__  # the module's namespace (conftest modules share one name)
     paths = dict(consortium.settings_paths)
     for name in SERVICES:  # the same settings plus the ops listener
         data = json.loads(paths[name].read_text())
         data["metrics_port"] = ops_ports[name]
         paths[name] = paths[name].with_name(f"{name}-ops.json")
         paths[name].write_text(json.dumps(data))
-    ops_services = conftest.Services(dataclasses.replace(consortium, settings_paths=paths))
+    ops_services = conftest["Services"](dataclasses.replace(consortium, settings_paths=paths))
     try:
         for name in SERVICES:
             ops_services.start(name)
-        yield conftest.Flow(ops_services, w3)
+        yield conftest["Flow"](ops_services, w3)
     finally:
         ops_services.close()
 
