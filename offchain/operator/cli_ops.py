@@ -285,6 +285,48 @@ def bank_deposit(config_path: Path, user_id: str, amount: int, deposit_id: str |
     print_json(deposit(load_settings(BankSettings, config_path), user_id, amount, deposit_id))
 
 
+# --- sp requeue / parked -----------------------------------------------------------------------------------------
+@click.group("sp")
+def sp_group() -> None:
+    """The service provider's operator commands (on its database; a running SP picks the changes up)."""
+
+
+_sp_config = click.option("--config", "config_path", required=True,
+                          type=click.Path(exists=True, dir_okay=False, path_type=Path),
+                          help="The SP's settings file (its database_url is used).")
+
+
+@sp_group.command("parked")
+@_sp_config
+@click.option("--json", "as_json", is_flag=True, help="JSON for tools (raw Unix seconds).")
+@_edge
+def sp_parked(config_path: Path, as_json: bool) -> None:
+    """Usage batches the CC refused for good, with its reason (requeue them once the cause is fixed)."""
+    from offchain.service_provider.requeue import parked
+
+    engine, _schema = _engine_and_schema("sp", config_path)
+    rows = parked(engine)
+    if as_json:
+        print_json(rows)
+    else:
+        print_table("parked usage batches", rows, ["batch_id", "serial", "first_seq", "count", "error", "message",
+                                                    "updated_at"], {"updated_at": iso})
+
+
+@sp_group.command("requeue")
+@click.argument("batch_id")
+@_sp_config
+@_edge
+def sp_requeue(batch_id: str, config_path: Path) -> None:
+    """Put parked batch BATCH_ID back in the forwarding queue (pending)."""
+    import time
+
+    from offchain.service_provider.requeue import requeue
+
+    engine, _schema = _engine_and_schema("sp", config_path)
+    print_json(requeue(engine, batch_id, int(time.time())).to_json())
+
+
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -303,6 +345,7 @@ def register(main: click.Group) -> None:
     main.add_command(db)
     main.add_command(config_group)
     main.add_command(bank_group)
+    main.add_command(sp_group)
     main.params.append(click.Option(["--version"], is_flag=True, expose_value=False, is_eager=True,
                                     callback=_version, help="Print the version and exit."))
     ca = main.commands.get("ca")

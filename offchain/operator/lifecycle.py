@@ -125,10 +125,11 @@ def add_member(ca_dir: Path, workdir: Path, member_id: str, role_name: str, auth
          f"NO GAS: {member_id} ({address}) cannot send transactions until it is funded")
     keystore = None
     if role == Role.DEVICE:
-        from offchain.device.secure_module import DeviceKeys, KdfParams, create_keystore
+        from offchain.device.secure_module import KdfParams, create_keystore, device_keys_with_agreement
 
-        keystore_path = directory / "keystore.json"
-        create_keystore(keystore_path, passphrase or "", DeviceKeys(member_id, eth_key, key_path.read_bytes()),
+        keystore_path = directory / "keystore.json"  # a dedicated agreement key, attested by the CA (not key.pem)
+        create_keystore(keystore_path, passphrase or "",
+                        device_keys_with_agreement(ca, member_id, eth_key, cert_path.read_bytes()),
                         KdfParams(n=2**4) if fast_kdf else KdfParams())
         keystore = str(keystore_path)
     return AddedMember(member_id, role.name.lower(), address, str(directory), str(cert_path), str(key_path),
@@ -228,7 +229,7 @@ def bank_deposit(settings: Any, user_id: str, amount: int, deposit_id: str | Non
         answer = client.post("/v1/deposits", {"deposit_id": deposit_id, "user_id": user_id, "amount": amount})
     finally:
         client.close()
-    return {"deposit_id": deposit_id, **answer}
+    return {**answer, "idempotency_key": deposit_id}  # the bank answers the on-chain deposit id (its hash)
 
 
 __all__ = ["init_ca", "add_member", "AddedMember", "member_rows", "settings_template", "bank_deposit",

@@ -133,3 +133,20 @@ def test_probe_reports_an_unreachable_chain_as_not_ready(tmp_path: Path) -> None
     up = HealthProbe("http://127.0.0.1:1", None, engine, timeout_s=1).report(role="bank")
     assert up["checks"]["database"]["ok"] is True  # positive control: the database half passes
     assert (up["ready"], up["status"], up["checks"]["chain"]["ok"]) == (False, "unavailable", False)
+
+
+def test_bank_deposit_command_credits_through_the_running_bank(ops_flow: Flow, ops_ports: dict[str, int]) -> None:
+    from click.testing import CliRunner
+
+    from offchain.cli import main
+
+    config = ops_flow.services.consortium.settings_paths["bank"]
+    before = value(scrape(ops_ports["bank"]), "clearhouse_deposits_total")
+    args = ["bank", "deposit", "--config", str(config), "--user", "bob", "--amount", "1000", "--deposit-id", "cli-1"]
+    first = CliRunner(mix_stderr=False).invoke(main, args)
+    assert first.exit_code == 0, first.stderr
+    answer = json.loads(first.stdout)
+    assert answer["idempotency_key"] == "cli-1" and answer["cc_notified"] is True
+    again = json.loads(CliRunner(mix_stderr=False).invoke(main, args).stdout)
+    assert again["bank_ref"] == answer["bank_ref"]  # the deposit id is the idempotency key
+    assert value(scrape(ops_ports["bank"]), "clearhouse_deposits_total") == before + 1
