@@ -815,6 +815,21 @@ class ConfigError(ClearhouseError):
         self.version = version
 
 
+class WalletDeploymentMismatch(ConfigError):
+    """The device's wallet holds issue logs and usage logs of another deployment (chain id and contract) than the
+    one its settings name: nothing it signed there could settle here. `expected` is the wallet's deployment,
+    `got` the settings' ("<chain id>:<contract address>")."""
+
+    code = "wallet_deployment_mismatch"
+
+    def __init__(self, message: str, *, expected: str | None = None, got: str | None = None,
+                 path: str | None = None) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.got = got
+        self.path = path
+
+
 class HsmError(ConfigError):
     """A PKCS#11 token refused or failed an operation (fields: token_label, label, ...)."""
 

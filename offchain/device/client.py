@@ -25,13 +25,15 @@ from offchain.core.errors import (ClearhouseError, ContractReverted, DuplicateMe
 from offchain.transport.client import JsonTransport, SyncJsonClient
 from offchain.transport.wiring import deployment_domain, file_reader, require_path
 from offchain.core import messages
-from offchain.core.messages import Domain, IssueLog, Role
+from offchain.core.messages import BalanceStatement, Domain, IssueLog, Role
 from offchain.device.secure_module import SecureModule, WalletBalance, cc_verify_fn
 from offchain.core.settings import DeviceSettings
 from offchain.core.types import Clock, to_hex
 
 PENDING_REQUEST_FILE = "pending-request.json"  # in the device's folder: the issue or renewal request not answered
 STILL_OPEN_CODES = ("transaction_pending", "rebroadcast_refused", "chain_unreachable", "service_unavailable")
+RENEW_PATH = "/v1/issue-logs/renew"
+
 @dataclass(frozen=True)
 class RegisteredPolicy:
     """What the chain says about a policy id: its policy hash and the content id's owner (the provider)."""
@@ -74,11 +76,17 @@ class DeviceClient:
         """A device from its settings file; `sp` and `cc` default to mTLS clients of the settings' URLs."""
         cert, key = require_path(settings.cert_path, "cert_path"), require_path(settings.key_path, "key_path")
         ca = require_path(settings.ca_path, "ca_path")
+        domain = deployment_domain(settings.deployment_path)
         module = SecureModule.open(settings.keystore_path, settings.wallet_path, passphrase)
+        try:
+            module.bind_deployment(domain)  # WalletDeploymentMismatch: the wallet is another deployment's
+        except BaseException:
+            module.close()
+            raise
         return cls(module, sp=sp or SyncJsonClient(settings.sp_url, str(cert), str(key), str(ca)),
                    cc=cc or SyncJsonClient(settings.cc_url, str(cert), str(key), str(ca)),
                    verifier=CertificateVerifier(ca.read_bytes(), file_reader(settings.crl_path), clock=clock),
-                   domain=deployment_domain(settings.deployment_path), cert_pem=cert.read_bytes(), user_id=user_id,
+                   domain=domain, cert_pem=cert.read_bytes(), user_id=user_id,
                    content_dir=settings.wallet_path.parent / "content",
                    registered_policy_of=chain_policy_reader(settings.rpc_url, settings.deployment_path), clock=clock)
 
@@ -118,7 +126,7 @@ class DeviceClient:
         body: dict[str, Any] = {"request_id": to_hex(os.urandom(32)), "statement": envelope.to_json()}
         if amount is not None:
             body["amount"] = amount
-        return self._send_kept(cc, "/v1/issue-logs/renew", body)
+        return self._send_kept(cc, RENEW_PATH, body)
 
     # --- requests kept across lost answers and restarts ---------------------------------------------------------
     @property
@@ -160,6 +168,8 @@ class DeviceClient:
         except ClearhouseError as exc:
             if not _may_still_apply(exc):  # refused for good: nothing was or will be applied, forget it
                 self.pending_request_path.unlink(missing_ok=True)
+                if path == RENEW_PATH:  # and unfreeze the log its statement attested: the wallet is as before
+                    self.module.withdraw_statement(_attested(body))
             raise
         balance = self._install(answer["issue_log"], cc)
         self.pending_request_path.unlink(missing_ok=True)
@@ -266,6 +276,11 @@ class DeviceClient:
 def _may_still_apply(error: ClearhouseError) -> bool:
     """True when the CC may have applied, or may still apply, the request (keep it and resend it as it was)."""
     return isinstance(error, ServiceUnavailable) or error.http_status >= 500 or error.code in STILL_OPEN_CODES
+
+
+def _attested(renew_body: dict[str, Any]) -> BalanceStatement:
+    """The balance statement a renewal request carries (the device signed it; it is read back, not trusted)."""
+    return BalanceStatement.from_json(Envelope.from_json(renew_body["statement"]).message)
 
 
 def _write_atomically(path: Path, text: str) -> None:

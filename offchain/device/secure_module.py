@@ -42,6 +42,7 @@ from offchain.core.errors import (
     IssueLogRejected,
     NoIssueLog,
     RenewalPending,
+    WalletDeploymentMismatch,
     WrongDevice,
     WrongPassphrase,
 )
@@ -151,6 +152,8 @@ CREATE UNIQUE INDEX IF NOT EXISTS one_current_log ON issue_logs (state) WHERE st
 CREATE TABLE IF NOT EXISTS usage_logs (
     serial BLOB NOT NULL REFERENCES issue_logs (serial), seq INTEGER NOT NULL, log_json TEXT NOT NULL,
     signature BLOB NOT NULL, uploaded INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (serial, seq));
+CREATE TABLE IF NOT EXISTS deployment (
+    id INTEGER PRIMARY KEY CHECK (id = 1), chain_id INTEGER NOT NULL, contract TEXT NOT NULL);
 """
 
 
@@ -249,6 +252,17 @@ class Wallet:
             (canonical_json(issue_log.to_json()).decode(), cc_signature, str(issue_log.cap), issue_log.expires_at,
              issue_log.serial))
 
+    def deployment(self) -> tuple[int, str] | None:
+        row = self._conn.execute("SELECT chain_id, contract FROM deployment WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def bind_deployment(self, chain_id: int, contract: str) -> None:
+        self._conn.execute("INSERT INTO deployment (id, chain_id, contract) VALUES (1, ?, ?)", (chain_id, contract))
+
+    def clear_attestation(self, serial: bytes) -> None:
+        self._conn.execute("UPDATE issue_logs SET attested_spent = NULL, attested_next_seq = NULL,"
+                           " attested_at = NULL WHERE serial = ?", (serial,))
+
     def close_log(self, serial: bytes) -> None:
         self._conn.execute("UPDATE issue_logs SET state = 'closed' WHERE serial = ?", (serial,))
 
@@ -318,6 +332,22 @@ class SecureModule:
 
     def close(self) -> None:
         self._wallet.close()
+
+    def bind_deployment(self, domain: Domain) -> None:
+        """Tie the wallet to one deployment (chain id and contract) the first time it is opened for it; a wallet
+        tied to another is WalletDeploymentMismatch: its logs could never settle there, nor new ones here."""
+        got = (domain.chain_id, to_checksum_address(domain.verifying_contract))
+        with self._wallet.transaction():
+            bound = self._wallet.deployment()
+            if bound is None:
+                self._wallet.bind_deployment(*got)
+                return
+        if bound != got:
+            expected_text, got_text = f"{bound[0]}:{bound[1]}", f"{got[0]}:{got[1]}"
+            raise WalletDeploymentMismatch(
+                f"the wallet {self._wallet.path} belongs to deployment {expected_text}, the settings name {got_text}: "
+                "point the settings back at that deployment, or give this deployment its own wallet_path",
+                expected=expected_text, got=got_text, path=str(self._wallet.path))
 
     # -- issue logs ------------------------------------------------------------------------------------------------
     def install_issue_log(self, issue_log: IssueLog, cc_signature: bytes,
@@ -439,6 +469,16 @@ class SecureModule:
             signature = sign(statement, domain, self._keys.eth_private_key)
             self._wallet.attest(statement)
         return statement, signature
+
+    def withdraw_statement(self, statement: BalanceStatement) -> bool:
+        """Unfreeze the current log after the CC refused the renewal of `statement` for good (a named refusal:
+        nothing was or will be applied). Only that exact statement is withdrawn; returns whether it was."""
+        with self._wallet.transaction():
+            row = self._wallet.current()
+            if row is None or row.attested != statement:
+                return False
+            self._wallet.clear_attestation(row.serial)
+            return True
 
     def pending_batch(self, domain: Domain, max_logs: int = MAX_BATCH_ENTRIES
                       ) -> tuple[UsageBatch, bytes, list[SignedLog]] | None:
