@@ -67,6 +67,10 @@ interface IMembership {
             bytes32 userIdHash
         );
 
+    /// @notice The block timestamp of `account`'s revocation (zero unless revoked). Settlement accepts a receive log
+    ///         of a revoked service provider whose receivedAt is before it.
+    function revokedAt(address account) external view returns (uint40);
+
     /// @notice The user id hash recorded for device `account` (zero for other roles and unknown accounts).
     function deviceUser(address account) external view returns (bytes32);
 

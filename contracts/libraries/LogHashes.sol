@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.30;
 
+import {ISettlement} from "../interfaces/ISettlement.sol";
+
 /// @title EIP-712 typehashes and struct hashes of the Clearhouse logs
 /// @notice The type strings match docs/design.md and offchain.messages byte for byte; tests/contracts/test_vectors.py
 ///         checks them against golden vectors. `bytes32[]` hashes as keccak256(abi.encodePacked(array)).
@@ -23,6 +25,9 @@ library LogHashes {
     );
     bytes32 internal constant RECEIVE_LOG_TYPEHASH =
         keccak256("ReceiveLog(bytes32 usageBatch,address payer,uint64 receivedAt)");
+    bytes32 internal constant SKIP_RANGE_TYPEHASH = keccak256(
+        "SkipRange(bytes32 serial,uint64 firstSeq,uint32 count,address receiver,uint96 total,bytes32 usageBatch,uint64 receivedAt)"
+    );
     bytes32 internal constant TRANSFER_REQUEST_TYPEHASH =
         keccak256("TransferRequest(bytes32 requestId,address payee,uint96 amount)");
     bytes32 internal constant TRANSFER_RECEIPT_TYPEHASH =
@@ -84,6 +89,11 @@ library LogHashes {
 
     function receiveLog(bytes32 usageBatchHash, address payer, uint64 receivedAt) internal pure returns (bytes32) {
         return keccak256(abi.encode(RECEIVE_LOG_TYPEHASH, usageBatchHash, payer, receivedAt));
+    }
+
+    /// @notice The struct hash of a SkipRange: a static struct, so abi.encode(typehash, range) is its encodeData.
+    function skipRange(ISettlement.SkipRange memory range) internal pure returns (bytes32) {
+        return keccak256(abi.encode(SKIP_RANGE_TYPEHASH, range));
     }
 
     function transferRequest(bytes32 requestId, address payee, uint96 amount) internal pure returns (bytes32) {

@@ -14,11 +14,13 @@ abstract contract Membership is IMembership {
 
     // STORAGE
     struct MemberRecord {
-        // slot 0: role (8) | revoked (8) | validFrom (40) | validUntil (40): all the active check needs
+        // slot 0: role (8) | revoked (8) | validFrom (40) | validUntil (40) | revokedAt (40): all the active check
+        // and the revoked-receiver check of settlement need
         uint8 role;
         bool revoked;
         uint40 validFrom;
         uint40 validUntil;
+        uint40 revokedAt;
         // slot 1, 2: identity, read only by views
         bytes32 memberId;
         bytes32 certFingerprint;
@@ -68,6 +70,7 @@ abstract contract Membership is IMembership {
         uint8 role = m.role;
         if (role == 0) revert NotActiveMember(account, 0);
         m.revoked = true;
+        m.revokedAt = uint40(block.timestamp);
         emit MemberRevocationRecorded(account, role);
     }
 
@@ -87,6 +90,11 @@ abstract contract Membership is IMembership {
     {
         MemberRecord storage m = _members[account];
         return (m.role, m.revoked, m.validFrom, m.validUntil, m.memberId, m.certFingerprint, m.userIdHash);
+    }
+
+    /// @inheritdoc IMembership
+    function revokedAt(address account) external view returns (uint40) {
+        return _members[account].revokedAt;
     }
 
     /// @inheritdoc IMembership
@@ -125,5 +133,29 @@ abstract contract Membership is IMembership {
     /// @notice Reverts with NotActiveMember unless `account` is active with `role`.
     function _requireActive(address account, uint8 role) internal view {
         if (!_isActive(account, role)) revert NotActiveMember(account, role);
+    }
+
+    /// @notice Reverts with NotActiveMember unless `account` was a member with `role` at `at`: active now, or
+    ///         revoked at a time after `at` with `at` inside its validity window (a receive log it countersigned
+    ///         before its revocation). Reads slot 0 once, like `_isActive`.
+    /// @dev `at` is the member's own signed statement (a receive log's receivedAt): the chain cannot check it against
+    ///      a clock. A stolen key of a revoked service provider can backdate its receive logs, but it can only
+    ///      countersign batches a device signed naming it, and settlement pays the policies' payees, never the
+    ///      receiver (docs/design.md, "A revoked or withholding SP").
+    function _requireMemberAt(address account, uint8 role, uint256 at) internal view {
+        MemberRecord storage m = _members[account];
+        uint8 memberRole = m.role;
+        bool revoked = m.revoked;
+        uint256 validFrom = m.validFrom;
+        uint256 validUntil = m.validUntil;
+        uint256 revokedAt_ = m.revokedAt;
+        if (memberRole == role && !revoked && block.timestamp >= validFrom && block.timestamp <= validUntil) return;
+        if (memberRole == role && revoked && at < revokedAt_ && at >= validFrom && at <= validUntil) return;
+        revert NotActiveMember(account, role);
+    }
+
+    /// @notice Whether `account` ever held `role` (active, expired or revoked).
+    function _hadRole(address account, uint8 role) internal view returns (bool) {
+        return _members[account].role == role;
     }
 }

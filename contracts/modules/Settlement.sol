@@ -32,6 +32,14 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
     uint256 private constant USED_AT_PAIR = (USED_AT_MASK << 128) | USED_AT_MASK;
     /// @dev The bits a late usedAt carries into once biased (see _checkOnePolicyEntries): bits 160 and 32.
     uint256 private constant LATE_PAIR = (1 << 160) | (1 << 32);
+    /// @inheritdoc ISettlement
+    uint256 public constant WITHHOLD_WINDOW = 7 days;
+
+    // STORAGE
+    /// @dev keccak256(receiver, count, total) of each range skipped by skipRange, until its batch settles.
+    mapping(bytes32 serial => mapping(uint64 firstSeq => bytes32 skipKey)) private _skipped;
+    /// @dev Fees charged to users' caps by skipped ranges, not yet credited to any policy, per receiver.
+    mapping(address receiver => uint256 amount) private _heldFees;
 
     // EXTERNAL
     /// @inheritdoc ISettlement
@@ -48,7 +56,53 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
         }
     }
 
+    /// @inheritdoc ISettlement
+    function skipRange(SkipRange calldata range, bytes calldata deviceSignature, bytes calldata receiverSignature)
+        external
+    {
+        _requireActive(msg.sender, ROLE_CLEARING_CENTER);
+        SkipRange memory r = range; // decoded once: the fields are read several times below
+        IssueLogRecord storage log = _issueLogs[r.serial];
+        address device = log.device;
+        if (device == address(0)) revert UnknownSerial(r.serial);
+        if (r.count == 0) revert MalformedEntries(0);
+        _checkSkipSignatures(r, device, deviceSignature, receiverSignature);
+        uint256 due = uint256(r.receivedAt) + WITHHOLD_WINDOW;
+        if (block.timestamp < due) revert WithholdWindowOpen(r.serial, r.firstSeq, due);
+        // receiver zero: a skip never releases an earlier skip, a replay is BatchReplayed
+        _advance(log, r.serial, r.firstSeq, r.count, r.total, address(0));
+        _skipped[r.serial][r.firstSeq] = _skipKey(r.receiver, r.count, r.total);
+        _heldFees[r.receiver] += r.total;
+        emit RangeSkipped(r.serial, device, r.receiver, r.firstSeq, r.count, r.total, r.usageBatch);
+    }
+
+    /// @inheritdoc ISettlement
+    function heldFees(address receiver) external view returns (uint256) {
+        return _heldFees[receiver];
+    }
+
     // INTERNAL
+    /// @notice The device signed the SkipRange; the receiver countersigned the withheld batch's ReceiveLog (it
+    ///         acknowledged it at receivedAt) and is, or was, a service provider.
+    function _checkSkipSignatures(
+        SkipRange memory r,
+        address device,
+        bytes calldata deviceSignature,
+        bytes calldata receiverSignature
+    ) private view {
+        bytes32 separator = _domainSeparator();
+        address signer = Signatures.recover(Signatures.typedDigest(separator, LogHashes.skipRange(r)), deviceSignature);
+        if (signer != device) revert SignerMismatch(device, signer);
+        bytes32 receiveHash = LogHashes.receiveLog(r.usageBatch, device, r.receivedAt);
+        signer = Signatures.recover(Signatures.typedDigest(separator, receiveHash), receiverSignature);
+        if (signer != r.receiver) revert ReceiverMismatch(r.receiver, signer);
+        if (!_hadRole(r.receiver, ROLE_SERVICE_PROVIDER)) revert NotActiveMember(r.receiver, ROLE_SERVICE_PROVIDER);
+    }
+
+    function _skipKey(address receiver, uint256 count, uint256 total) private pure returns (bytes32) {
+        return keccak256(abi.encode(receiver, count, total));
+    }
+
     function _settleItem(SettlementItem calldata item, bytes32 separator) private {
         UsageBatch calldata batch = item.batch;
         bytes32 serial = batch.serial;
@@ -60,7 +114,6 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
         // slot A, read once (straight-line field reads fold into one SLOAD)
         address device = log.device;
         uint256 expiresAt = log.expiresAt;
-        uint256 seqLimit = log.seqLimit;
         if (device == address(0)) revert UnknownSerial(serial);
         uint256 total = batch.policyIds.length == 1
             ? _checkAndCreditOnePolicy(batch, expiresAt)
@@ -72,7 +125,7 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
             count = length / ENTRY_BYTES;
         }
         uint64 firstSeq = batch.firstSeq;
-        _advance(log, serial, firstSeq, count, total, seqLimit);
+        _advance(log, serial, firstSeq, count, total, batch.receiver);
         emit UsageSettled(serial, device, batch.receiver, firstSeq, uint32(count), total, receiveDigest);
     }
 
@@ -233,23 +286,30 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
         receiveDigest = Signatures.typedDigest(separator, LogHashes.receiveLog(batchHash, device, item.receivedAt));
         signer = Signatures.recover(receiveDigest, item.receiverSignature);
         if (signer != receiver) revert ReceiverMismatch(receiver, signer);
-        _requireActive(receiver, ROLE_SERVICE_PROVIDER);
+        // active now, or revoked after it countersigned (receivedAt < revokedAt)
+        _requireMemberAt(receiver, ROLE_SERVICE_PROVIDER, item.receivedAt);
     }
 
-    /// @notice Sequence and cap checks, then the one write of slot B.
+    /// @notice Sequence and cap checks, then the one write of slot B. A batch below nextSeq that is exactly a range
+    ///         skipped for `receiver` (same count and total) releases that range's held fees instead: its policies
+    ///         were credited by the caller, its cap was charged by the skip.
     function _advance(
         IssueLogRecord storage log,
         bytes32 serial,
         uint64 firstSeq,
         uint256 count,
         uint256 total,
-        uint256 seqLimit
+        address receiver
     ) private {
+        uint256 seqLimit = log.seqLimit; // slot A, warm: the caller read it
         // slot B, read once
         uint256 cap = log.cap;
         uint256 spent = log.spent;
         uint64 nextSeq = log.nextSeq;
-        if (firstSeq < nextSeq) revert BatchReplayed(serial, firstSeq, nextSeq);
+        if (firstSeq < nextSeq) {
+            _releaseSkipped(serial, firstSeq, count, total, receiver, nextSeq);
+            return;
+        }
         if (firstSeq > nextSeq) revert SequenceGap(serial, nextSeq, firstSeq);
         uint256 end;
         uint256 wanted;
@@ -262,5 +322,24 @@ abstract contract Settlement is IssueLogs, ContentPolicies, ISettlement {
         if (wanted > cap) revert CapExceeded(serial, cap, wanted);
         log.spent = uint96(wanted);
         log.nextSeq = uint64(end);
+    }
+
+    /// @notice Cold path of a batch below nextSeq: releases the held fees of the matching skipped range, or reverts
+    ///         BatchReplayed (settled already, or skipped for another receiver, count or total).
+    function _releaseSkipped(
+        bytes32 serial,
+        uint64 firstSeq,
+        uint256 count,
+        uint256 total,
+        address receiver,
+        uint64 nextSeq
+    ) private {
+        mapping(uint64 => bytes32) storage skipped = _skipped[serial];
+        if (receiver == address(0) || skipped[firstSeq] != _skipKey(receiver, count, total)) {
+            revert BatchReplayed(serial, firstSeq, nextSeq);
+        }
+        delete skipped[firstSeq];
+        _heldFees[receiver] -= total;
+        emit SkippedRangeReleased(serial, receiver, firstSeq, uint32(count), total);
     }
 }

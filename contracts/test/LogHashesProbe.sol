@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 pragma solidity 0.8.30;
 
+import {ISettlement} from "../interfaces/ISettlement.sol";
 import {LogHashes} from "../libraries/LogHashes.sol";
 import {Signatures} from "../libraries/Signatures.sol";
 
@@ -66,6 +67,22 @@ contract LogHashesProbe {
         returns (bytes32 structHash, bytes32 digest)
     {
         structHash = LogHashes.receiveLog(usageBatch_, payer, receivedAt);
+        digest = Signatures.typedDigest(separator, structHash);
+    }
+
+    function skipRange(
+        bytes32 separator,
+        bytes32 serial,
+        uint64 firstSeq,
+        uint32 count,
+        address receiver,
+        uint96 total,
+        bytes32 usageBatch_,
+        uint64 receivedAt
+    ) external pure returns (bytes32 structHash, bytes32 digest) {
+        structHash = LogHashes.skipRange(
+            ISettlement.SkipRange(serial, firstSeq, count, receiver, total, usageBatch_, receivedAt)
+        );
         digest = Signatures.typedDigest(separator, structHash);
     }
 

@@ -20,7 +20,7 @@ from web3.types import TxReceipt
 
 from offchain.core.errors import CallRefused, ChainError, ChainUnreachable
 from offchain.chain.codec import (SettlementItem, decode_revert, encode_balance_statement, encode_settlement_item,
-                                  encode_usage_batch, revert_data)
+                                  encode_skip_range, encode_usage_batch, revert_data)
 from offchain.chain.deploy import (ARTIFACTS_PATH, EIP170_LIMIT_BYTES, RECEIPT_POLL_S, CompilerSettings,
                                    Deployment, compile_contracts, deploy, deploy_artifact)
 from offchain.chain.devnode import ANVIL_FALLBACK, AnvilProcess, anvil_binary, free_port, start_anvil
@@ -258,6 +258,10 @@ class ClearhouseChain:
     def settle(self, items: Sequence[SettlementItem], *, gas: int | None = None) -> TxReceipt:
         return self.send("settle", [encode_settlement_item(i) for i in items], gas=gas)
 
+    def skip_range(self, skip: Any, device_signature: bytes, receiver_signature: bytes) -> TxReceipt:
+        """`skipRange`: a withheld range (an offchain.core.messages.SkipRange) past the withhold window."""
+        return self.send("skipRange", encode_skip_range(skip), device_signature, receiver_signature)
+
     def request_transfers(self, policy_ids: Sequence[bytes]) -> tuple[TxReceipt, list[bytes]]:
         """Returns the receipt and the request ids, in the contract's order (from the TransferRequested events)."""
         receipt = self.send("requestTransfers", list(policy_ids))
@@ -271,6 +275,14 @@ class ClearhouseChain:
     def member(self, account: str) -> MemberInfo:
         r = self.call("member", to_checksum_address(account))
         return MemberInfo(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), bytes(r[6]))
+
+    def revoked_at(self, account: str) -> int:
+        """The block timestamp of `account`'s revocation (0 unless revoked)."""
+        return int(self.call("revokedAt", to_checksum_address(account)))
+
+    def held_fees(self, receiver: str) -> int:
+        """Fees of ranges skipped for `receiver` that no policy has been credited with yet."""
+        return int(self.call("heldFees", to_checksum_address(receiver)))
 
     def is_active(self, account: str, role: int) -> bool:
         return bool(self.call("isActive", to_checksum_address(account), int(role)))

@@ -112,5 +112,11 @@ def encode_balance_statement(statement: Any) -> tuple:
     return (bytes(statement.serial), int(statement.next_seq), int(statement.spent), int(statement.attested_at))
 
 
+def encode_skip_range(skip: Any) -> tuple:
+    """SkipRange(serial, first_seq, count, receiver, total, usage_batch, received_at) as the ABI tuple."""
+    return (bytes(skip.serial), int(skip.first_seq), int(skip.count), to_checksum_address(skip.receiver),
+            int(skip.total), bytes(skip.usage_batch), int(skip.received_at))
+
+
 __all__ = ["decode_revert", "revert_data", "SettlementItem", "encode_usage_batch", "encode_settlement_item",
-           "encode_balance_statement"]
+           "encode_balance_statement", "encode_skip_range"]

@@ -39,7 +39,7 @@ DOMAIN_NAME = "Clearhouse"
 DOMAIN_VERSION = "1"
 DOMAIN_TYPE_STRING = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 DOMAIN_TYPE_HASH = keccak(DOMAIN_TYPE_STRING.encode())
-MONEY_FIELDS = frozenset({"cap", "carried", "spent", "fee", "amount"})
+MONEY_FIELDS = frozenset({"cap", "carried", "spent", "fee", "amount", "total"})
 _ZERO12 = bytes(12)
 _ADDRESS_RE = re.compile(r"^0x[0-9a-fA-F]{40}$")
 
@@ -427,6 +427,26 @@ class ReceiveLog(_Message):
 
 
 @dataclass(frozen=True)
+class SkipRange(_Message):
+    """Signed by the device: its batch [first_seq, first_seq + count) worth `total`, which `receiver` acknowledged
+    at `received_at` (its ReceiveLog over the batch's struct hash `usage_batch`) and never forwarded. After the
+    withhold window the CC settles it with `skipRange`: nextSeq moves past it, the cap is charged and `total` is
+    held for the receiver until the batch itself settles."""
+
+    TYPE_STRING: ClassVar[str] = (
+        "SkipRange(bytes32 serial,uint64 firstSeq,uint32 count,address receiver,uint96 total,bytes32 usageBatch,"
+        "uint64 receivedAt)"
+    )
+    serial: bytes
+    first_seq: int
+    count: int
+    receiver: str
+    total: int
+    usage_batch: bytes
+    received_at: int
+
+
+@dataclass(frozen=True)
 class TransferRequest(_Message):
     TYPE_STRING: ClassVar[str] = "TransferRequest(bytes32 requestId,address payee,uint96 amount)"
     request_id: bytes
@@ -446,10 +466,12 @@ class TransferReceipt(_Message):
     confirmed_at: int
 
 
-Message = Union[IssueLog, BalanceStatement, UsageLog, UsageBatch, ReceiveLog, TransferRequest, TransferReceipt]
+Message = Union[IssueLog, BalanceStatement, UsageLog, UsageBatch, ReceiveLog, SkipRange, TransferRequest,
+                TransferReceipt]
 MESSAGE_TYPES: dict[str, type[_Message]] = {
     cls.PRIMARY_TYPE: cls
-    for cls in (IssueLog, BalanceStatement, UsageLog, UsageBatch, ReceiveLog, TransferRequest, TransferReceipt)
+    for cls in (IssueLog, BalanceStatement, UsageLog, UsageBatch, ReceiveLog, SkipRange, TransferRequest,
+                TransferReceipt)
 }
 
 
@@ -580,7 +602,7 @@ def verify_usage_logs(logs: Sequence[UsageLog], signatures: Sequence[bytes], dom
 
 __all__ = [
     "Role", "Domain", "IssueLog", "BalanceStatement", "UsageLog", "UsageBatch", "ReceiveLog", "TransferRequest",
-    "TransferReceipt", "Message", "MESSAGE_TYPES", "message_from_json", "policy_id", "sign", "recover",
+    "TransferReceipt", "SkipRange", "Message", "MESSAGE_TYPES", "message_from_json", "policy_id", "sign", "recover",
     "recover_generic", "recover_digest", "recover_many", "verify", "verify_usage_logs", "check_signature_rules",
     "full_typed_data", "keccak", "to_checksum_address", "address_from_public_key",
 ]

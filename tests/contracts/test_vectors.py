@@ -22,11 +22,12 @@ TYPE_FIELDS = {
     "UsageLog": ["serial", "seq", "policyId", "fee", "receiver", "usedAt"],
     "UsageBatch": ["serial", "firstSeq", "receiver", "policyIds", "entries"],
     "ReceiveLog": ["usageBatch", "payer", "receivedAt"],
+    "SkipRange": ["serial", "firstSeq", "count", "receiver", "total", "usageBatch", "receivedAt"],
     "TransferRequest": ["requestId", "payee", "amount"],
     "TransferReceipt": ["requestId", "bankRef", "amount", "confirmedAt"],
 }
 PROBE_FUNCTION = {"IssueLog": "issueLog", "BalanceStatement": "balanceStatement", "UsageLog": "usageLog",
-                  "UsageBatch": "usageBatch", "ReceiveLog": "receiveLog", "TransferRequest": "transferRequest",
+                  "UsageBatch": "usageBatch", "ReceiveLog": "receiveLog", "SkipRange": "skipRange", "TransferRequest": "transferRequest",
                   "TransferReceipt": "transferReceipt"}
 
 

@@ -24,6 +24,8 @@ TYPE_STRINGS = {
     "UsageLog": "UsageLog(bytes32 serial,uint64 seq,bytes32 policyId,uint96 fee,address receiver,uint32 usedAt)",
     "UsageBatch": "UsageBatch(bytes32 serial,uint64 firstSeq,address receiver,bytes32[] policyIds,bytes entries)",
     "ReceiveLog": "ReceiveLog(bytes32 usageBatch,address payer,uint64 receivedAt)",
+    "SkipRange": "SkipRange(bytes32 serial,uint64 firstSeq,uint32 count,address receiver,uint96 total,"
+    "bytes32 usageBatch,uint64 receivedAt)",
     "TransferRequest": "TransferRequest(bytes32 requestId,address payee,uint96 amount)",
     "TransferReceipt": "TransferReceipt(bytes32 requestId,bytes32 bankRef,uint96 amount,uint64 confirmedAt)",
 }
@@ -94,6 +96,12 @@ def messages() -> dict[str, list[dict[str, Any]]]:
         "ReceiveLog": [
             {"usageBatch": b32("batch-1"), "payer": addr("device-1"), "receivedAt": 1_750_000_100},
             {"usageBatch": b32("batch-2"), "payer": addr("device-2"), "receivedAt": (1 << 64) - 1},
+        ],
+        "SkipRange": [
+            {"serial": b32("serial-1"), "firstSeq": 3, "count": 2, "receiver": addr("sp-1"), "total": 200,
+             "usageBatch": b32("batch-1"), "receivedAt": 1_750_000_100},
+            {"serial": b32("serial-5"), "firstSeq": (1 << 64) - 1, "count": (1 << 32) - 1, "receiver": addr("sp-2"),
+             "total": U96, "usageBatch": b32("batch-2"), "receivedAt": (1 << 64) - 1},
         ],
         "TransferRequest": [
             {"requestId": b32("request-1"), "payee": addr("cp-1"), "amount": 12_345},
