@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from test_clearing_center import PRICE, CcWorld, make_world, manual_mining
+from test_clearing_center import CcWorld, make_world, manual_mining
 
 from offchain.chain.codec import SettlementItem
 from offchain.clearing_center.agent import derive_serial
