@@ -38,6 +38,11 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.secho("interrupted", fg="yellow", err=True)
             sys.exit(130)
+        except BrokenPipeError:  # `clearhouse ... | head`: the reader left; no traceback, the shell's SIGPIPE code
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(141)
         except Exception as exc:  # the CLI edge: anything unexpected becomes one line plus a hint
             if debug:
                 raise
@@ -148,8 +153,9 @@ def bench_explorer(out: str, logs: int, batch: int) -> None:
 
 # --- device -----------------------------------------------------------------------------------------------------
 @main.group()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="Device settings file (JSON or TOML).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              envvar="CLEARHOUSE_DEVICE_CONFIG",
+              help="Device settings file (JSON or TOML; env CLEARHOUSE_DEVICE_CONFIG). Needed by every command.")
 @click.option("--user", "user_id", default=None,
               help="The user this device belongs to (default: the user named in the device's certificate).")
 @click.option("--passphrase-env", default="CLEARHOUSE_DEVICE_PASSPHRASE", show_default=True,
@@ -161,14 +167,17 @@ def device(ctx: click.Context, config_path: Path, user_id: str | None, passphras
 
 
 def _device_client(ctx: click.Context) -> Any:
-    import os
-
-    from offchain.device.client import DeviceClient
+    from offchain.core.errors import ConfigError
     from offchain.core.settings import DeviceSettings, load_settings
+    from offchain.device.client import DeviceClient
+    from offchain.operator.cli_ops import passphrase_from_env
 
+    if ctx.obj["config_path"] is None:
+        raise ConfigError("device commands need the device's settings: clearhouse device --config FILE ...",
+                          field="config")
     settings = load_settings(DeviceSettings, ctx.obj["config_path"])
     user_id = ctx.obj["user_id"] or _certificate_user(settings.cert_path)
-    passphrase = os.environ.get(ctx.obj["passphrase_env"]) or click.prompt("keystore passphrase", hide_input=True)
+    passphrase = passphrase_from_env(ctx.obj["passphrase_env"], confirm=False)  # no TTY: names the variable
     return DeviceClient.from_settings(settings, passphrase, user_id)
 
 
@@ -331,6 +340,7 @@ def content_package(config_path: Path, sp_url: str, content_file: Path, name: st
     """Package FILE, register its policy on chain and publish the container to the SP."""
     from offchain.trust.ca import MemberCredentials
     from offchain.content_provider.publisher import ContentProvider, content_id_for
+    from offchain.operator.cli_ops import parse_payees
     from offchain.transport.server import SyncJsonClient, connect_chain, require_path
     from offchain.core.messages import Role
     from offchain.core.settings import BaseServiceSettings, load_settings
@@ -342,7 +352,7 @@ def content_package(config_path: Path, sp_url: str, content_file: Path, name: st
                               cert.read_bytes(), key.read_bytes())
     sp = SyncJsonClient(sp_url, str(cert), str(key), str(require_path(settings.ca_path, "ca_path")))
     try:
-        split = [(p.split(":")[0], int(p.split(":")[1])) for p in payees]
+        split = parse_payees(payees)  # ConfigError for anything but ADDRESS:BPS
         published = ContentProvider(creds, chain, sp).publish(
             content_file.read_bytes(), content_id=content_id_for(name), version=version, price=price,
             payees=split, title=title or name)

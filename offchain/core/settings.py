@@ -92,6 +92,16 @@ class BaseServiceSettings(BaseSettings):
         """The chain endpoints in order: `rpc_urls` when given, else the single `rpc_url`."""
         return list(self.rpc_urls) or [self.rpc_url]
 
+    @model_validator(mode="after")
+    def _peers_over_tls(self) -> BaseServiceSettings:
+        for name in type(self).model_fields:  # bank_url, cc_url, sp_url: every peer speaks mutual TLS only
+            value = getattr(self, name)
+            if name.endswith("_url") and name not in ("rpc_url", "database_url") and value \
+                    and not str(value).startswith("https://"):
+                raise ValueError(f"{name} is {value!r}: Clearhouse services speak HTTPS with mutual TLS only; use "
+                                 "https://")
+        return self
+
     def eth_signing_key(self) -> Any:
         """The signing key for the chain client and `messages.sign`: the 32 key bytes (`file` backend) or an
         `offchain.trust.keys.Pkcs11Signer` whose key never leaves the token (`pkcs11`)."""

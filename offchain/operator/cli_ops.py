@@ -137,7 +137,23 @@ def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-def passphrase_from_env(variable: str = "CLEARHOUSE_PASSPHRASE") -> str:
+def parse_payees(payees: tuple[str, ...] | list[str]) -> list[tuple[str, int]]:
+    """`ADDRESS:BPS` options as (address, basis points); ConfigError naming the bad one and the expected form."""
+    from eth_utils import is_address
+
+    from offchain.core.errors import ConfigError
+
+    split = []
+    for text in payees:
+        address, sep, bps = text.partition(":")
+        if not sep or not bps.strip().isdigit() or not is_address(address.strip()):
+            raise ConfigError(f"--payee {text!r} is not ADDRESS:BPS (e.g. 0xAbC...:7000; the basis points of all "
+                              "payees add up to 10000)", field="payee", got=text)
+        split.append((address.strip(), int(bps)))
+    return split
+
+
+def passphrase_from_env(variable: str = "CLEARHOUSE_PASSPHRASE", *, confirm: bool = True) -> str:
     """The passphrase from `variable`, else a hidden prompt on a terminal, else a ConfigError naming the variable."""
     import os
     import sys
@@ -148,7 +164,7 @@ def passphrase_from_env(variable: str = "CLEARHOUSE_PASSPHRASE") -> str:
     if value:
         return value
     if sys.stdin.isatty():
-        return str(click.prompt("keystore passphrase", hide_input=True, confirmation_prompt=True))
+        return str(click.prompt("keystore passphrase", hide_input=True, confirmation_prompt=confirm))
     raise ConfigError(f"no passphrase: set {variable} (there is no terminal to ask on)", env=variable)
 
 
@@ -169,7 +185,7 @@ def ca_init(ca_dir: Path) -> None:
 
 # --- member add / list -------------------------------------------------------------------------------------------
 def _chain_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--deployment", "deployment_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    fn = click.option("--deployment", "deployment_path", type=click.Path(dir_okay=False, path_type=Path),
                       default=Path("deployments/local.json"), show_default=True, envvar="CLEARHOUSE_DEPLOYMENT",
                       help="Deployment file (env CLEARHOUSE_DEPLOYMENT).")(fn)
     return click.option("--rpc", "rpc_url", default="http://127.0.0.1:8545", show_default=True,
@@ -227,6 +243,11 @@ def member_list(ca_dir: Path, no_chain: bool, as_json: bool, rpc_url: str, deplo
     from offchain.operator.lifecycle import member_rows
     from offchain.trust import keys
 
+    if not (ca_dir / "index.json").is_file():
+        from offchain.core.errors import ConfigError
+
+        raise ConfigError(f"no CA in {ca_dir}: give the directory `clearhouse ca init --dir` created",
+                          directory=str(ca_dir))
     chain = None if no_chain else _chain(rpc_url, deployment_path, os.urandom(32))  # eth_call only
     rows = member_rows(keys.load_ca(ca_dir), chain)
     if as_json:
@@ -357,4 +378,4 @@ def register(main: click.Group) -> None:
         member.add_command(member_list)
 
 
-__all__ = ["db", "register", "iso", "print_table", "print_json", "passphrase_from_env"]
+__all__ = ["db", "register", "iso", "print_table", "print_json", "passphrase_from_env", "parse_payees"]

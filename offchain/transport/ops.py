@@ -263,8 +263,14 @@ async def start_ops_listener(settings: Any, app: web.Application, counts: Counts
     runner = web.AppRunner(ops_app(metrics, probe, {"role": settings.ROLE_NAME, "member_id": settings.member_id}),
                            access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.metrics_host, port, reuse_address=True)
-    await site.start()
+    from offchain.transport.server import _start_site
+
+    try:
+        await _start_site(web.TCPSite(runner, settings.metrics_host, port, reuse_address=True), settings.metrics_host,
+                          port, "metrics_port")
+    except BaseException:
+        await runner.cleanup()
+        raise
     bound = runner.addresses[0][1] if runner.addresses else port
     logging.getLogger(__name__).info("ops listener (healthz, metrics) on http://%s:%d", settings.metrics_host, bound)
     return runner

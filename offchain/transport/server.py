@@ -192,7 +192,8 @@ async def run_app(app: web.Application, host: str, port: int, ssl_context: ssl.S
     await runner.setup()
     ops_runner: web.AppRunner | None = None
     try:
-        await web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True).start()
+        await _start_site(web.TCPSite(runner, host, port, ssl_context=ssl_context, reuse_address=True), host, port,
+                          "port")
         ops_runner = await ops_listener() if ops_listener is not None else None
         log.info("listening on %s:%d", host, port)
         if ready is not None:
@@ -205,6 +206,20 @@ async def run_app(app: web.Application, host: str, port: int, ssl_context: ssl.S
         await runner.cleanup()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+
+
+async def _start_site(site: web.BaseSite, host: str, port: int, setting: str) -> None:
+    """Start `site`; a port another process holds is a ConfigError naming the setting, not an OSError traceback."""
+    import errno
+
+    from offchain.core.errors import ConfigError
+    try:
+        await site.start()
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; stop the process using it or change "
+                              f"`{setting}` (CLEARHOUSE_{setting.upper()})", field=setting, got=port) from None
+        raise
 
 
 # --- service wiring -------------------------------------------------------------------------------------------------
