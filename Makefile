@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (set up, then run the whole settlement story) and
 # `make test` (set up, then run the test suite). Everything else is a convenience.
 SHELL := /bin/bash
-.PHONY: setup demo test test-deep bench sim-deep network-up network-down
+.PHONY: setup demo test test-deep bench sim-deep network-up network-down clean distclean
 
 setup:
 	@bin/setup
@@ -28,3 +28,14 @@ network-up: setup
 
 network-down:
 	@source bin/env.sh && clearhouse network down
+
+# What runs leave behind: var/ (demo work directories, service databases, logs, sim runs), test and Hypothesis
+# caches, bytecode, the dev chain's deployments/local.json. `distclean` also removes what `make setup` installs.
+clean:
+	@rm -rf var .pytest_cache .hypothesis .cache deployments/local.json
+	@find . -path ./.venv -prune -o -path ./node_modules -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
+	@echo "[clean] removed var/, caches, __pycache__/ and deployments/local.json"
+
+distclean: clean
+	@rm -rf .venv node_modules .build .solcx .tools *.egg-info
+	@echo "[clean] removed .venv, node_modules, .build, .solcx, .tools (run make setup again)"
