@@ -138,8 +138,11 @@ class SyncJsonClient:
         self.base_url = base_url.rstrip("/")
         self._ssl = tls.client_ssl_context(cert_path, key_path, ca_path)
         self._timeout_s = timeout_s
+        self._pinned: tuple[Any, Role | None, Identity] | None = None  # set by server_identity
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
+        if self._pinned is not None:
+            return self._request_on_verified_connection(method, path, body)
         url = self.base_url + path
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(url, data=data, method=method,
@@ -163,8 +166,9 @@ class SyncJsonClient:
         """The server's verified identity: a TLS connection to `base_url` (our CA only), its certificate checked by
         `verifier` (offchain.trust.certs.CertificateVerifier), WrongRole unless it has `expected_role`. Nothing is sent.
 
-        The check runs on its own connection, as every request does; a server swapping certificates between
-        connections still needs a certificate and key from our CA for each."""
+        From then on this client is pinned to that member: every request verifies the certificate of its own
+        connection again and refuses a different member (IdentityMismatch) before sending anything, so what the
+        caller checked is what carries the request."""
         parts = urlsplit(self.base_url)
         host, port = parts.hostname or "localhost", parts.port or 443
         try:
@@ -174,10 +178,54 @@ class SyncJsonClient:
         except OSError as exc:  # ssl.SSLError is an OSError
             raise ServiceUnavailable(f"TLS connection to {self.base_url} failed: {exc!r}; retry later",
                                      url=self.base_url, reason=type(exc).__name__) from None
+        identity = self._verify_peer(der, verifier, expected_role)
+        self._pinned = (verifier, expected_role, identity)
+        return identity
+
+    def _verify_peer(self, der: bytes | None, verifier: Any, expected_role: Role | None) -> Identity:
         if not der:
             raise TlsHandshakeFailed(f"{self.base_url} presented no certificate", url=self.base_url,
                                      reason="no server certificate")
         return verifier.verify(ssl.DER_cert_to_PEM_cert(der), expected_role)
+
+    def _request_on_verified_connection(self, method: str, path: str, body: Any) -> Any:
+        """Once `server_identity` named the server, every request checks the certificate of the connection that
+        carries it, before a byte of the request is sent: the same member (IdentityMismatch otherwise), still valid
+        and not revoked (the verifier's CRL and chain checks)."""
+        import http.client
+
+        from offchain.core.errors import IdentityMismatch
+
+        assert self._pinned is not None
+        verifier, expected_role, pinned = self._pinned
+        parts, url = urlsplit(self.base_url), self.base_url + path
+        host, port = parts.hostname or "localhost", parts.port or 443
+        connection = http.client.HTTPSConnection(host, port, context=self._ssl, timeout=self._timeout_s)
+        try:
+            try:
+                connection.connect()
+            except OSError as exc:
+                raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
+                                         reason=type(exc).__name__) from None
+            peer = self._verify_peer(connection.sock.getpeercert(binary_form=True), verifier, expected_role)
+            if (peer.member_id, peer.eth_address) != (pinned.member_id, pinned.eth_address):
+                raise IdentityMismatch(f"{self.base_url} answered as {peer.member_id}, not {pinned.member_id} that "
+                                       "this client verified: nothing was sent", expected_member=pinned.member_id,
+                                       got_member=peer.member_id, kind="tls_peer")
+            data = None if body is None else json.dumps(body).encode()
+            try:
+                connection.request(method, parts.path.rstrip("/") + path, body=data,
+                                   headers={"Content-Type": "application/json", "Accept": "application/json"})
+                response = connection.getresponse()
+                raw = response.read()
+            except OSError as exc:
+                raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
+                                         reason=type(exc).__name__) from None
+            if response.status >= 400:
+                raise error_from_payload(response.status, _json_or_none(raw), url)
+            return _json_or_none(raw)
+        finally:
+            connection.close()
 
     def close(self) -> None:
         """Nothing to release: every request uses its own connection."""
