@@ -203,7 +203,8 @@ class DeviceClient:
         owner on chain, and store both (with the SP's address, the receiver, and the on-chain policy hash and owner
         for the offline checks before each use) locally."""
         receiver = self._service_provider().eth_address
-        answer = self._sp.post("/v1/downloads", {"content_id": to_hex(content_id), "version": version})
+        answer = self._sp.post("/v1/downloads", {"content_id": to_hex(content_id), "version": version,
+                                                 "agreement": self.module.agreement_attestation})
         blob = base64.b64decode(answer["container_b64"])
         policy_id = messages.policy_id(content_id, version)
         registered = self._registered_policy_of(policy_id)

@@ -60,7 +60,8 @@ from offchain.core.messages import (
     verify,
 )
 
-__all__ = ["KdfParams", "DeviceKeys", "create_keystore", "unlock_keystore", "SecureModule", "Wallet", "LogRow",
+__all__ = ["KdfParams", "DeviceKeys", "device_keys_with_agreement", "create_keystore", "unlock_keystore",
+           "SecureModule", "Wallet", "LogRow",
            "SignedLog", "WalletBalance", "cc_verify_fn"]
 
 KEYSTORE_FORMAT = "CHKS/1"
@@ -81,11 +82,15 @@ class KdfParams:
 
 @dataclass(frozen=True)
 class DeviceKeys:
-    """The device's secrets: Ethereum signing key (secp256k1) and P-256 key agreement (= certificate) key."""
+    """The device's secrets: Ethereum signing key (secp256k1) and the P-256 content-key agreement key, plus the
+    CA's attestation of the agreement key (public; offchain.trust.agreement). Provisioning generates a dedicated
+    agreement key that exists only in the keystore; a keystore holding the TLS key instead (the older layout,
+    without an attestation) still opens, but no SP wraps content keys to it any more."""
 
     member_id: str
     eth_private_key: bytes
     agreement_key_pem: bytes
+    agreement_attestation: dict[str, Any] | None = None
 
     @property
     def eth_address(self) -> str:
@@ -96,6 +101,19 @@ class DeviceKeys:
         if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
             raise TypeError("the agreement key must be a P-256 private key")
         return key
+
+
+def device_keys_with_agreement(ca: Any, member_id: str, eth_private_key: bytes, member_cert_pem: bytes,
+                               now: int | None = None) -> DeviceKeys:
+    """The keys of a newly provisioned device: its eth key, a fresh P-256 agreement key and the CA's attestation
+    of it for `member_cert_pem` (the agreement key's private half goes into the keystore and nowhere else)."""
+    import time
+
+    from offchain.trust.agreement import attest_agreement_key, new_agreement_key
+
+    key, pem = new_agreement_key()
+    attestation = attest_agreement_key(ca, member_cert_pem, key.public_key(), int(time.time() if now is None else now))
+    return DeviceKeys(member_id, eth_private_key, pem, attestation.to_json())
 
 
 def _keystore_kek(passphrase: str, salt: bytes, params: KdfParams) -> bytes:
@@ -109,6 +127,9 @@ def create_keystore(path: Path, passphrase: str, keys: DeviceKeys, params: KdfPa
               "agreement_key_fingerprint": "0x" + key_fingerprint(keys.agreement_key().public_key()).hex(),
               "kdf": {"name": "scrypt", "n": params.n, "r": params.r, "p": params.p, "salt": "0x" + salt.hex()},
               "cipher": "AES-256-GCM", "nonce": "0x" + nonce.hex()}
+    if keys.agreement_attestation is not None:  # authenticated as AAD: an edited attestation does not unlock
+        _check_attested_key(keys)
+        public["agreement_attestation"] = keys.agreement_attestation
     secret = canonical_json({"eth_private_key": "0x" + keys.eth_private_key.hex(),
                              "agreement_key_pem": keys.agreement_key_pem.decode("ascii")})
     ciphertext = AESGCM(_keystore_kek(passphrase, salt, params)).encrypt(nonce, secret, canonical_json(public))
@@ -138,7 +159,16 @@ def unlock_keystore(path: Path, passphrase: str) -> DeviceKeys:
         raise WrongPassphrase(f"keystore {path} did not decrypt: wrong passphrase or an edited file",
                               path=str(path), reason="decrypt") from None
     return DeviceKeys(member_id=stored["member_id"], eth_private_key=bytes.fromhex(secret["eth_private_key"][2:]),
-                      agreement_key_pem=secret["agreement_key_pem"].encode("ascii"))
+                      agreement_key_pem=secret["agreement_key_pem"].encode("ascii"),
+                      agreement_attestation=stored.get("agreement_attestation"))
+
+
+def _check_attested_key(keys: DeviceKeys) -> None:
+    from offchain.trust.agreement import AgreementAttestation
+
+    attested = AgreementAttestation.from_json(keys.agreement_attestation).public_key()
+    if key_fingerprint(attested) != key_fingerprint(keys.agreement_key().public_key()):
+        raise ValueError("the agreement attestation names another key than the keystore's agreement key")
 
 
 # --- wallet -------------------------------------------------------------------------------------------------------
@@ -325,6 +355,7 @@ class SecureModule:
         self.member_id = keys.member_id
         self.eth_address = keys.eth_address
         self.agreement_fingerprint = key_fingerprint(self._agreement_key.public_key())
+        self.agreement_attestation = keys.agreement_attestation  # public: sent with each download
 
     @classmethod
     def open(cls, keystore_path: Path, wallet_path: Path, passphrase: str) -> SecureModule:

@@ -199,12 +199,14 @@ def _write_device_settings(workdir: Path, member: Member, paths: dict[str, Any],
     return path
 
 
-def create_device_keystore(member: Member, passphrase: str, *, fast_kdf: bool) -> Path:
-    """The device's encrypted keystore (eth key + certificate key) next to its other files."""
-    from offchain.device.secure_module import DeviceKeys, KdfParams, create_keystore
+def create_device_keystore(member: Member, passphrase: str, *, fast_kdf: bool, ca: CertificateAuthority) -> Path:
+    """The device's encrypted keystore next to its other files: its eth key and a fresh P-256 agreement key that
+    exists nowhere else (content keys are wrapped to it, not to the TLS key in key.pem), with the CA's attestation
+    binding that key to the device's certificate (offchain.trust.agreement)."""
+    from offchain.device.secure_module import device_keys_with_agreement, KdfParams, create_keystore
 
     path = member.directory / "keystore.json"
-    keys = DeviceKeys(member.member_id, member.eth_private_key(), member.key_path.read_bytes())
+    keys = device_keys_with_agreement(ca, member.member_id, member.eth_private_key(), member.cert_path.read_bytes())
     create_keystore(path, passphrase, keys, KdfParams(n=2**4) if fast_kdf else KdfParams())
     return path
 
@@ -235,7 +237,7 @@ def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: by
                for spec in members}
     for member in created.values():
         if member.role == Role.DEVICE:
-            create_device_keystore(member, passphrase, fast_kdf=fast_kdf)
+            create_device_keystore(member, passphrase, fast_kdf=fast_kdf, ca=ca)
     rpc = rpc_url or str(getattr(w3.provider, "endpoint_uri", "http://127.0.0.1:8545"))
     chain_settings: dict[str, Any] = {}
     if rpc_urls:

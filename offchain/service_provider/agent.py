@@ -30,6 +30,7 @@ from offchain.service_provider import store as sp_store
 from offchain.service_provider.bodies import CatalogItemOut, UsageAck, UsageUploadBody, request_hex
 from offchain.service_provider.forwarder import Rejection
 from offchain.trust import container as containers
+from offchain.trust.agreement import verify_attestation
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 
 STATUS_REJECTED_MAX = 100
@@ -171,16 +172,22 @@ class ServiceProvider:
                                    price=int(r.policy_json["price"]),
                                    policy_id=to_hex(messages.policy_id(r.content_id, r.version))) for r in rows]
 
-    def download(self, content_id: bytes, version: int, device_cert_pem: bytes,
-                 device_member_id: str) -> tuple[bytes, dict[str, Any]]:
-        """The container and its content key wrapped to the requesting device's certificate key."""
+    def download(self, content_id: bytes, version: int, peer: MemberIdentity,
+                 agreement: Any) -> tuple[bytes, dict[str, Any]]:
+        """The container and its content key wrapped to the device's CA-attested agreement key (never its TLS
+        key): the attestation must be the root's and name the TLS peer's own certificate (offchain.trust.agreement)."""
+        if agreement is None:
+            raise MalformedMessage("a download needs the device's agreement key attestation (`agreement`): content "
+                                   "keys are no longer wrapped to the TLS key; re-provision the device's keystore",
+                                   type="DownloadBody", field="agreement", reason="missing")
+        attested = verify_attestation(agreement, self._verifier.root, peer)
         with storage.session_scope(self.engine) as session:
             row = sp_store.catalog_item(session, content_id, version)
             blob, sealed = row.container_bytes, row.content_key_encrypted
             provider = str(row.policy_json.get("provider", ""))
         self._check_owner(content_id, version, provider)  # never serve a container of a hijacked id
         content_key = sp_store.open_content_key(self._catalog_aead, content_id, version, sealed)
-        wrapped = containers.wrap_content_key(content_key, content_id, device_cert_pem, device_member_id)
+        wrapped = containers.wrap_content_key(content_key, content_id, attested.public_key_pem(), peer.member_id)
         return blob, wrapped.to_json()
 
     def prices(self, policy_ids: Sequence[bytes]) -> dict[bytes, int]:

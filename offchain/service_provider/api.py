@@ -19,7 +19,7 @@ from aiohttp import web
 
 from offchain import storage
 from offchain.chain.protocols import ChainReader
-from offchain.core.errors import ContractReverted, IdentityMismatch
+from offchain.core.errors import ContractReverted
 from offchain.core.settings import ServiceProviderSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings
 from offchain.core.types import Clock, Role, to_hex
@@ -52,9 +52,8 @@ def routes(provider: ServiceProvider, verify_pool: Executor | None = None) -> li
         return CatalogResponse(items=await asyncio.to_thread(provider.catalog))
 
     async def download(request: web.Request, peer: MemberIdentity, body: DownloadBody) -> DownloadResponse:
-        cert_pem = _peer_certificate_pem(request)
         blob, wrapped = await asyncio.to_thread(provider.download, request_hex(body.content_id, "content_id"),
-                                                body.version, cert_pem, peer.member_id)
+                                                body.version, peer, body.agreement)
         return DownloadResponse(container_b64=base64.b64encode(blob).decode(), wrapped_key=wrapped)
 
     async def usage(_request: web.Request, peer: MemberIdentity, body: UsageUploadBody) -> UsageAck:
@@ -80,18 +79,6 @@ def routes(provider: ServiceProvider, verify_pool: Executor | None = None) -> li
         Route("GET", "/v1/status", status, (), None, None,
               "Forwarding status (any member): batch counts per status and the batches the CC rejected"),
     ]
-
-
-def _peer_certificate_pem(request: web.Request) -> bytes:
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    transport = request.transport
-    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    if not der:
-        raise IdentityMismatch("no TLS client certificate on this connection", expected="device", got="none")
-    return x509.load_der_x509_certificate(der).public_bytes(Encoding.PEM)
 
 
 def load_settings(config_path: Path | None = None, **overrides: Any) -> ServiceProviderSettings:

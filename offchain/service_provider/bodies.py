@@ -40,6 +40,9 @@ class CatalogResponse(BaseModel):
 class DownloadBody(BaseModel):
     content_id: str = Field(pattern=r"^0x[0-9a-fA-F]{64}$")
     version: int = Field(ge=1, lt=2**32)
+    agreement: dict[str, Any] | None = Field(
+        None, description="The CA's attestation of the device's agreement key (offchain.trust.agreement); "
+                          "required: content keys are wrapped only to an attested key of the TLS peer's certificate.")
 
 
 class DownloadResponse(BaseModel):

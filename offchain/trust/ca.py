@@ -187,6 +187,12 @@ class CertificateAuthority:
         self._save_index()
         return credentials
 
+    def sign_statement(self, payload: bytes) -> bytes:
+        """ECDSA-SHA384 by the root key over `payload`: the CA's attestations that are not certificates (a device's
+        content-key agreement key, offchain.trust.agreement, whose payload is canonical JSON and so can never be a
+        certificate's or CRL's DER). Verified with the root certificate's public key."""
+        return self._key.sign(payload, ec.ECDSA(hashes.SHA384()))
+
     # --- revocation ----------------------------------------------------------------------------------------
     def revoke(self, member_id: str) -> None:
         """Put every certificate issued to `member_id` on the CRL (idempotent); raises NotFound if none exists."""

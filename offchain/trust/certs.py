@@ -94,6 +94,11 @@ class CertificateVerifier:
         self._crl_cache: tuple[bytes, x509.CertificateRevocationList] | None = None
         self._freshness = CrlFreshness()
 
+    @property
+    def root(self) -> x509.Certificate:
+        """The trust anchor (what the CA's non-certificate attestations are verified against)."""
+        return self._root
+
     def verify(self, cert_pem: bytes | str, expected_role: Role | None = None) -> MemberIdentity:
         """Full check of a member certificate; returns its identity or raises a CertificateError subclass."""
         cert = load_certificate(cert_pem)
