@@ -144,6 +144,15 @@ class ReceiveLogRow(CcTable):
     payload_hash: Mapped[bytes] = mapped_column(Bytes32)
 
 
+class SettledPolicyRow(CcTable):
+    """A policy id that appears in at least one settled receive log: the transfer worker's candidates, kept as
+    receive logs settle (never rebuilt from their JSON, so a round costs the same whatever the history)."""
+
+    __tablename__ = "cc_settled_policies"
+    policy_id: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
+    first_settled_at: Mapped[int] = mapped_column(BigInteger)
+
+
 TRANSFER_STATUSES = ("requested", "sent_to_bank", "confirmed")
 
 
@@ -374,6 +383,18 @@ def upsert_receive_log_idempotent(session: Session, record: ReceiveLogRecord) ->
     return insert_idempotent(session, row, {"id": record.id}, "receive_log")
 
 
+def note_settled_policies(session: Session, batches: Iterable[dict[str, Any]], now: int) -> int:
+    """Add the policy ids of newly settled usage batches (their JSON) to `cc_settled_policies`; returns how many
+    were new. Called in the transaction that settles them, so the set never lags the receive logs."""
+    wanted = {bytes.fromhex(pid[2:]) for batch in batches for pid in batch["policyIds"]}
+    if not wanted:
+        return 0
+    known = set(session.scalars(select(SettledPolicyRow.policy_id).where(SettledPolicyRow.policy_id.in_(wanted))))
+    new = wanted - known
+    session.add_all(SettledPolicyRow(policy_id=pid, first_settled_at=now) for pid in sorted(new))
+    return len(new)
+
+
 _RECEIVE_FLOW = {"accepted": ("submitted", "rejected"), "submitted": ("settled", "accepted", "rejected")}
 _SETTLEMENT_FLOW = {"pending": ("sent", "failed"), "sent": ("confirmed", "failed")}
 
@@ -409,11 +430,13 @@ def update_settlement(
             setattr(outbox, name, value)
     outbox.updated_at = now
     if status in ("confirmed", "failed"):
-        logs = session.scalars(select(ReceiveLogRow).where(ReceiveLogRow.settlement_id == settlement_id))
+        logs = list(session.scalars(select(ReceiveLogRow).where(ReceiveLogRow.settlement_id == settlement_id)))
         for row in logs:
             transition(row, "settled" if status == "confirmed" else "accepted", _RECEIVE_FLOW, "receive_log")
             if status == "failed":
                 row.settlement_id = None
+        if status == "confirmed":
+            note_settled_policies(session, (row.usage_batch_json for row in logs), now)
     return outbox
 
 
@@ -662,15 +685,13 @@ class CcStore:
                                         .order_by(ReceiveLogRow.serial, ReceiveLogRow.first_seq)))
 
     def settled_policy_ids(self) -> list[bytes]:
-        """Every policy id that appears in a settled receive log (candidates for transfer requests)."""
+        """Every policy id that appears in a settled receive log (candidates for transfer requests), in the order
+        they first settled: read from `cc_settled_policies`, one row per policy, whatever the history's length.
+        A reorg that un-settles a log leaves its policy here; the transfer worker skips policies with nothing
+        accrued, so a candidate too many costs one view call, never a transfer."""
         with session_scope(self.engine) as session:
-            batches = session.scalars(select(ReceiveLogRow.usage_batch_json)
-                                      .where(ReceiveLogRow.status == "settled")).all()
-        seen: dict[bytes, None] = {}
-        for batch in batches:
-            for pid in batch["policyIds"]:
-                seen.setdefault(bytes.fromhex(pid[2:]), None)
-        return list(seen)
+            return list(session.scalars(select(SettledPolicyRow.policy_id)
+                                        .order_by(SettledPolicyRow.first_settled_at, SettledPolicyRow.policy_id)))
 
     def reject_receive_logs(self, reasons: dict[bytes, str]) -> None:
         with session_scope(self.engine) as session:
@@ -680,10 +701,13 @@ class CcStore:
     def mark_settled_without_outbox(self, log_ids: Sequence[bytes]) -> None:
         """Accepted receive logs the chain already settled (nextSeq past them): settled, never re-sent."""
         with session_scope(self.engine) as session:
+            settled = []
             for log_id in log_ids:
                 row = session.get(ReceiveLogRow, log_id)
                 if row is not None and row.status == "accepted":
                     row.status = "settled"
+                    settled.append(row.usage_batch_json)
+            note_settled_policies(session, settled, self.now())
 
     # settlement outbox ----------------------------------------------------------------------------------------
     def create_settlement(self, log_ids: Sequence[bytes], *, tx_hash: str, nonce: int, raw_tx: bytes) -> int:
@@ -716,9 +740,13 @@ class CcStore:
             # same hash, so the hash moves into the error text and the unique column is freed for the new row.
             outbox.error = f"{error} (signed tx {outbox.tx_hash}, nonce {outbox.nonce}, never mined)"
             outbox.status, outbox.tx_hash, outbox.updated_at = "failed", None, now
+            settled = []
             for row in session.scalars(select(ReceiveLogRow).where(ReceiveLogRow.settlement_id == settlement_id)):
                 row.status = "settled" if row.id in settled_ids else "accepted"
                 row.settlement_id = None
+                if row.status == "settled":
+                    settled.append(row.usage_batch_json)
+            note_settled_policies(session, settled, now)
 
     def settlement_counts(self) -> dict[str, int]:
         with session_scope(self.engine) as session:
@@ -823,5 +851,5 @@ class CcStore:
 __all__ = [
     "CcStore", "Balance", "CcTable", "create_schema", "IssueLogRecord", "ReceiveLogRecord", "User", "Device",
     "IssueLogRow", "UserBalanceEntry", "SettlementOutbox", "ReceiveLogRow", "TransferRequestRow", "IssueRequestRow",
-    "TransferReceiptRow", "ChainTxRow", "CHAIN_TX_STATES",
+    "TransferReceiptRow", "ChainTxRow", "CHAIN_TX_STATES", "SettledPolicyRow", "note_settled_policies",
 ]

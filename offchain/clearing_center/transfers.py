@@ -49,6 +49,8 @@ class TransferWorker:
     def due_policies(self) -> list[bytes]:
         """Settled policies with accrued fees: all when the interval passed, else those at the threshold."""
         interval_passed = self.clock() - self._last_request_at >= self.interval_s
+        if not interval_passed and not self.threshold_minor:
+            return []  # nothing can be due: no view call per settled policy every round
         due = []
         for policy_id in self.store.settled_policy_ids():
             accrued = self.chain.policy(policy_id).accrued
