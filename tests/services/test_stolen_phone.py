@@ -8,6 +8,7 @@ named errors, and the chain refuses a second release.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -71,6 +72,14 @@ def test_revoke_with_release_returns_the_unspent_9000(flow: Flow, story: dict[st
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert '"complete": true' in result.stdout and '"released": 9000' in result.stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "offchain.cli", "member", "status", "alice-phone", "--ca-dir", str(consortium.ca_dir),
+         "--rpc", consortium.rpc_url, "--deployment", str(consortium.deployment_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert (shown["complete"], shown["on_crl"], shown["pending_steps"]) == (True, True, [])
+    assert [log["open_amount"] for log in shown["issue_logs"]] == [0]  # nothing left to release
     chain = flow.chain()
     funds = chain.user_funds(user_id_hash("alice"))
     assert (funds.deposited, funds.allocated) == (DEPOSIT, PRICE)  # only the settled 1,000 stays allocated
