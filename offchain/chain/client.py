@@ -30,6 +30,29 @@ ZERO_BYTES32 = b"\x00" * 32
 FEE_CACHE_S = 2.0
 FORGOTTEN_CHECK_POLLS = 200  # while waiting for a receipt, look for transactions the node forgot every ~1 s
 PRIORITY_FEE_WEI = 1_000_000_000
+FEE_BUMP = 1.25  # a replacement at the same nonce pays this much more (nodes require +10 %)
+
+
+def _bumped(fee: Any) -> int:
+    return -(-int(fee) * int(FEE_BUMP * 100) // 100)  # ceiling, in integer wei
+
+
+def _decode_raw(raw_tx: bytes) -> dict[str, Any]:
+    """The fields of a signed transaction (EIP-1559 typed or legacy), as this client signs them."""
+    import rlp
+    from eth_account.typed_transactions import TypedTransaction
+
+    if raw_tx[:1] == b"\x02":
+        from hexbytes import HexBytes
+
+        fields = TypedTransaction.from_bytes(HexBytes(raw_tx)).as_dict()
+        return {"nonce": fields["nonce"], "to": to_checksum_address(fields["to"]), "data": fields["data"],
+                "value": fields["value"], "gas": fields["gas"], "maxFeePerGas": fields["maxFeePerGas"],
+                "maxPriorityFeePerGas": fields["maxPriorityFeePerGas"]}
+    nonce, gas_price, gas, to, value, data, *_sig = rlp.decode(raw_tx)
+    return {"nonce": int.from_bytes(nonce, "big"), "gasPrice": int.from_bytes(gas_price, "big"),
+            "gas": int.from_bytes(gas, "big"), "to": to_checksum_address(to), "value": int.from_bytes(value, "big"),
+            "data": data}
 
 
 # --- client ---------------------------------------------------------------------------------------------------
@@ -125,6 +148,54 @@ class ClearhouseChain:
                 raise TimeExhausted(f"transaction {shown} is not in the chain after {timeout_s or self._timeout_s} s")
             polls += 1
             time.sleep(RECEIPT_POLL_S)
+
+    def replace_stuck(self, raw_tx: bytes, *, record: Callable[[str, int, bytes], None] | None = None
+                      ) -> str | None:
+        """Replace this client's unmined transaction `raw_tx` at the same nonce with the same call and higher fees:
+        at least FEE_BUMP times the old ones (nodes refuse a replacement below +10 %) and at least what the chain
+        asks now. `record(new_hash, nonce, new_raw)` (an outbox write) runs before the broadcast. Returns the new
+        hash, or None when the nonce is already used on chain (the old one, or another, was mined).
+
+        Whichever of the two is mined, the nonce is used once: callers resolve by the chain's state, not a hash."""
+        old = _decode_raw(raw_tx)
+        nonce = int(old["nonce"])
+        with self._lock:
+            if self.w3.eth.get_transaction_count(self.sender, "latest") > nonce:
+                return None
+            fresh = self._next_block_fees()  # what the next block asks, not the cached price that got stuck
+            tx: dict[str, Any] = {"from": self.sender, "to": old["to"], "data": old["data"], "value": old["value"],
+                                  "gas": old["gas"], "nonce": nonce, "chainId": self.deployment.chain_id}
+            if "maxFeePerGas" in old and "maxFeePerGas" in fresh:
+                priority = max(_bumped(old["maxPriorityFeePerGas"]), fresh["maxPriorityFeePerGas"])
+                tx.update(maxPriorityFeePerGas=priority,
+                          maxFeePerGas=max(_bumped(old["maxFeePerGas"]), fresh["maxFeePerGas"], priority))
+            else:
+                tx["gasPrice"] = max(_bumped(old.get("gasPrice") or old.get("maxFeePerGas", 0)),
+                                     fresh.get("gasPrice") or fresh["maxFeePerGas"])
+            signed = self._account.sign_transaction(tx)
+            tx_hash = "0x" + bytes(signed.hash).hex()
+            if record is not None:
+                record(tx_hash, nonce, bytes(signed.raw_transaction))
+            try:
+                self.w3.eth.send_raw_transaction(signed.raw_transaction)
+            except Exception as exc:
+                raise ChainError(f"replacing the transaction at nonce {nonce} failed: {exc}", tx_hash=tx_hash) \
+                    from exc
+            self._sent[nonce] = (tx_hash, bytes(signed.raw_transaction))
+            return tx_hash
+
+    def _next_block_fees(self) -> dict[str, int]:
+        """Fees for the next block (the pending block's base fee where the node has one), also cached for sends."""
+        try:
+            base_fee = self.w3.eth.get_block("pending").get("baseFeePerGas")
+        except Exception:  # noqa: BLE001 - a node without a pending block: the latest one's base fee
+            base_fee = self.w3.eth.get_block("latest").get("baseFeePerGas")
+        if base_fee is None:
+            fees = {"gasPrice": int(self.w3.eth.gas_price)}
+        else:
+            fees = {"maxFeePerGas": 3 * int(base_fee) + PRIORITY_FEE_WEI, "maxPriorityFeePerGas": PRIORITY_FEE_WEI}
+        self._fees, self._fees_at = fees, time.monotonic()
+        return fees
 
     def rebroadcast_forgotten(self) -> list[str]:
         """Send again, unchanged, each transaction of this client the node no longer knows (a node restart drops

@@ -73,6 +73,11 @@ class ChainWriter(ChainReader, Protocol):
         """Send again, unchanged, this sender's transactions the node forgot (a restart); returns their hashes."""
         ...
 
+    def replace_stuck(self, raw_tx: bytes, *, record: Callable[[str, int, bytes], None] | None = None
+                      ) -> str | None:
+        """Re-sign an unmined transaction at its nonce with higher fees; None when the nonce is used on chain."""
+        ...
+
     def register_member(self, account: str, role: int, member_id: bytes, cert_fingerprint: bytes,
                         valid_from: int, valid_until: int, *, user_id_hash: bytes = ...) -> TxReceipt: ...
 

@@ -20,6 +20,7 @@ import structlog
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
+from offchain.clearing_center.stuck import replace_stuck_settlement
 from offchain.clearing_center.store import CcStore, ReceiveLogRow, SettlementOutbox
 from offchain.chain.client import ClearhouseChain, SettlementItem, encode_settlement_item
 from offchain.chain.protocols import ChainWriter
@@ -119,7 +120,7 @@ class SettlementWorker:
 
     def __init__(self, store: CcStore, chain: ChainWriter, *, max_items: int = 64,
                  gas_budget: int | None = DEFAULT_GAS_BUDGET, crash_at: str | None = None,
-                 receipt_timeout_s: float = 60.0, log: Any = None) -> None:
+                 receipt_timeout_s: float = 60.0, stuck_after_s: float | None = None, log: Any = None) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise ValueError(f"{CRASH_ENV} must be one of {CRASH_POINTS}")
         self.store = store
@@ -129,6 +130,7 @@ class SettlementWorker:
         self.gas_budget = gas_budget  # estimated gas per settle transaction (None: by item count only)
         self.crash_at = crash_at
         self.receipt_timeout_s = receipt_timeout_s
+        self.stuck_after_s = stuck_after_s  # an unmined settle() older than this is replaced with higher fees
         self.log = log or structlog.get_logger("settlement")
 
     # --- recovery ---------------------------------------------------------------------------------------------
@@ -150,6 +152,8 @@ class SettlementWorker:
                 self.store.update_settlement(row.id, "sent")
             return self._record_receipt(row.id, receipt)
         if self._in_mempool(row.tx_hash):
+            if self.stuck_after_s is not None and row.raw_tx and self.store.now() - row.updated_at >= self.stuck_after_s:
+                return replace_stuck_settlement(self.store, self.chain, row, self.log)
             return "in_mempool"  # still pending: the next tick looks again, nothing is re-sent meanwhile
         return self._resolve_unknown(row, f"transaction {row.tx_hash} unknown to the chain")
 
@@ -289,7 +293,7 @@ def build_worker(settings: Any, store: CcStore, chain: ChainWriter, log: Any = N
     """A worker from ClearingCenterSettings (crash point from CLEARHOUSE_CRASH_AT, test only)."""
     return SettlementWorker(store, chain, max_items=settings.settle_batch_max_items,
                             gas_budget=settings.settle_gas_budget, crash_at=os.environ.get(CRASH_ENV) or None,
-                            log=log)
+                            stuck_after_s=getattr(settings, "stuck_tx_after_s", None), log=log)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

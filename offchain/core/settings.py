@@ -170,6 +170,9 @@ class ClearingCenterSettings(BaseServiceSettings):
         0, ge=0, description="Request transfers only once a policy's accrued amount exceeds this (minor units)."
     )
     issue_expiry_s: int = Field(30 * 86400, ge=60, description="Lifetime of a new issue log, in seconds.")
+    stuck_tx_after_s: float | None = Field(
+        120.0, gt=0, description="A settle() transaction still unmined this long is replaced at the same nonce with "
+                                 "higher fees (through the outbox); unset: never.")
 
 
 class ServiceProviderSettings(BaseServiceSettings):
