@@ -230,3 +230,58 @@ def test_intake_refuses_usage_beyond_the_cap_after_settlement(intake: Intake) ->
     error = intake.refused(intake.item(over, sig))
     assert isinstance(error, AllowanceExceeded)
     assert declared(error) == {"serial": to_hex(intake.target.serial), "cap": CAP, "wanted": 21 * PRICE}
+
+
+# --- over mutual TLS ---------------------------------------------------------------------------------------------
+def test_intake_over_mutual_tls_answers_each_items_named_error(intake: Intake) -> None:
+    """The same refusals through the CC's HTTP app on a real mTLS socket (in-process, `build_app`), posted as the
+    SP: the control is accepted and every tampered item comes back with its index, code and fields."""
+    import asyncio
+
+    from aiohttp import web
+
+    from offchain.clearing_center.api import build_app
+    from offchain.core.settings import ClearingCenterSettings
+    from offchain.transport.client import JsonClient
+    from offchain.trust import tls
+
+    world = intake.world
+    paths = {name: world.creds[name].write(world.tmp / "members" / name) for name in ("clearing_center", "provider")}
+    world.env.deployment.write(world.tmp / "deployment.json")
+    settings = ClearingCenterSettings(
+        member_id="clearing_center", cert_path=paths["clearing_center"][0], key_path=paths["clearing_center"][1],
+        ca_path=world.ca.root_path, eth_private_key="0x" + world.env.actors["clearing_center"].key.hex(),
+        deployment_path=world.tmp / "deployment.json", port=0,
+        database_url=world.store.engine.url.render_as_string(hide_password=False))
+    unknown = messages.keccak(b"no such serial")
+    items = [intake.control_item(),
+             intake.item(*intake.batch(receiver=addr(intake, "bank"))),
+             intake.item(*intake.batch(), payer=addr(intake, "device2")),
+             intake.item(*intake.batch(unknown)),
+             intake.item(*intake.batch(first_seq=0, count=21))]
+
+    async def post() -> Any:
+        app = build_app(settings, chain=world.env.client("clearing_center"), workers=False)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls.server_ssl_context(
+            settings.cert_path, settings.key_path, settings.ca_path))
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        sp = JsonClient(f"https://127.0.0.1:{port}", tls.client_ssl_context(*paths["provider"], world.ca.root_path))
+        try:
+            return await sp.post("/v1/receive-logs", {"items": [item.model_dump(mode="json") for item in items]})
+        finally:
+            await sp.close()
+            await runner.cleanup()
+
+    answer = asyncio.run(post())
+    assert len(answer["accepted"]) == 1
+    got = [(r["index"], r["error"], r["fields"]) for r in answer["rejected"]]
+    assert got == [
+        (1, "identity_mismatch", {"expected": addr(intake, "provider"), "got": addr(intake, "bank")}),
+        (2, "identity_mismatch", {"expected": addr(intake, "device"), "got": addr(intake, "device2")}),
+        (3, "not_found", {"serial": to_hex(unknown)}),
+        (4, "allowance_exceeded", {"serial": to_hex(intake.target.serial), "cap": CAP, "wanted": 21 * PRICE}),
+    ]
+    assert world.store.settlement_counts() == {"accepted": 1}
