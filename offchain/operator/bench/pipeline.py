@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ class PipelineResult:
     settle_txs: int
     settle_gas: int
     cpu_s: dict[str, float]  # CPU seconds per process over the timed window (empty without /proc)
+    load: dict[str, Any] = field(default_factory=dict)  # the settled history and catalog it ran against
 
     def to_json(self) -> dict[str, Any]:
         return {"logs": self.logs, "devices": self.devices,
@@ -63,7 +64,8 @@ class PipelineResult:
                 "settle_txs": self.settle_txs, "gas_per_log": round(self.settle_gas / max(self.settled_logs, 1), 1),
                 "settled_logs": self.settled_logs, "settle_gas": self.settle_gas, "batch_size": self.batch_size,
                 "uploads": self.uploads, "intake_s": round(self.intake_s, 3),
-                "end_to_end_s": round(self.end_to_end_s, 3), "cpu_s": self.cpu_s}
+                "end_to_end_s": round(self.end_to_end_s, 3), "cpu_s": self.cpu_s,
+                **({"load": self.load} if self.load else {})}
 
 
 def split_logs(total: int, parts: int) -> list[int]:
@@ -118,6 +120,38 @@ def fund_devices(consortium: Any, logs_per_device: Sequence[int]) -> list[bytes]
         finally:
             device.close()
     return serials
+
+
+def prefill_history(consortium: Any, history_logs: int, catalog_items: int) -> dict[str, Any]:
+    """Before the CC starts: `history_logs` settled usage logs in its database, over the bench policy and the
+    catalog's (all registered on chain before the timed window)."""
+    from offchain.content_provider.publisher import content_id_for
+    from offchain.core.messages import policy_id
+    from offchain.operator.bench.history import catalog_policy_ids, fill_settled_history
+    from offchain.storage import make_engine
+
+    engine = make_engine(f"sqlite:///{consortium.member('cc').directory / 'service.db'}")
+    try:
+        started = time.perf_counter()
+        policies = [policy_id(content_id_for("bench-pipeline"), 1), *catalog_policy_ids(catalog_items)]
+        history = fill_settled_history(engine, history_logs, policies=policies, fee_minor=PRICE_MINOR,
+                                       now=int(time.time()))
+        return {**history.to_json(), "history_fill_s": round(time.perf_counter() - started, 1)}
+    finally:
+        engine.dispose()
+
+
+def publish_large_catalog(consortium: Any, chain: Any, items: int, large: int, large_bytes: int) -> dict[str, Any]:
+    """The studio publishes `items` more titles at the SP, `large` of them `large_bytes` each."""
+    from offchain.content_provider.publisher import ContentProvider
+    from offchain.operator.bench.history import publish_catalog
+
+    studio = consortium.member("studio")
+    payees = [(studio.eth_address, 7_000), (consortium.member("sp").eth_address, 2_000),
+              (consortium.member("cc").eth_address, 1_000)]
+    provider = ContentProvider(studio.credentials(), chain, client(consortium, "studio", "sp"))
+    return publish_catalog(provider, items, large=large, large_bytes=large_bytes, price_minor=PRICE_MINOR,
+                           payees=payees).to_json()
 
 
 # --- load ------------------------------------------------------------------------------------------------------------
@@ -218,16 +252,22 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 
 # --- entry point -----------------------------------------------------------------------------------------------------
 def measure(workdir: Path, processes: Processes, rpc_url: str, *, logs: int, devices: int, batch_size: int,
-            anvil_pid: int | None = None) -> PipelineResult:
+            anvil_pid: int | None = None, history_logs: int = 0, catalog_items: int = 0,
+            large_containers: int = 0, large_container_bytes: int = 0) -> PipelineResult:
     """Set up a consortium on `rpc_url`, run the load and return what was measured."""
     from offchain.chain import ClearhouseChain, Deployment
 
     per_device = split_logs(logs, devices)
     consortium = deploy_and_provision(workdir, rpc_url, devices)
+    load = prefill_history(consortium, history_logs, catalog_items) if history_logs else {}
     start_services(consortium, processes)
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
     deployment = Deployment.load(consortium.deployment_path)
-    policy = publish_content(consortium, ClearhouseChain(w3, deployment, consortium.member("studio").eth_private_key()))
+    studio_chain = ClearhouseChain(w3, deployment, consortium.member("studio").eth_private_key())
+    policy = publish_content(consortium, studio_chain)
+    if catalog_items:
+        load.update(publish_large_catalog(consortium, studio_chain, catalog_items, large_containers,
+                                          large_container_bytes))
     serials = fund_devices(consortium, per_device)
     loads = build_loads(consortium, serials, per_device, policy, batch_size)
     reader = ClearhouseChain(w3, deployment, consortium.member("cc").eth_private_key())  # views only
@@ -242,7 +282,7 @@ def measure(workdir: Path, processes: Processes, rpc_url: str, *, logs: int, dev
     txs, gas = settle_gas(reader, first_block)
     return PipelineResult(logs=logs, devices=devices, batch_size=batch_size, uploads=sum(len(x.bodies) for x in loads),
                           intake_s=intake_s, end_to_end_s=end_to_end_s, settled_logs=settled, settle_txs=txs,
-                          settle_gas=gas, cpu_s=cpu_s)
+                          settle_gas=gas, cpu_s=cpu_s, load=load)
 
 
 def render(result: PipelineResult, console: Console) -> None:
@@ -259,30 +299,62 @@ def render(result: PipelineResult, console: Console) -> None:
     table.add_row("settle gas (total / per log)", f"{result.settle_gas:,} / {data['gas_per_log']:,.0f}")
     for name, seconds in sorted(result.cpu_s.items(), key=lambda item: -item[1]):
         table.add_row(f"CPU s in the timed window: {name}", f"{seconds:.2f}")
+    for name, value in result.load.items():
+        table.add_row(f"loaded database: {name}", f"{value:,}" if isinstance(value, int) else str(value))
     console.print(table)
 
 
-def run(out_path: str = "bench/results/pipeline.json", logs: int = DEFAULT_LOGS, devices: int = DEFAULT_DEVICES,
-        batch_size: int = DEFAULT_BATCH_SIZE, workdir: Path | None = None,
-        console: Console | None = None) -> PipelineResult:
-    """Start anvil and the services, measure, stop everything, print the table and write `out_path`."""
+LOADED_TOLERANCE = 0.10  # the loaded run's throughput must stay within 10% of the empty run's (issue 9 item 7)
+
+
+def _measure_on_anvil(workdir: Path, **kwargs: Any) -> PipelineResult:
+    """One measurement on a fresh anvil and a fresh consortium under `workdir`; stops everything it started."""
     from offchain.chain import start_anvil
 
-    console = console or Console()
-    workdir = Path(workdir) if workdir else ROOT / "var" / f"bench-pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
     workdir.mkdir(parents=True, exist_ok=True)
     processes = Processes(workdir)
     with start_anvil(hardfork="paris") as node:
         try:
             # AnvilProcess has no public pid; the private handle is read only for CPU accounting.
-            result = measure(workdir, processes, node.url, logs=logs, devices=devices, batch_size=batch_size,
-                             anvil_pid=node._proc.pid if node._proc else None)
+            return measure(workdir, processes, node.url, anvil_pid=node._proc.pid if node._proc else None, **kwargs)
         finally:
             processes.stop_all()
+
+
+def loaded_vs_empty(empty: PipelineResult, loaded: PipelineResult) -> dict[str, Any]:
+    """Throughput of the loaded run relative to the empty run, and whether both are within LOADED_TOLERANCE."""
+    intake = (loaded.logs / loaded.intake_s) / (empty.logs / empty.intake_s)
+    end_to_end = (loaded.logs / loaded.end_to_end_s) / (empty.logs / empty.end_to_end_s)
+    return {"sp_intake": round(intake, 3), "end_to_end": round(end_to_end, 3),
+            "within_10pct": all(ratio >= 1 - LOADED_TOLERANCE for ratio in (intake, end_to_end))}
+
+
+def run(out_path: str = "bench/results/pipeline.json", logs: int = DEFAULT_LOGS, devices: int = DEFAULT_DEVICES,
+        batch_size: int = DEFAULT_BATCH_SIZE, workdir: Path | None = None,
+        console: Console | None = None, history_logs: int = 0, catalog_items: int = 0, large_containers: int = 3,
+        large_container_bytes: int = 16 * 1024 * 1024) -> PipelineResult:
+    """Start anvil and the services, measure, stop everything, print the table and write `out_path`. With
+    `history_logs` or `catalog_items`, the same load runs again on a fresh chain and consortium whose CC database
+    holds `history_logs` settled usage logs and whose SP offers `catalog_items` more titles (`large_containers` of
+    `large_container_bytes`); the JSON adds that run (`loaded`) and its ratio to the empty run."""
+    console = console or Console()
+    workdir = Path(workdir) if workdir else ROOT / "var" / f"bench-pipeline-{time.strftime('%Y%m%d-%H%M%S')}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    load = dict(logs=logs, devices=devices, batch_size=batch_size)
+    result = _measure_on_anvil(workdir, **load)
     render(result, console)
+    report = result.to_json()
+    if history_logs or catalog_items:
+        loaded = _measure_on_anvil(workdir / "loaded", **load, history_logs=history_logs,
+                                   catalog_items=catalog_items, large_containers=large_containers,
+                                   large_container_bytes=large_container_bytes)
+        render(loaded, console)
+        report["loaded"] = loaded.to_json()
+        report["loaded_vs_empty"] = loaded_vs_empty(result, loaded)
+        console.print(f"loaded ({loaded.load}) vs empty database: {report['loaded_vs_empty']}")
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result.to_json(), indent=2) + "\n")
+    path.write_text(json.dumps(report, indent=2) + "\n")
     return result
 
 
