@@ -188,6 +188,7 @@ class ViewReader:
         import requests
 
         self._session = requests.Session()
+        self._session.trust_env = False  # no proxy lookup per call: the node is on loopback
         for item in self.abi:
             if item.get("type") == "function":
                 inputs = [_abi_type(i) for i in item["inputs"]]
