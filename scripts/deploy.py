@@ -12,7 +12,7 @@ import json
 import os
 from pathlib import Path
 
-from offchain.chain.client import ClearhouseChain, Deployment, deploy
+from offchain.chain import ClearhouseChain, Deployment, deploy
 from offchain.core.messages import Role, keccak
 
 ROOT = Path(__file__).resolve().parents[1]

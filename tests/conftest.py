@@ -1,7 +1,7 @@
 """Shared root fixtures: one anvil (paris) per session, the compiled contracts, and a deployed Clearhouse per test.
 
 Fixtures (all chain fixtures need the anvil binary on PATH: `source bin/env.sh`):
-- `anvil` (session): a running `offchain.chain.client.AnvilProcess` (`.url`); `w3` (session): Web3 on it.
+- `anvil` (session): a running `offchain.chain.AnvilProcess` (`.url`); `w3` (session): Web3 on it.
 - `compiled` (session): `offchain.chain.compile_contracts(CONTRACTS_ROOT)` (cached in .build/; CLEARHOUSE_CONTRACTS_ROOT,
   default the project root, is how `make mutate` tests a mutated copy).
 - `actors` (session): name -> `Actor(name, key, address)` for authority, deployer, clearing_center, provider (the

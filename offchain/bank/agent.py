@@ -47,7 +47,7 @@ class BankChain(Protocol):
 
 
 def transfer_on_chain(chain: BankChain, request_id: bytes) -> TransferRequestInfo:
-    """The chain's record of a transfer request (offchain.chain.client.TransferRequestInfo); NotFound if unknown."""
+    """The chain's record of a transfer request (offchain.chain.TransferRequestInfo); NotFound if unknown."""
     info = chain.transfer_request(request_id)
     if int(info.payee, 16) == 0:
         raise NotFound("the chain has no such transfer request", request_id=request_id)

@@ -20,10 +20,8 @@ from web3.types import TxReceipt
 
 from offchain.core.errors import CallRefused, ChainError, ChainUnreachable
 from offchain.chain.codec import (SettlementItem, decode_revert, encode_balance_statement, encode_settlement_item,
-                                  encode_skip_range, encode_usage_batch, revert_data)
-from offchain.chain.deploy import (ARTIFACTS_PATH, EIP170_LIMIT_BYTES, RECEIPT_POLL_S, CompilerSettings,
-                                   Deployment, compile_contracts, deploy, deploy_artifact)
-from offchain.chain.devnode import ANVIL_FALLBACK, AnvilProcess, anvil_binary, free_port, start_anvil
+                                  encode_skip_range, revert_data)
+from offchain.chain.deploy import RECEIPT_POLL_S, Deployment
 from offchain.chain.views import IssueLogInfo, MemberInfo, PolicyInfo, TransferRequestInfo, UserFunds
 
 ZERO_BYTES32 = b"\x00" * 32
@@ -382,10 +380,6 @@ class ClearhouseChain:
         return bytes(self.call("domainSeparator"))
 
 
-# Kept so callers that still import these from offchain.chain.client work; new code imports offchain.chain.
-_anvil_binary = anvil_binary
-_free_port = free_port
-
 def node_refusal(exc: BaseException) -> tuple[str, int | None] | None:
     """(message, JSON-RPC code) when `exc` is the node's own answer refusing a request (a JSON-RPC error object,
     or HTTP 4xx such as 413 for a request over its size limit); None for no answer at all."""
@@ -406,8 +400,4 @@ def node_refusal(exc: BaseException) -> tuple[str, int | None] | None:
         return f"HTTP {response.status_code} {response.reason}", None
     return None
 
-__all__ = ["ClearhouseChain", "ZERO_BYTES32", "ARTIFACTS_PATH", "ANVIL_FALLBACK", "EIP170_LIMIT_BYTES", "RECEIPT_POLL_S",
-           "CompilerSettings", "compile_contracts", "Deployment", "deploy", "deploy_artifact", "AnvilProcess",
-           "start_anvil", "anvil_binary", "free_port", "decode_revert", "revert_data", "SettlementItem",
-           "encode_usage_batch", "encode_settlement_item", "encode_balance_statement", "MemberInfo", "IssueLogInfo",
-           "PolicyInfo", "UserFunds", "TransferRequestInfo"]
+__all__ = ["ClearhouseChain", "ZERO_BYTES32", "node_refusal"]

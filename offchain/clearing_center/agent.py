@@ -19,7 +19,7 @@ from web3 import Web3
 from web3.exceptions import TimeExhausted, TransactionNotFound, Web3RPCError
 
 from offchain import storage
-from offchain.chain.client import RECEIPT_POLL_S, IssueLogInfo, encode_balance_statement
+from offchain.chain import RECEIPT_POLL_S, IssueLogInfo, encode_balance_statement
 from offchain.chain.protocols import ChainWriter
 from offchain.clearing_center.bodies import DepositNotice, IssueBody, ReceiveItem, RenewBody
 from offchain.clearing_center.store import CcStore, IssueLogRecord, IssueRequestRow, ReceiveLogRecord

@@ -22,7 +22,7 @@ from web3.exceptions import TransactionNotFound
 
 from offchain.clearing_center.stuck import replace_stuck_settlement
 from offchain.clearing_center.store import CcStore, ReceiveLogRow, SettlementOutbox
-from offchain.chain.client import ClearhouseChain, SettlementItem, encode_settlement_item
+from offchain.chain import ClearhouseChain, SettlementItem, encode_settlement_item
 from offchain.chain.protocols import ChainWriter
 from offchain.core.errors import CallRefused, ContractReverted
 from offchain.core.gas import (
@@ -298,7 +298,7 @@ def build_worker(settings: Any, store: CcStore, chain: ChainWriter, log: Any = N
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m offchain.clearing_center.settlement --config cc.json [--once]`: run the worker alone (no HTTP)."""
-    from offchain.chain.client import Deployment
+    from offchain.chain import Deployment
     from offchain.storage import make_engine
     from offchain.core.settings import ClearingCenterSettings, configure_logging, load_settings
 

@@ -298,7 +298,7 @@ def chain_policy_reader(rpc_url: str, deployment_path: Path) -> RegisteredPolicy
     """Read-only lookup of a policy's registered hash and owner; the device's own key never leaves its module."""
     from web3 import Web3
 
-    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.chain import ClearhouseChain, Deployment
 
     w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
     reader = ClearhouseChain(w3, Deployment.load(deployment_path), os.urandom(32))  # eth_call only: never signs

@@ -69,7 +69,7 @@ def chain_web3(settings: Any) -> Any:
 
 def connect_chain(settings: Any) -> ChainWriter:
     """The ClearhouseChain client of a service's settings (rpc_url or rpc_urls, deployment_path, signing key)."""
-    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.chain import ClearhouseChain, Deployment
 
     return ClearhouseChain(chain_web3(settings), Deployment.load(settings.deployment_path),
                            settings.eth_signing_key())

@@ -14,7 +14,7 @@ from eth_abi import decode, encode
 from eth_account import Account
 from eth_utils import keccak
 
-from offchain.chain.client import ClearhouseChain, SettlementItem
+from offchain.chain import ClearhouseChain, SettlementItem
 from offchain.core.errors import ContractReverted
 
 USAGE_BATCH_TYPE = "UsageBatch(bytes32 serial,uint64 firstSeq,address receiver,bytes32[] policyIds,bytes entries)"

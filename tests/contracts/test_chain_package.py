@@ -41,7 +41,8 @@ def test_writer_extends_reader() -> None:
     assert ChainReader in ChainWriter.__mro__
 
 
-def test_client_module_keeps_old_import_names() -> None:
-    for name in ("Deployment", "deploy", "start_anvil", "AnvilProcess", "SettlementItem", "compile_contracts",
-                 "EIP170_LIMIT_BYTES", "RECEIPT_POLL_S", "encode_balance_statement", "_anvil_binary"):
-        assert hasattr(client_module, name), name
+def test_client_module_exports_only_the_client() -> None:
+    """Callers import deploy/devnode/codec/views names from `offchain.chain`, not through the client module."""
+    assert set(client_module.__all__) == {"ClearhouseChain", "ZERO_BYTES32", "node_refusal"}
+    for name in ("deploy", "start_anvil", "AnvilProcess", "compile_contracts", "_anvil_binary", "_free_port"):
+        assert not hasattr(client_module, name), name

@@ -12,7 +12,7 @@ from eth_account import Account
 from eth_utils import keccak
 from web3 import Web3
 
-from offchain.chain.client import ClearhouseChain, Deployment, start_anvil
+from offchain.chain import ClearhouseChain, Deployment, start_anvil
 from offchain.core.messages import Role
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,7 +18,7 @@ from eth_account import Account
 from eth_utils import keccak
 
 from chainkit import Batch, World, expect_revert, receive_log_hash, sign_digest, typed_digest
-from offchain.chain.client import SettlementItem
+from offchain.chain import SettlementItem
 
 SKIP_RANGE_TYPE = ("SkipRange(bytes32 serial,uint64 firstSeq,uint32 count,address receiver,uint96 total,"
                    "bytes32 usageBatch,uint64 receivedAt)")

@@ -13,7 +13,7 @@ import pytest
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak, to_checksum_address
 
-from offchain.chain.client import deploy_artifact
+from offchain.chain import deploy_artifact
 
 VECTOR_DIR = Path(__file__).resolve().parents[1] / "vectors"
 TYPE_FIELDS = {

@@ -15,7 +15,7 @@ from offchain import storage
 from offchain.bank import store as bank_store
 from offchain.bank.agent import Bank
 from offchain.trust.certs import CertificateVerifier, Envelope
-from offchain.chain.client import TransferRequestInfo
+from offchain.chain import TransferRequestInfo
 from offchain.core.errors import DuplicateMessage
 from offchain.bank.ledger import Ledger
 from offchain.core.messages import Domain, Role, TransferRequest

@@ -18,7 +18,7 @@ from eth_account import Account
 from web3 import Web3
 from web3.logs import DISCARD
 
-from offchain.chain.client import Deployment, deploy, encode_balance_statement, start_anvil
+from offchain.chain import Deployment, deploy, encode_balance_statement, start_anvil
 from offchain.core.messages import (
     BalanceStatement,
     Domain,

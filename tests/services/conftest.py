@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from offchain.chain.client import ClearhouseChain, deploy
+from offchain.chain import ClearhouseChain, deploy
 from offchain.core.errors import ClearhouseError
 from offchain.transport.client import SyncJsonClient
 from offchain.core.messages import Role
@@ -109,7 +109,7 @@ class Services:
         return client
 
     def chain(self, member_id: str, w3: Web3) -> ClearhouseChain:
-        from offchain.chain.client import Deployment
+        from offchain.chain import Deployment
 
         member = self.consortium.member(member_id)
         return ClearhouseChain(w3, Deployment.load(self.consortium.deployment_path), member.eth_private_key())

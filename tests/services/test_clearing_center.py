@@ -25,7 +25,7 @@ from offchain.trust.ca import CertificateAuthority, MemberCredentials
 from offchain.clearing_center.store import CcStore
 from offchain.core.types import user_id_hash
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.chain.client import ClearhouseChain
+from offchain.chain import ClearhouseChain
 from offchain.clearing_center.agent import ClearingCenter
 from offchain.clearing_center.api import DepositNotice, IssueBody, ReceiveItem, RenewBody, build_app
 from offchain.core.errors import (AllowanceExceeded, ContractReverted, DepositNotProven, DuplicateMessage, IdentityMismatch,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from test_clearing_center import PRICE, USERS, CcWorld, SimulatedCrash, crash_before_receipt, make_world, manual_mining
 
-from offchain.chain.client import SettlementItem
+from offchain.chain import SettlementItem
 from offchain.clearing_center.agent import RenewBody
 from offchain.clearing_center.settlement import SettlementWorker
 from offchain.clearing_center.store import CcStore, user_id_hash
@@ -132,7 +132,7 @@ def test_plan_forgotten_by_the_node_is_rebroadcast_then_completed(world: CcWorld
 
 # --- 5. a nonce gap after the node forgot a transaction ----------------------------------------------------------------
 def test_send_after_the_node_forgot_an_earlier_transaction_fills_the_gap(world: CcWorld) -> None:
-    from offchain.chain.client import ClearhouseChain
+    from offchain.chain import ClearhouseChain
 
     env = world.env
     bank = ClearhouseChain(env.w3, env.deployment, env.actors["bank"].key, receipt_timeout_s=5.0)

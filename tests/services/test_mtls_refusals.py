@@ -32,7 +32,7 @@ def client_with(services: Services, name: str, cert_pem: bytes, key_pem: bytes, 
 
 
 def test_revoke_member_updates_crl_and_chain(running: Services, actors: dict, w3: Any, tmp_path: Path) -> None:
-    from offchain.chain.client import ClearhouseChain, Deployment
+    from offchain.chain import ClearhouseChain, Deployment
     from offchain.operator.provision import MemberSpec, create_member, revoke_member
 
     consortium = running.consortium

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from web3 import Web3
 
-from offchain.chain.client import deploy
+from offchain.chain import deploy
 from offchain.content_provider.publisher import content_id_for
 from offchain.core.errors import CertificateRevoked, ContractReverted
 from offchain.core.messages import ReceiveLog, Role

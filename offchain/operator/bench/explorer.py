@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 from eth_utils import keccak
 
-from offchain.chain.client import start_anvil
+from offchain.chain import start_anvil
 from offchain.operator.bench import gas
 from offchain.operator.explorer import ExplorerConfig, Sources, build_app
 

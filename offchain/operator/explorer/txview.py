@@ -16,7 +16,7 @@ from eth_utils import event_abi_to_log_topic
 from web3 import Web3
 from web3.exceptions import TransactionNotFound, Web3Exception
 
-from offchain.chain.client import decode_revert
+from offchain.chain import decode_revert
 from offchain.core.errors import NotFound
 from offchain.operator.explorer.sources import ContractRef
 

@@ -53,11 +53,11 @@ class Node:
     """anvil on a fixed port with `--state`: a graceful stop dumps the chain (not the mempool), start loads it."""
 
     def __init__(self, workdir: Path, port: int) -> None:
-        from offchain.chain.client import _anvil_binary
+        from offchain.chain import anvil_binary
 
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.state = workdir / "anvil-state.json"
-        self.args = [_anvil_binary(), "--port", str(port), "--hardfork", "paris", "--silent", "--state",
+        self.args = [anvil_binary(), "--port", str(port), "--hardfork", "paris", "--silent", "--state",
                      str(self.state)]
         self.log = workdir / "anvil.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -194,7 +194,7 @@ class Consortium:
         from eth_account import Account
         from web3 import Web3
 
-        from offchain.chain.client import deploy
+        from offchain.chain import deploy
         from offchain.core.messages import Role
         from offchain.operator.provision import MemberSpec, provision
 
@@ -253,7 +253,7 @@ class Consortium:
     def publish(self) -> dict[str, tuple[bytes, int]]:
         from web3 import Web3
 
-        from offchain.chain.client import ClearhouseChain, Deployment
+        from offchain.chain import ClearhouseChain, Deployment
         from offchain.content_provider.publisher import ContentProvider, content_id_for
 
         c = self.consortium
