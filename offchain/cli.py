@@ -189,7 +189,7 @@ def _certificate_user(cert_path: Path | None) -> str:
     """The user the CA named in a device certificate (SAN urn:clearhouse:user:<id>); the CC checks it again."""
     from offchain.trust.certs import USER_URN, load_certificate
     from offchain.core.errors import ConfigError
-    from offchain.transport.server import require_path
+    from offchain.transport.wiring import require_path
     from cryptography import x509
 
     cert = load_certificate(require_path(cert_path, "cert_path").read_bytes())
@@ -345,7 +345,8 @@ def content_package(config_path: Path, sp_url: str, content_file: Path, name: st
     from offchain.trust.ca import MemberCredentials
     from offchain.content_provider.publisher import ContentProvider, content_id_for
     from offchain.operator.cli_ops import parse_payees
-    from offchain.transport.server import SyncJsonClient, connect_chain, require_path
+    from offchain.transport.client import SyncJsonClient
+    from offchain.transport.wiring import connect_chain, require_path
     from offchain.core.messages import Role
     from offchain.core.settings import BaseServiceSettings, load_settings
 

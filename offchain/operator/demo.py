@@ -253,7 +253,7 @@ def _funder(state: DemoState, w3: Web3) -> Callable[[str], None]:
 
 
 def client(consortium: Any, member_id: str, service: str) -> Any:
-    from offchain.transport.server import SyncJsonClient
+    from offchain.transport.client import SyncJsonClient
 
     member = consortium.member(member_id)
     return SyncJsonClient(consortium.urls[service], str(member.cert_path), str(member.key_path),

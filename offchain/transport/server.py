@@ -21,10 +21,7 @@ from pydantic import BaseModel, ValidationError
 
 from offchain.core.errors import ClearhouseError, InvalidRequest, WrongRole
 from offchain.core.messages import Role
-# Re-exported for callers not moved yet (operator/, tests/offchain/test_tls.py, tests/trust/): new code imports
-# the clients from offchain.transport.client and the settings wiring from offchain.transport.wiring.
-from offchain.transport.client import JsonClient, SyncJsonClient, error_from_payload
-from offchain.transport.wiring import connect_chain, deployment_domain, file_reader, member_verifier, require_path
+from offchain.transport.wiring import require_path
 
 log = logging.getLogger(__name__)
 
@@ -248,6 +245,4 @@ def serve_app(settings: Any, app: web.Application, *, counts: Any = None) -> Non
 __all__ = [
     "Route", "add_routes", "new_app", "error_middleware", "error_response", "parse_body", "parse_model",
     "check_role", "openapi_document", "run_app", "serve_app", "ServiceModule",
-    "JsonClient", "SyncJsonClient", "error_from_payload",
-    "connect_chain", "deployment_domain", "file_reader", "member_verifier", "require_path",
 ]

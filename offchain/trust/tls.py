@@ -2,7 +2,7 @@
 
 The TLS layer only proves the peer holds a key certified by our root; `peer_identity` then re-verifies the peer
 certificate at the application layer (validity, CRL, on-chain status), because OpenSSL here is not given the CRL.
-Routes, role checks, JSON errors and the clients live in `offchain.transport.server`. This module does not check that a log
+Routes, role checks and JSON errors live in `offchain.transport.server`, the clients in `offchain.transport.client`. This module does not check that a log
 inside a body was signed by the peer: use `Envelope.open(..., peer=...)`.
 """
 

@@ -1,5 +1,5 @@
 """Mutual TLS on loopback: real aiohttp servers built like the services (`offchain.transport.server` routes with
-`offchain.trust.tls.peer_identity`) and `offchain.transport.server.JsonClient`: handshake failures and application-layer checks."""
+`offchain.trust.tls.peer_identity`) and `offchain.transport.client.JsonClient`: handshake failures and application-layer checks."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 
 from offchain.transport import server as http
+from offchain.transport.client import JsonClient
 from offchain.trust.ca import CertificateAuthority
 from offchain.trust.certs import CertificateVerifier, MemberIdentity
 from offchain.core.errors import (CertificateError, CertificateRevoked, InsufficientFunds, NotFound, ServiceUnavailable,
@@ -73,7 +74,7 @@ async def serving(app: web.Application, server: Any) -> AsyncIterator[str]:
 
 async def call(app: web.Application, server: Any, context: ssl.SSLContext, method: str, path: str) -> Any:
     async with serving(app, server) as url:
-        client = http.JsonClient(url, context, timeout_s=10)
+        client = JsonClient(url, context, timeout_s=10)
         try:
             return await client.request(method, path, {} if method == "POST" else None)
         finally:
@@ -208,7 +209,7 @@ def test_connection_refused_is_service_unavailable(member: Factory) -> None:
         port = sock.getsockname()[1]  # closed again before the client connects: nobody listens there
 
     async def attempt() -> None:
-        client = http.JsonClient(f"https://127.0.0.1:{port}", context_of(bank), timeout_s=5)
+        client = JsonClient(f"https://127.0.0.1:{port}", context_of(bank), timeout_s=5)
         try:
             await client.get("/v1/whoami")
         finally:

@@ -18,7 +18,7 @@ from offchain.core.messages import Role, address_from_public_key
 from offchain.trust import crl as crl_mod
 from offchain.trust.ca import CRL_VALID_S, CertificateAuthority
 from offchain.trust.certs import CertificateVerifier
-from offchain.transport.server import file_reader
+from offchain.transport.wiring import file_reader
 
 T0 = 1_900_000_000
 DAY = 86_400
