@@ -193,9 +193,7 @@ class ServiceProvider:
     def prices(self, policy_ids: Sequence[bytes]) -> dict[bytes, int]:
         """Catalog price of each policy id this SP sells (others are absent)."""
         with storage.session_scope(self.engine) as session:
-            rows = sp_store.catalog_items(session)
-            by_id = {messages.policy_id(r.content_id, r.version): int(r.policy_json["price"]) for r in rows}
-        return {pid: by_id[pid] for pid in policy_ids if pid in by_id}
+            return sp_store.catalog_prices(session, policy_ids)
 
     # --- usage intake -------------------------------------------------------------------------------------------
     def verify_device(self, body: UsageUploadBody, peer: MemberIdentity) -> MemberIdentity:

@@ -19,6 +19,7 @@ from sqlalchemy import (BigInteger, CheckConstraint, Engine, Integer, LargeBinar
 from sqlalchemy.orm import Mapped, Session, defer, mapped_column
 from sqlalchemy.types import JSON
 
+from offchain.core import messages
 from offchain.core.errors import ConfigError, DuplicateMessage, NotFound
 from offchain.storage import engine as storage
 from offchain.storage.columns import Address, Base, Bytes32, new_metadata, status_check
@@ -89,6 +90,8 @@ class SpCatalogItem(SpTable):
     )
     content_id: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # keccak(abi.encode(content_id, uint32 version)): what usage logs name, so a price look-up reads only its rows
+    policy_id: Mapped[bytes] = mapped_column(Bytes32, index=True)
     container_path: Mapped[str | None] = mapped_column(String(500))
     container_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)
     content_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
@@ -134,7 +137,8 @@ def add_catalog_item(session: Session, *, content_id: bytes, version: int, conta
             raise DuplicateMessage("this content id and version is already published with another container",
                                    content_id=content_id, version=version)
         return False
-    session.add(SpCatalogItem(content_id=content_id, version=version, container_bytes=container,
+    session.add(SpCatalogItem(content_id=content_id, version=version,
+                              policy_id=messages.policy_id(content_id, version), container_bytes=container,
                               content_key_encrypted=sealed_key, policy_json=policy_json, policy_hash=policy_hash,
                               created_at=now))
     return True
@@ -153,6 +157,17 @@ def catalog_items(session: Session) -> list[SpCatalogItem]:
     listing and every usage upload's price look-up must not read megabytes per title (only `catalog_item` does)."""
     return list(session.scalars(select(SpCatalogItem).options(defer(SpCatalogItem.container_bytes, raiseload=True))
                                 .order_by(SpCatalogItem.created_at)))
+
+
+def catalog_prices(session: Session, policy_ids: Sequence[bytes]) -> dict[bytes, int]:
+    """The price of each of `policy_ids` this SP sells (others absent): one query over the policy id index that
+    reads only the rows named, whatever the catalog's size."""
+    wanted = sorted(set(policy_ids))
+    if not wanted:
+        return {}
+    rows = session.execute(select(SpCatalogItem.policy_id, SpCatalogItem.policy_json)
+                           .where(SpCatalogItem.policy_id.in_(wanted)))
+    return {bytes(pid): int(policy["price"]) for pid, policy in rows}
 
 
 def find_batch(session: Session, batch_id: bytes) -> SpBatch | None:

@@ -82,7 +82,9 @@ def test_fresh_database_is_created_at_head_and_reused(fresh: Engine) -> None:
 
 def test_database_from_before_migrations_is_refused_then_adopted(fresh: Engine) -> None:
     schema = migrate.ROLES["service_provider"]
-    schema.metadata().create_all(fresh)  # what create_schema did before migrations: tables, no version
+    migrate.upgrade(fresh, schema, migrate.baseline(schema))  # what create_schema did before migrations: the
+    with fresh.begin() as conn:  # baseline's tables (the models as they were then), and no version
+        conn.execute(text(f"DROP TABLE {schema.version_table}"))
     with pytest.raises(migrate.SchemaOutdated) as refused:
         migrate.ensure_current(fresh, schema, config_hint="sp.json")
     assert refused.value.fields == {"role": "service_provider", "expected": migrate.head(schema),
