@@ -348,6 +348,75 @@ def sp_requeue(batch_id: str, config_path: Path) -> None:
     print_json(requeue(engine, batch_id, int(time.time())).to_json())
 
 
+# --- demo status / stop / logs ---------------------------------------------------------------------------------
+_demo_workdir = click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                             help="The kept demo's work directory (default: the latest kept demo).")
+
+
+@click.command("status")
+@_demo_workdir
+@click.option("--json", "as_json", is_flag=True)
+@_edge
+def demo_status(workdir: Path | None, as_json: bool) -> None:
+    """Is the kept demo running: its process, each service's pid and port, URLs and logs."""
+    from offchain.operator import demo_state
+
+    data = demo_state.read_state(workdir)
+    rows = demo_state.status(data)
+    if as_json:
+        print_json({"workdir": data["workdir"], "try_it": data["try_it"], "env": data["env"], "processes": rows})
+        return
+    print_table(f"demo in {data['workdir']} (started {iso(data['started_at'])})", rows,
+                ["name", "pid", "alive", "listening", "url", "log"])
+    click.echo(f"try-it commands: {data['try_it']}")
+
+
+@click.command("stop")
+@_demo_workdir
+@_edge
+def demo_stop(workdir: Path | None) -> None:
+    """Stop the kept demo (SIGTERM to the demo process; it stops its services and chain)."""
+    from offchain.core.errors import ConfigError
+    from offchain.operator import demo_state
+
+    data = demo_state.read_state(workdir)
+    if not demo_state.stop(data):
+        raise ConfigError(f"the demo (pid {data['demo_pid']}) did not stop within 30 s", field="demo")
+    click.echo(f"stopped the demo in {data['workdir']}")
+
+
+@click.command("logs")
+@click.argument("service", required=False)
+@_demo_workdir
+@click.option("-n", "--lines", type=int, default=40, show_default=True)
+@_edge
+def demo_logs(service: str | None, workdir: Path | None, lines: int) -> None:
+    """The last lines of a service's log (cc, sp, bank), or of every service without SERVICE."""
+    from offchain.operator import demo_state
+
+    data = demo_state.read_state(workdir)
+    for name in [service] if service else sorted(data["services"]):
+        click.echo(f"==> {data['services'].get(name, {}).get('log', name)} <==")
+        for line in demo_state.log_tail(data, name, lines):
+            click.echo(line)
+
+
+def _demo_group(original: click.Command) -> click.Group:
+    """`clearhouse demo [OPTIONS]` runs the demo as before; `demo status | stop | logs` act on a kept one."""
+
+    def callback(**kwargs: Any) -> Any:
+        if click.get_current_context().invoked_subcommand is None:
+            assert original.callback is not None
+            return original.callback(**kwargs)
+        return None
+
+    group = click.Group("demo", params=list(original.params), callback=callback, invoke_without_command=True,
+                        help=original.help, short_help=original.short_help)
+    for command in (demo_status, demo_stop, demo_logs):
+        group.add_command(command)
+    return group
+
+
 def _version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
@@ -372,6 +441,9 @@ def register(main: click.Group) -> None:
     ca = main.commands.get("ca")
     if isinstance(ca, click.Group):
         ca.add_command(ca_init)
+    demo = main.commands.get("demo")
+    if demo is not None and not isinstance(demo, click.Group):
+        main.add_command(_demo_group(demo))
     member = main.commands.get("member")
     if isinstance(member, click.Group):
         member.add_command(member_add)

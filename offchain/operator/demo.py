@@ -511,37 +511,36 @@ def run(state: DemoState, processes: Processes, console: Console, *, rpc_url: st
         report(consortium, state, processes, console)
         if keep:
             start_services(consortium, processes)
-            hold(consortium, state, console)
+            hold(consortium, state, console, processes)
     finally:
         processes.stop_all()
         chain.__exit__(None, None, None)
 
 
-def hold(consortium: Any, state: DemoState, console: Console) -> None:
-    """--keep: leave the chain and the services up, re-sign the CRL on a timer, say how to use them, and wait
-    for Ctrl-C."""
+def hold(consortium: Any, state: DemoState, console: Console, processes: Processes | None = None) -> None:
+    """--keep: leave the chain and the services up, re-sign the CRL on a timer, write the state file and the
+    try-it script (offchain/operator/demo_state.py), say how to use them, and wait for Ctrl-C or `demo stop`."""
+    from offchain.operator import demo_state
     from offchain.trust.crl import RefreshTimer
 
     timer = RefreshTimer(lambda: consortium.ca().refresh_crl(), interval_s=KEEP_CRL_REFRESH_S).start()
     try:
+        demo_state.write_state(consortium, state, processes, PASSPHRASE)
         _hold(consortium, state, console)
     finally:
         timer.stop()
+        demo_state.clear_state(state.workdir)
 
 
 def _hold(consortium: Any, state: DemoState, console: Console) -> None:
-    device = next(m for m in consortium.members.values() if m.user_id)
-    chain_args = f"--rpc {state.rpc_url} --deployment {consortium.deployment_path}"
-    console.rule("Still running (--keep): Ctrl-C stops everything")
+    from offchain.operator.demo_state import TRY_IT_FILE, try_it_lines
+
+    console.rule("Still running (--keep): Ctrl-C or `clearhouse demo stop` stops everything")
     console.print(f"chain  {state.rpc_url}   services  " + "  ".join(f"{k} {v}" for k, v in consortium.urls.items()))
-    console.print(f"export CLEARHOUSE_DEVICE_PASSPHRASE={PASSPHRASE}")
-    console.print(f"clearhouse ca refresh-crl --ca-dir {consortium.ca_dir}   (also runs every "
-                  f"{KEEP_CRL_REFRESH_S:.0f} s while the demo holds)")
-    console.print(f"clearhouse device --config {consortium.settings_paths[device.member_id]} balance")
-    console.print(f"clearhouse audit device {device.eth_address} {chain_args}")
-    console.print(f"clearhouse audit verify {chain_args}")
-    console.print(f"clearhouse reconcile {chain_args} --cc-config {consortium.settings_paths['cc']} "
-                  f"--bank-config {consortium.settings_paths['bank']}")
+    console.print(f"try it (also in {state.workdir / TRY_IT_FILE}; the CRL is re-signed every "
+                  f"{KEEP_CRL_REFRESH_S:.0f} s while the demo holds):")
+    for line in try_it_lines(consortium, state, PASSPHRASE):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     try:
         while True:
             time.sleep(3600)
