@@ -368,7 +368,20 @@ class CliqueNetwork:
         self._wait(lambda: all(self._answers(i) and self.peer_count(i) >= len(running) - 1 for i in running),
                    timeout_s, "the nodes to answer and peer with each other")
         self.progress("peers connected; waiting for blocks")
-        self.wait_blocks(2, nodes=running, timeout_s=timeout_s)
+        try:
+            self.wait_blocks(2, nodes=running, timeout_s=min(timeout_s, 20.0 + 10 * self.period_s))
+        except NetworkError:
+            # Signers that sealed block 1 before they were peered can split 2-2 on two forks of equal difficulty,
+            # which Clique never resolves on its own: keep the fork of the first node (the operator's remedy).
+            low = min(self.head(i)[0] for i in running)
+            first = self.block_hash(running[0], low)
+            keep = [i for i in running if self.block_hash(i, low) == first]
+            if len(keep) == len(running):  # one chain, only slow (a loaded machine): keep waiting
+                self.wait_blocks(2, nodes=running, timeout_s=timeout_s)
+                return
+            self.progress(f"nodes sealed apart before peering (forks at block {low}); keeping node {running[0]}'s")
+            self.heal(prefer=keep, timeout_s=timeout_s)
+            self.wait_blocks(2, nodes=running, timeout_s=timeout_s)
 
     def wait_blocks(self, count: int, *, nodes: Sequence[int] | None = None, timeout_s: float = 60.0) -> int:
         """Wait until every node in `nodes` (default: running ones) is `count` blocks past the highest head now."""
