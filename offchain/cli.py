@@ -502,18 +502,22 @@ def audit_verify(rpc_url: str, deployment_path: Path, cache_dir: Path | None, as
 @click.option("--cc-db", "cc_db_url", default=None, help="CC database URL (instead of --cc-config).")
 @click.option("--bank-db", "bank_db_url", default=None, help="Bank database URL (instead of --bank-config).")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--csv", "as_csv", is_flag=True, help="One CSV table (stable header) of --section.")
+@click.option("--section", type=click.Choice(["differences", "totals"]), default="differences", show_default=True,
+              help="--csv: which table.")
 @click.option("--grace-s", type=int, default=600, show_default=True,
               help="How long a bank deposit may be missing on chain before it is unexplained.")
 @_edge
 def reconcile(rpc_url: str, deployment_path: Path, cache_dir: Path | None, cc_config: Path | None,
               bank_config: Path | None, cc_db_url: str | None, bank_db_url: str | None, as_json: bool,
-              grace_s: int) -> None:
+              as_csv: bool, section: str, grace_s: int) -> None:
     """Compare chain, CC database and bank ledger unit by unit; exit 1 on any unexplained difference."""
     from offchain.operator.reconcile import main_reconcile
 
     sys.exit(main_reconcile(rpc_url=rpc_url, deployment_path=deployment_path, cc_db_url=cc_db_url,
                             bank_db_url=bank_db_url, cc_config=cc_config, bank_config=bank_config,
-                            output="json" if as_json else "table", cache_dir=cache_dir, grace_s=grace_s))
+                            output="json" if as_json else "csv" if as_csv else "table", cache_dir=cache_dir,
+                            grace_s=grace_s, section=section))
 
 
 # --- explorer ---------------------------------------------------------------------------------------------------

@@ -439,7 +439,29 @@ def reconcile(chain: ChainFacts, cc: CcFacts | None = None, bank: BankFacts | No
 
 
 # --- rendering and the CLI entry point ------------------------------------------------------------------------------
-def render(report: Report, output: str = "table", stream: Any = None) -> None:
+CSV_SECTIONS = ("differences", "totals")
+DIFFERENCE_COLUMNS = ("status", "area", "key", "cause", "chain", "cc", "bank")
+
+
+def render_csv(report: Report, stream: Any, section: str = "differences") -> None:
+    """One table with a stable header (pandas/spreadsheet-ready): `differences` (every difference, status
+    unexplained or in_flight) or `totals` (one row)."""
+    import csv
+
+    writer = csv.writer(stream)
+    if section == "totals":
+        writer.writerow(list(report.totals))
+        writer.writerow(list(report.totals.values()))
+        return
+    if section != "differences":
+        raise ConfigError(f"unknown section {section!r}; use one of {CSV_SECTIONS}", field="section", got=section)
+    writer.writerow(DIFFERENCE_COLUMNS)
+    for d in report.differences:
+        writer.writerow(["in_flight" if d.in_flight else "unexplained", d.area, d.key, d.cause,
+                         *("" if v is None else v for v in (d.chain, d.cc, d.bank))])
+
+
+def render(report: Report, output: str = "table", stream: Any = None, *, section: str = "differences") -> None:
     import sys
 
     from rich.console import Console
@@ -449,9 +471,12 @@ def render(report: Report, output: str = "table", stream: Any = None) -> None:
     if output == "json":
         stream.write(json.dumps(report.to_json(), indent=2) + "\n")
         return
+    if output == "csv":
+        render_csv(report, stream, section)
+        return
     if output != "table":
-        raise ConfigError(f"unknown output format {output!r}; use table or json", output=output)
-    console = Console(file=stream, width=200)
+        raise ConfigError(f"unknown output format {output!r}; use table, json or csv", output=output)
+    console = Console(file=stream)  # the terminal's width (COLUMNS or the tty; 80 when piped)
     totals = Table(title="Totals (minor units)", title_justify="left")
     for name in report.totals:
         totals.add_column(name, justify="right")
@@ -484,7 +509,7 @@ def _database_url(url: str | None, config: Path | None, settings_cls: str) -> st
 def main_reconcile(*, rpc_url: str, deployment_path: Path, cc_db_url: str | None = None,
                    bank_db_url: str | None = None, cc_config: Path | None = None, bank_config: Path | None = None,
                    output: str = "table", cache_dir: Path | None = None, grace_s: int = DEFAULT_GRACE_S,
-                   stream: Any = None) -> int:
+                   stream: Any = None, section: str = "differences") -> int:
     """`clearhouse reconcile`: 0 when everything reconciles (in-flight items allowed), 1 otherwise.
 
     The CC and bank databases come from explicit SQLAlchemy URLs or from the services' settings files; either
@@ -496,7 +521,7 @@ def main_reconcile(*, rpc_url: str, deployment_path: Path, cc_db_url: str | None
         chain = chain_facts(index)
     report = reconcile(chain, cc_facts(cc_url) if cc_url else None, bank_facts(bank_url) if bank_url else None,
                        grace_s=grace_s)
-    render(report, output, stream)
+    render(report, output, stream, section=section)
     return 0 if report.clean else 1
 
 

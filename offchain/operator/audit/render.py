@@ -72,4 +72,4 @@ def render(trail: Trail, output: str = "table", stream: Any = None) -> None:
     elif output == "csv":
         render_csv(trail, stream)
     else:
-        render_table(trail, Console(file=stream, width=200))
+        render_table(trail, Console(file=stream))  # the terminal's width (COLUMNS or the tty; 80 when piped)
