@@ -24,7 +24,7 @@ from offchain.core.errors import ClearhouseError, ServiceUnavailable, TlsHandsha
 from offchain.core.messages import Role
 
 Identity = Any  # offchain.trust.certs.MemberIdentity (kept loose so this module does not import the TLS stack)
-PROBE_TIMEOUT_S = 5.0  # JsonClient: the probe that tells a refused certificate from a dropped connection
+PROBE_TIMEOUT_S = 5.0  # both clients: the probe that tells a refused certificate from a dropped connection
 
 
 def error_from_payload(status: int, payload: Any, url: str) -> ClearhouseError:
@@ -128,7 +128,8 @@ class JsonTransport(Protocol):
 
 
 class SyncJsonClient:
-    """Blocking JSON-over-mTLS client for operator tools and devices (CLI, demo); same error mapping.
+    """Blocking JSON-over-mTLS client for operator tools and devices (CLI, demo); the same error mapping as
+    JsonClient, including a refused client certificate under TLS 1.3 told from a dropped connection by a probe.
 
     Uses the stdlib (urllib) with exactly `offchain.trust.tls.client_ssl_context`: our CA only, no system roots."""
 
@@ -152,9 +153,11 @@ class SyncJsonClient:
                 return _json_or_none(response.read())
         except urllib.error.HTTPError as exc:
             raise error_from_payload(exc.code, _json_or_none(exc.read()), url) from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
-                                     reason=type(exc).__name__) from None
+        except urllib.error.URLError as exc:  # raised while connecting (the handshake) or sending
+            reason = exc.reason if isinstance(exc.reason, OSError) else exc
+            raise _sync_failure(method, url, self._ssl, reason, handshake=True) from None
+        except OSError as exc:  # raised while reading the answer
+            raise _sync_failure(method, url, self._ssl, exc, handshake=False) from None
 
     def post(self, path: str, body: Any) -> Any:
         return self.request("POST", path, body)
@@ -176,8 +179,7 @@ class SyncJsonClient:
                 with self._ssl.wrap_socket(raw, server_hostname=host) as connection:
                     der = connection.getpeercert(binary_form=True)
         except OSError as exc:  # ssl.SSLError is an OSError
-            raise ServiceUnavailable(f"TLS connection to {self.base_url} failed: {exc!r}; retry later",
-                                     url=self.base_url, reason=type(exc).__name__) from None
+            raise _sync_failure("CONNECT", self.base_url, self._ssl, exc, handshake=True) from None
         identity = self._verify_peer(der, verifier, expected_role)
         self._pinned = (verifier, expected_role, identity)
         return identity
@@ -205,8 +207,7 @@ class SyncJsonClient:
             try:
                 connection.connect()
             except OSError as exc:
-                raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
-                                         reason=type(exc).__name__) from None
+                raise _sync_failure(method, url, self._ssl, exc, handshake=True) from None
             peer = self._verify_peer(connection.sock.getpeercert(binary_form=True), verifier, expected_role)
             if (peer.member_id, peer.eth_address) != (pinned.member_id, pinned.eth_address):
                 raise IdentityMismatch(f"{self.base_url} answered as {peer.member_id}, not {pinned.member_id} that "
@@ -219,8 +220,7 @@ class SyncJsonClient:
                 response = connection.getresponse()
                 raw = response.read()
             except OSError as exc:
-                raise ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url,
-                                         reason=type(exc).__name__) from None
+                raise _sync_failure(method, url, self._ssl, exc, handshake=False) from None
             if response.status >= 400:
                 raise error_from_payload(response.status, _json_or_none(raw), url)
             return _json_or_none(raw)
@@ -229,6 +229,56 @@ class SyncJsonClient:
 
     def close(self) -> None:
         """Nothing to release: every request uses its own connection."""
+
+
+# The ways a connection ends without an answer; after the handshake they may hide a refused client certificate.
+_DISCONNECTS = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, ssl.SSLEOFError, ssl.SSLZeroReturnError)
+
+
+def _sync_failure(method: str, url: str, context: ssl.SSLContext, exc: BaseException, *, handshake: bool
+                  ) -> ClearhouseError:
+    """SyncJsonClient's error for a call that got no HTTP answer, mapped as JsonClient maps it.
+
+    A TLS error in the handshake (either side refused a certificate, including a TLS 1.2 server that closes
+    mid-handshake) or a TLS alert afterwards is TlsHandshakeFailed. A disconnect after the handshake is told
+    apart by `_diagnose_disconnect_sync`, because under TLS 1.3 a server that refuses our certificate only closes.
+    Anything else (refused, timed out) is ServiceUnavailable: retry later.
+    """
+    if isinstance(exc, ssl.SSLError) and (handshake or not isinstance(exc, _DISCONNECTS)):
+        return TlsHandshakeFailed(f"TLS handshake with {url} failed: {exc}", url=url, reason=str(exc))
+    if isinstance(exc, _DISCONNECTS):  # TCP-level ones also while sending: a close can race our first write
+        return _diagnose_disconnect_sync(method, url, context, exc)
+    return ServiceUnavailable(f"{method} {url} failed: {exc!r}; retry later", url=url, reason=type(exc).__name__)
+
+
+def _diagnose_disconnect_sync(method: str, url: str, context: ssl.SSLContext, exc: BaseException
+                              ) -> ClearhouseError:
+    """The blocking twin of `_diagnose_disconnect`: a fresh probe connection that is closed again without a
+    single byte of HTTP answer means the server refused our client certificate."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "localhost", parts.port or 443
+    try:
+        answered = _probe_answers_sync(host, port, context)
+    except OSError as probe_exc:  # ssl.SSLError is an OSError
+        return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}) and the probe failed "
+                                  f"({probe_exc!r}); retry later", url=url, reason=type(probe_exc).__name__)
+    if answered:
+        return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}); retry later", url=url,
+                                  reason=type(exc).__name__)
+    return TlsHandshakeFailed(f"{url} closed the TLS connection without answering: it refused our client "
+                              "certificate (another CA, expired, or none presented)", url=url,
+                              reason="closed after handshake")
+
+
+def _probe_answers_sync(host: str, port: int, context: ssl.SSLContext) -> bool:
+    """Connect, send a bare HTTP request and report whether any byte comes back before the server closes."""
+    with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S) as raw:
+        with context.wrap_socket(raw, server_hostname=host) as connection:
+            connection.sendall(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            try:
+                return bool(connection.recv(1))
+            except _DISCONNECTS:  # closed or reset without a byte of answer
+                return False
 
 
 def _json_or_none(raw: bytes) -> Any:

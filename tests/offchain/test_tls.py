@@ -6,16 +6,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
 from aiohttp import web
 
 from offchain.transport import server as http
-from offchain.transport.client import JsonClient
+from offchain.transport.client import JsonClient, SyncJsonClient
 from offchain.trust.ca import CertificateAuthority
 from offchain.trust.certs import CertificateVerifier, MemberIdentity
 from offchain.core.errors import (CertificateError, CertificateRevoked, InsufficientFunds, NotFound, ServiceUnavailable,
@@ -218,3 +219,114 @@ def test_connection_refused_is_service_unavailable(member: Factory) -> None:
     with pytest.raises(ServiceUnavailable) as info:
         run(attempt())
     assert info.value.url.endswith("/v1/whoami")
+
+
+# --- the blocking client (devices, CLI, demo): the same three kinds of failure as JsonClient -------------------------
+@contextmanager
+def serving_in_thread(app: web.Application, server: Any, *, tls12_only: bool = False) -> Iterator[str]:
+    """`serving` on an event loop in a thread, so a blocking client can call it; yields the base URL."""
+    loop = asyncio.new_event_loop()
+    ready = threading.Event()
+    runner = web.AppRunner(app)
+    started: dict[str, Any] = {}
+
+    async def start() -> None:
+        await runner.setup()
+        context = server_ssl_context(server.cert_path, server.key_path, server.ca_path)
+        if tls12_only:
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        await site.start()
+        started["url"] = f"https://127.0.0.1:{runner.addresses[0][1]}"
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(start())
+        except BaseException as exc:  # surfaced to the test below
+            started["error"] = exc
+        ready.set()
+        if "url" in started:
+            loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ready.wait()
+    if "error" in started:
+        raise started["error"]
+    try:
+        yield started["url"]
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+
+
+def sync_client(url: str, member: Any) -> SyncJsonClient:
+    return SyncJsonClient(url, str(member.cert_path), str(member.key_path), str(member.ca_path), timeout_s=10)
+
+
+@pytest.mark.parametrize("tls12_only", [False, True], ids=["tls13", "tls12"])
+def test_sync_client_expired_certificate_is_tls_handshake_failed(app: web.Application, server: Any, member: Factory,
+                                                                 tls12_only: bool) -> None:
+    """A device with an expired certificate must be told its certificate was refused, not to retry later."""
+    good = member(Role.DEVICE, "device-ok")
+    old = member(Role.DEVICE, "device-old", not_before=int(time.time()) - 10 * 86400, valid_days=1)
+    with serving_in_thread(app, server, tls12_only=tls12_only) as url:
+        assert sync_client(url, good).get("/v1/whoami")["member_id"] == "device-ok"  # positive control
+        with pytest.raises(TlsHandshakeFailed) as info:
+            sync_client(url, old).get("/v1/whoami")
+    assert info.value.url == url + "/v1/whoami"
+
+
+def test_sync_client_certificate_of_another_ca_is_tls_handshake_failed(app: web.Application, server: Any,
+                                                                       member: Factory,
+                                                                       attacker_member: Factory) -> None:
+    forged = attacker_member(Role.DEVICE, "device-1")
+    client = SyncJsonClient("", str(forged.cert_path), str(forged.key_path), str(server.ca_path), timeout_s=10)
+    with serving_in_thread(app, server) as url:
+        client.base_url = url
+        assert sync_client(url, member(Role.DEVICE, "device-1")).get("/v1/whoami")["member_id"] == "device-1"
+        with pytest.raises(TlsHandshakeFailed):
+            client.get("/v1/whoami")
+
+
+def test_sync_client_refuses_server_of_another_ca(verifier: CertificateVerifier, member: Factory,
+                                                  attacker_member: Factory) -> None:
+    impostor = attacker_member(Role.CLEARING_CENTER, "cc-server")
+    with serving_in_thread(build_app(verifier), impostor) as url:
+        with pytest.raises(TlsHandshakeFailed) as info:
+            sync_client(url, member(Role.DEVICE)).get("/v1/whoami")
+    assert info.value.url == url + "/v1/whoami"
+
+
+def test_sync_client_pinned_expired_certificate_is_tls_handshake_failed(app: web.Application, server: Any,
+                                                                        member: Factory,
+                                                                        verifier: CertificateVerifier) -> None:
+    """After `server_identity` (which sends nothing, so TLS 1.3 lets it through), the request itself is refused."""
+    old = member(Role.DEVICE, "device-old", not_before=int(time.time()) - 10 * 86400, valid_days=1)
+    with serving_in_thread(app, server) as url:
+        good = sync_client(url, member(Role.DEVICE, "device-ok"))
+        good.server_identity(verifier, Role.CLEARING_CENTER)
+        assert good.get("/v1/whoami")["member_id"] == "device-ok"  # positive control on the pinned path
+        client = sync_client(url, old)
+        assert client.server_identity(verifier, Role.CLEARING_CENTER).member_id == "cc-server"
+        with pytest.raises(TlsHandshakeFailed):
+            client.get("/v1/whoami")
+
+
+def test_sync_client_dropped_connection_is_service_unavailable(app: web.Application, server: Any,
+                                                               member: Factory) -> None:
+    with serving_in_thread(app, server) as url:  # accepted certificate, then the server hangs up
+        with pytest.raises(ServiceUnavailable) as info:
+            sync_client(url, member(Role.DEVICE)).get("/v1/hang-up")
+    assert info.value.url == url + "/v1/hang-up"
+
+
+def test_sync_client_connection_refused_is_service_unavailable(member: Factory) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again before the client connects: nobody listens there
+    with pytest.raises(ServiceUnavailable):
+        sync_client(f"https://127.0.0.1:{port}", member(Role.DEVICE)).get("/v1/whoami")
