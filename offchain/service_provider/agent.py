@@ -243,7 +243,8 @@ class ServiceProvider:
         now = int(self._clock())
         with storage.session_scope(self.engine) as session:
             existing = sp_store.find_batch(session, batch_id)
-            if existing is not None and bytes(existing.device_sig) != upload.batch_signature:
+            if existing is not None and (existing.device != upload.device.eth_address
+                                         or bytes(existing.device_sig) != upload.batch_signature):
                 # the digest does not cover the signer: someone else's copy of this batch is not its receipt
                 raise DuplicateMessage("this usage batch was received with another signature (another signer)",
                                        serial=batch.serial, first_seq=batch.first_seq, kind="UsageBatch",
@@ -255,7 +256,8 @@ class ServiceProvider:
                                                 received_at=now), self.domain, self._private_key, self._cert_pem)
             receive_id = to_hex(envelope.decode().id(self.domain))
             sp_store.store_upload(session, _log_rows(upload, now), sp_store.SpBatch(
-                id=batch_id, serial=batch.serial, first_seq=batch.first_seq, count=batch.count,
+                id=batch_id, device=upload.device.eth_address, serial=batch.serial, first_seq=batch.first_seq,
+                count=batch.count,
                 # batch_json carries the device certificate too: the CC needs it with the batch (certificate-carrying logs)
                 batch_json={"usage_batch": batch.to_json(), "device_certificate": upload.device_certificate},
                 device_sig=upload.batch_signature, receive_log_json={"id": receive_id, "envelope": envelope.to_json()},
@@ -264,13 +266,12 @@ class ServiceProvider:
         return UsageAck(receive_log_id=receive_id, acked_through_seq=last_seq)
 
     def _check_continuity(self, session: Session, batch: UsageBatch, uploader: str) -> None:
-        latest = sp_store.latest_usage_log(session, batch.serial)
-        if latest is None:
+        """Contiguous, non-overlapping batches per (device, serial): rows another device stored for this serial
+        (a squatter's, before the serial was on chain) never block its own device; whose serial it is, is the
+        chain's answer (check_terms)."""
+        highest = sp_store.latest_usage_log(session, uploader, batch.serial)
+        if highest is None:
             return
-        highest, device = latest
-        if device != uploader:  # another device's rows would block the owner's own logs of this serial
-            raise IdentityMismatch("usage logs of this serial were received from another device",
-                                   serial=batch.serial, expected=device, got=uploader)
         if batch.first_seq <= highest:
             raise DuplicateMessage("usage logs with these sequence numbers were already received in another batch",
                                    serial=batch.serial, first_seq=batch.first_seq, highest_received=highest)

@@ -41,7 +41,8 @@ def create_schema(engine: Engine) -> None:
 # --- tables --------------------------------------------------------------------------------------------------------
 class SpUsageLog(SpTable):
     __tablename__ = "sp_usage_logs"
-    __table_args__ = (UniqueConstraint("serial", "seq", name="uq_sp_usage_serial_seq"),)
+    # keyed by (device, serial): another device's rows for a serial never block its own device's logs
+    __table_args__ = (UniqueConstraint("device", "serial", "seq", name="uq_sp_usage_device_serial_seq"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     device: Mapped[str] = mapped_column(Address, index=True)
     serial: Mapped[bytes] = mapped_column(Bytes32)
@@ -61,9 +62,10 @@ class SpBatch(SpTable):
     __tablename__ = "sp_batches"
     __table_args__ = (
         status_check("status", SP_BATCH_STATUSES),
-        UniqueConstraint("serial", "first_seq", name="uq_sp_batch_serial_seq"),
+        UniqueConstraint("device", "serial", "first_seq", name="uq_sp_batch_device_serial_seq"),
     )
     id: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
+    device: Mapped[str] = mapped_column(Address)  # the batch's signer (the digest `id` does not cover it)
     serial: Mapped[bytes] = mapped_column(Bytes32)
     first_seq: Mapped[int] = mapped_column(BigInteger)
     count: Mapped[int] = mapped_column(Integer)
@@ -174,11 +176,12 @@ def find_batch(session: Session, batch_id: bytes) -> SpBatch | None:
     return session.get(SpBatch, batch_id)
 
 
-def latest_usage_log(session: Session, serial: bytes) -> tuple[int, str] | None:
-    """(highest seq, device) of the usage logs received for `serial`, or None."""
-    row = session.execute(select(SpUsageLog.seq, SpUsageLog.device).where(SpUsageLog.serial == serial)
+def latest_usage_log(session: Session, device: str, serial: bytes) -> int | None:
+    """The highest seq of the usage logs `device` uploaded for `serial`, or None (continuity is per device and
+    serial: rows another device stored for this serial say nothing about this device's logs)."""
+    row = session.execute(select(SpUsageLog.seq).where(SpUsageLog.device == device, SpUsageLog.serial == serial)
                           .order_by(SpUsageLog.seq.desc()).limit(1)).first()
-    return None if row is None else (int(row[0]), str(row[1]))
+    return None if row is None else int(row[0])
 
 
 def store_upload(session: Session, log_rows: Sequence[dict[str, Any]], batch: SpBatch) -> None:

@@ -20,7 +20,7 @@ from offchain.storage import make_engine, session_scope
 def add_batch(engine: Engine, batch_id: bytes, status: str) -> None:
     with session_scope(engine) as session:
         session.add(sp_store.SpBatch(
-            id=batch_id, serial=b"\x01" * 32, first_seq=int(batch_id[0]), count=2, batch_json={}, device_sig=b"\0" * 65,
+            id=batch_id, device="0x" + "d1" * 20, serial=b"\x01" * 32, first_seq=int(batch_id[0]), count=2, batch_json={}, device_sig=b"\0" * 65,
             receive_log_json={"id": "0x" + batch_id.hex()}, receiver_sig=b"\0" * 65, status=status,
             payload_hash=b"\0" * 32, created_at=1, updated_at=1,
             reject_error="policy_unknown" if status == "rejected" else None,

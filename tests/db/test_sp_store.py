@@ -14,12 +14,13 @@ from offchain.service_provider import store as sp
 from offchain.storage import session_scope
 
 DEVICE = "0x00000000000000000000000000000000000000D1"
+OTHER_DEVICE = "0x00000000000000000000000000000000000000D2"
 SERIAL = b"\x11" * 32
 CONTENT_ID = b"\xc0" * 32
 
 
 def batch_row(batch_id: bytes, *, first_seq: int = 0, count: int = 2, now: int = 1) -> sp.SpBatch:
-    return sp.SpBatch(id=batch_id, serial=SERIAL, first_seq=first_seq, count=count, batch_json={"n": first_seq},
+    return sp.SpBatch(id=batch_id, device=DEVICE, serial=SERIAL, first_seq=first_seq, count=count, batch_json={"n": first_seq},
                       device_sig=b"\x01" * 65, receive_log_json={"id": "0x" + batch_id.hex(), "envelope": {}},
                       receiver_sig=b"\x02" * 65, status="pending", payload_hash=b"\x03" * 32, created_at=now,
                       updated_at=now)
@@ -80,12 +81,13 @@ def test_catalog_item_added_once_and_conflicting_container_refused(engine: Engin
 # --- usage uploads and the forwarder's batch flow ------------------------------------------------------------------
 def test_upload_stores_logs_and_batch_and_reports_the_highest_seq(engine: Engine) -> None:
     with session_scope(engine) as session:
-        assert sp.latest_usage_log(session, SERIAL) is None
+        assert sp.latest_usage_log(session, DEVICE, SERIAL) is None
         sp.store_upload(session, log_rows(0, 2), batch_row(b"\xb1" * 32))
     with session_scope(engine) as session:
         sp.store_upload(session, log_rows(2, 3), batch_row(b"\xb2" * 32, first_seq=2, count=3))
     with session_scope(engine) as session:
-        assert sp.latest_usage_log(session, SERIAL) == (4, DEVICE)
+        assert sp.latest_usage_log(session, DEVICE, SERIAL) == 4
+        assert sp.latest_usage_log(session, OTHER_DEVICE, SERIAL) is None  # continuity is per (device, serial)
         assert session.scalar(select(func.count()).select_from(sp.SpUsageLog)) == 5
         assert sp.find_batch(session, b"\xb2" * 32).first_seq == 2
         assert sp.find_batch(session, b"\xb3" * 32) is None
