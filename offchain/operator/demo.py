@@ -563,7 +563,12 @@ def main_demo(*, rpc_url: str | None = None, workdir: Path | None = None, anvil_
         if not console.is_terminal:  # piped or captured: wide enough for the audit tables
             console = Console(width=160)
     state = DemoState(workdir=Path(workdir) if workdir else default_workdir())
-    state.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        state.workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        console.print(f"[bold red]cannot create the work directory {state.workdir}: {exc.strerror}")
+        console.print("  what to do: pass --workdir with a path you can write to")
+        return 1
     processes = Processes(state.workdir)
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:

@@ -96,3 +96,12 @@ def test_json_output_keeps_errors_on_stderr(tmp_path: Path) -> None:
     result = invoke("member", "list", "--ca-dir", str(tmp_path), "--no-chain", "--json")
     assert result.stdout == "" and result.exit_code == 1
     assert "error [" in result.stderr
+
+
+def test_an_uncreatable_demo_work_directory_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = invoke("demo", "--workdir", str(blocker / "demo"))
+    assert result.exit_code == 1
+    assert "cannot create the work directory" in result.stdout and "--workdir" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
