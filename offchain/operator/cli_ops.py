@@ -269,13 +269,24 @@ def config_group() -> None:
 @click.argument("role", type=click.Choice(["cc", "sp", "bank", "device"]))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write here (refuses to overwrite); default stdout.")
+@click.option("--member-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Fill member_id and the key, certificate and database paths from what `member add` wrote.")
+@click.option("--ca-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Fill ca_path and crl_path from what `ca init` wrote.")
+@click.option("--rpc", "rpc_url", default=None, envvar="CLEARHOUSE_RPC_URL", help="Fill rpc_url.")
+@click.option("--deployment", "deployment_path", default=None, envvar="CLEARHOUSE_DEPLOYMENT",
+              help="Fill deployment_path.")
 @_edge
-def config_init(role: str, out: Path | None) -> None:
-    """A commented TOML settings template for ROLE: every setting, its meaning and its default."""
+def config_init(role: str, out: Path | None, member_dir: Path | None, ca_dir: Path | None, rpc_url: str | None,
+                deployment_path: str | None) -> None:
+    """A commented TOML settings template for ROLE: every setting, its meaning and its default; with
+    --member-dir/--ca-dir (and CLEARHOUSE_RPC_URL/CLEARHOUSE_DEPLOYMENT) the member's own values filled in."""
     from offchain.core.errors import ConfigError
-    from offchain.operator.lifecycle import settings_template
+    from offchain.operator.lifecycle import member_values, settings_template
 
-    text = settings_template(role)
+    deployment = str(Path(deployment_path).resolve()) if deployment_path else None
+    text = settings_template(role, member_values(role, member_dir, ca_dir, rpc_url=rpc_url,
+                                                 deployment_path=deployment))
     if out is None:
         click.echo(text)
         return

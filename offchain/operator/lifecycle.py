@@ -12,11 +12,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from offchain.core.errors import ConfigError
 from offchain.core.messages import Role, keccak
 from offchain.operator.provision import DEV_BALANCE_WEI, _new_eth_key, _write_private
+
+if TYPE_CHECKING:
+    from offchain.chain.protocols import ChainReader
 
 AUTHORITY_KEY_FILE = "authority-eth.key"
 
@@ -153,7 +156,7 @@ def _tx_hash(receipt: Any) -> str:
 
 
 # --- member list -------------------------------------------------------------------------------------------------
-def member_rows(ca: Any, chain: Any | None) -> list[dict[str, Any]]:
+def member_rows(ca: Any, chain: ChainReader | None) -> list[dict[str, Any]]:
     """One row per issued certificate: what the certificate says, whether the CRL lists it, what the chain says."""
     revoked = {entry["serial"] for entry in ca._index["revoked"]}  # noqa: SLF001 - the CA's own index, read-only
     rows = []
@@ -178,18 +181,41 @@ ROLE_SETTINGS = {"cc": "ClearingCenterSettings", "sp": "ServiceProviderSettings"
                  "device": "DeviceSettings"}
 
 
-def settings_template(role: str) -> str:
-    """A TOML settings file for `role` with every field, its description as a comment and its default (the
-    required fields and the paths `member add` wrote are left for the operator to fill)."""
+def member_values(role: str, member_dir: Path | None, ca_dir: Path | None, **chain: str | None) -> dict[str, Any]:
+    """Settings a template can fill from what `ca init` and `member add` wrote (and the chain's URL and file)."""
+    values: dict[str, Any] = {}
+    if member_dir is not None:
+        member_dir = Path(member_dir).resolve()
+        values.update(member_id=member_dir.name, cert_path=str(member_dir / "cert.pem"),
+                      key_path=str(member_dir / "key.pem"), eth_key_path=str(member_dir / "eth.key"))
+        if role == "device":
+            values.update(keystore_path=str(member_dir / "keystore.json"), wallet_path=str(member_dir / "wallet.db"))
+        else:
+            values["database_url"] = f"sqlite:///{member_dir / 'service.db'}"
+    if ca_dir is not None:
+        ca_dir = Path(ca_dir).resolve()
+        values.update(ca_path=str(ca_dir / "root.cert.pem"), crl_path=str(ca_dir / "crl.pem"))
+    values.update({key: str(value) for key, value in chain.items() if value})
+    if role == "sp":
+        values["catalog_key"] = os.urandom(32).hex()  # a fresh at-rest key for this SP's catalog
+    return values
+
+
+def settings_template(role: str, values: dict[str, Any] | None = None) -> str:
+    """A TOML settings file for `role` with every field, its description as a comment and its default; `values`
+    (see `member_values`) are filled in, the other required fields are left for the operator."""
     from offchain.core import settings as settings_module
 
+    values = values or {}
     cls = getattr(settings_module, ROLE_SETTINGS[role])
     lines = [f"# Clearhouse {cls.ROLE_NAME} settings ({cls.__name__}); every key can also be set as",
              "# CLEARHOUSE_<KEY> in the environment, which wins over this file.", ""]
     for name, field in cls.model_fields.items():
         lines.append(f"# {field.description or name}")
         default = field.get_default(call_default_factory=True)
-        if field.is_required():
+        if name in values:
+            lines.append(f"{name} = {_toml_value(name, values[name], cls)}")
+        elif field.is_required():
             lines.append(f'{name} = ""  # required')
         elif default is None:
             lines.append(f"# {name} =")
@@ -232,5 +258,5 @@ def bank_deposit(settings: Any, user_id: str, amount: int, deposit_id: str | Non
     return {**answer, "idempotency_key": deposit_id}  # the bank answers the on-chain deposit id (its hash)
 
 
-__all__ = ["init_ca", "add_member", "AddedMember", "member_rows", "settings_template", "bank_deposit",
+__all__ = ["init_ca", "add_member", "AddedMember", "member_rows", "settings_template", "member_values", "bank_deposit",
            "is_dev_chain", "ROLE_SETTINGS"]
