@@ -9,12 +9,12 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from offchain.chain.protocols import ChainWriter
 from offchain.trust import container as containers
 from offchain.trust.ca import MemberCredentials
 from offchain.core.errors import ContractReverted, PolicyMismatch
-from offchain.transport.client import SyncJsonClient
+from offchain.transport.client import JsonTransport
 from offchain.core.messages import keccak, to_checksum_address
 
 
@@ -33,9 +33,10 @@ def content_id_for(name: str) -> bytes:
 
 
 class ContentProvider:
-    """Packages, registers and publishes content as one content provider member."""
+    """Packages, registers and publishes content as one content provider member (`chain` signs with its key,
+    `sp` is the mTLS connection to the service provider)."""
 
-    def __init__(self, credentials: MemberCredentials, chain: Any, sp: SyncJsonClient) -> None:
+    def __init__(self, credentials: MemberCredentials, chain: ChainWriter, sp: JsonTransport) -> None:
         self._credentials = credentials
         self._chain = chain
         self._sp = sp

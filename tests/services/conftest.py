@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from web3 import Web3
@@ -177,13 +178,14 @@ class Flow:
         return tool.publish(name.encode() * 100, content_id=content_id_for(name), version=1, price=price,
                             payees=payees, title=name).policy_id
 
-    def device(self, member_id: str = "alice-phone"):  # type: ignore[no-untyped-def]
+    def device(self, member_id: str = "alice-phone", *, cc: Any = None):  # type: ignore[no-untyped-def]
+        """The member's device from its settings; `cc` replaces its CC transport (a JsonTransport double)."""
         from offchain.device.client import DeviceClient
         from offchain.core.settings import DeviceSettings, load_settings
 
         settings = load_settings(DeviceSettings, self.consortium.settings_paths[member_id])
         return DeviceClient.from_settings(settings, self.consortium.passphrase,
-                                          self.consortium.member(member_id).user_id)
+                                          self.consortium.member(member_id).user_id, cc=cc)
 
     def chain(self) -> ClearhouseChain:
         return self.services.chain("cc", self.w3)

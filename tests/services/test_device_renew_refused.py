@@ -20,7 +20,8 @@ Flow = Any  # tests/services/conftest.py Flow
 
 
 class LoseAnswers:
-    """The real CC transport, but the next `lose` answers are lost after the CC applied the request."""
+    """The real CC transport (a JsonTransport), but the next `lose` answers are lost after the CC applied the
+    request; the device gets it through its constructor."""
 
     def __init__(self, inner: Any, lose: int) -> None:
         self.inner, self.lose = inner, lose
@@ -37,10 +38,15 @@ class LoseAnswers:
 
 
 @pytest.fixture(scope="module")
-def device(flow: Flow) -> Any:
+def cc_link(flow: Flow) -> LoseAnswers:
+    return LoseAnswers(flow.services.client("alice-phone", "cc"), lose=0)
+
+
+@pytest.fixture(scope="module")
+def device(flow: Flow, cc_link: LoseAnswers) -> Any:
     flow.deposit("dep-renew-refused", "alice", DEPOSIT)
     flow.publish("renew-film", price=PRICE)
-    device = flow.device("alice-phone")
+    device = flow.device("alice-phone", cc=cc_link)
     device.request_issue_log(CAP)
     device.download(content_id_for("renew-film"), 1)
     device.use(content_id_for("renew-film"), 1)
@@ -65,14 +71,12 @@ def test_refused_renewal_leaves_the_wallet_unchanged(device: Any, amount: int, c
     assert device.balance().spent == before[2] + PRICE
 
 
-def test_lost_answer_keeps_the_frozen_log_and_an_identical_retry_applies_once(flow: Flow, device: Any) -> None:
-    real = device._cc
-    device._cc = LoseAnswers(real, lose=1)
-    try:
-        with pytest.raises(ServiceUnavailable):
-            device.renew(1_000)
-    finally:
-        device._cc = real
+def test_lost_answer_keeps_the_frozen_log_and_an_identical_retry_applies_once(flow: Flow, device: Any,
+                                                                             cc_link: LoseAnswers) -> None:
+    cc_link.lose = 1
+    with pytest.raises(ServiceUnavailable):
+        device.renew(1_000)
+    assert cc_link.lose == 0  # the answer of the applied renewal was the one lost
     kept = device.pending_request()
     assert kept is not None and device.balance().renewal_pending  # it may have applied: stay frozen
     renewed = device.resume_pending()
