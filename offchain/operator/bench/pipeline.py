@@ -23,6 +23,7 @@ from web3 import Web3
 from offchain.operator.demo import PASSPHRASE, DemoError, Processes, client, open_device, start_services
 from offchain.core.messages import Domain, UsageBatch, UsageLog, sign
 from offchain.core.types import PACKAGE_ROOT, Role, to_hex
+from offchain.chain.protocols import ChainReader, ChainWriter
 
 ROOT = PACKAGE_ROOT
 DEFAULT_LOGS = 65_536
@@ -95,7 +96,7 @@ def deploy_and_provision(workdir: Path, rpc_url: str, devices: int) -> Any:
                      rpc_url=rpc_url, passphrase=PASSPHRASE, fast_kdf=True)
 
 
-def publish_content(consortium: Any, chain: Any) -> bytes:
+def publish_content(consortium: Any, chain: ChainWriter) -> bytes:
     """The studio publishes one content (70% studio, 20% SP, 10% CC); returns its policy id."""
     from offchain.content_provider.publisher import ContentProvider, content_id_for
 
@@ -141,7 +142,7 @@ def prefill_history(consortium: Any, history_logs: int, catalog_items: int) -> d
         engine.dispose()
 
 
-def publish_large_catalog(consortium: Any, chain: Any, items: int, large: int, large_bytes: int) -> dict[str, Any]:
+def publish_large_catalog(consortium: Any, chain: ChainWriter, items: int, large: int, large_bytes: int) -> dict[str, Any]:
     """The studio publishes `items` more titles at the SP, `large` of them `large_bytes` each."""
     from offchain.content_provider.publisher import ContentProvider
     from offchain.operator.bench.history import publish_catalog
@@ -206,12 +207,12 @@ def upload_all(consortium: Any, loads: Sequence[DeviceLoad]) -> float:
 
 
 # --- settlement ------------------------------------------------------------------------------------------------------
-def settled_count(chain: Any, serials: Sequence[bytes]) -> int:
+def settled_count(chain: ChainReader, serials: Sequence[bytes]) -> int:
     """Usage logs settled on chain: the sum of every serial's settled nextSeq (seqs start at 0)."""
     return sum(chain.issue_log(serial).next_seq for serial in serials)
 
 
-def wait_settled(chain: Any, serials: Sequence[bytes], expected: int, timeout_s: float,
+def wait_settled(chain: ChainReader, serials: Sequence[bytes], expected: int, timeout_s: float,
                  processes: Processes) -> int:
     """Poll the contract until `expected` logs are settled; returns the count (raises on timeout)."""
     deadline = time.monotonic() + timeout_s
@@ -225,7 +226,7 @@ def wait_settled(chain: Any, serials: Sequence[bytes], expected: int, timeout_s:
     return count
 
 
-def settle_gas(chain: Any, from_block: int) -> tuple[int, int]:
+def settle_gas(chain: ChainReader, from_block: int) -> tuple[int, int]:
     """(settle transactions, total gasUsed) over the transactions that emitted UsageSettled."""
     events = chain.contract.events.UsageSettled().get_logs(from_block=from_block)
     tx_hashes = {event["transactionHash"] for event in events}
