@@ -62,7 +62,7 @@ class ClearhouseChain:
     """
 
     def __init__(self, w3: Web3, deployment: Deployment, private_key: bytes, *, gas_margin: float = 1.25,
-                 receipt_timeout_s: float = 60.0) -> None:
+                 receipt_timeout_s: float = 60.0, stuck_after_s: float | None = None) -> None:
         self.w3 = w3
         self.deployment = deployment
         self.address = deployment.address
@@ -74,6 +74,7 @@ class ClearhouseChain:
         self.sender = self._account.address
         self._gas_margin = gas_margin
         self._timeout_s = receipt_timeout_s
+        self._stuck_after_s = stuck_after_s  # wait_receipt replaces a transaction unmined this long (higher fees)
         self._nonce: int | None = None
         self._sent: dict[int, tuple[str, bytes]] = {}  # nonce -> (tx hash, raw tx) until the chain is past it
         self._fees: dict[str, int] | None = None
@@ -132,20 +133,41 @@ class ClearhouseChain:
     def wait_receipt(self, tx_hash: Any, timeout_s: float | None = None) -> TxReceipt:
         """Poll for the receipt (TimeExhausted after `timeout_s`, default the client's); before the first poll and
         every FORGOTTEN_CHECK_POLLS polls, re-broadcast what the node forgot, so a gap cannot stall it."""
-        deadline = time.monotonic() + (self._timeout_s if timeout_s is None else timeout_s)
+        started = last_sent = time.monotonic()
+        deadline = started + (self._timeout_s if timeout_s is None else timeout_s)
+        candidates = [tx_hash if isinstance(tx_hash, str) else "0x" + bytes(tx_hash).hex()]
         polls = 0
         while True:
             if polls % FORGOTTEN_CHECK_POLLS == 0:
                 self.rebroadcast_forgotten()
-            try:
-                return self.w3.eth.get_transaction_receipt(tx_hash)
-            except TransactionNotFound:
-                pass
+            for candidate in candidates:  # the first send, then each replacement: one of them uses the nonce
+                try:
+                    return self.w3.eth.get_transaction_receipt(candidate)  # type: ignore[arg-type]
+                except TransactionNotFound:
+                    pass
+            if self._stuck_after_s is not None and time.monotonic() - last_sent >= self._stuck_after_s:
+                replacement = self._replace_sent(candidates[-1])
+                if replacement is not None:
+                    candidates.append(replacement)
+                last_sent = time.monotonic()
             if time.monotonic() > deadline:
                 shown = tx_hash if isinstance(tx_hash, str) else "0x" + bytes(tx_hash).hex()
                 raise TimeExhausted(f"transaction {shown} is not in the chain after {timeout_s or self._timeout_s} s")
             polls += 1
             time.sleep(RECEIPT_POLL_S)
+
+    def _replace_sent(self, tx_hash: str) -> str | None:
+        """Replace `tx_hash` if it is one of this client's unmined transactions (see `replace_stuck`)."""
+        raw = next((raw for sent_hash, raw in self._sent.values() if sent_hash == tx_hash), None)
+        if raw is None:
+            return None
+        try:
+            return self.replace_stuck(raw)
+        except ChainError as exc:  # e.g. no funds for the higher fee: keep waiting for what was sent
+            import logging
+
+            logging.getLogger(__name__).warning("could not replace stuck transaction %s: %s", tx_hash, exc.message)
+            return None
 
     def replace_stuck(self, raw_tx: bytes, *, record: Callable[[str, int, bytes], None] | None = None
                       ) -> str | None:

@@ -214,6 +214,9 @@ class BankSettings(BaseServiceSettings):
         "cc:management", description="Ledger account the users pay into and transfers are paid from."
     )
     cc_url: str = Field("", description="Base URL of the clearing center, notified of deposits; empty: none.")
+    stuck_tx_after_s: float | None = Field(
+        30.0, gt=0, description="A transaction the bank waits for, still unmined this long, is replaced at the same "
+                                "nonce with higher fees; unset: never.")
 
 
 class DeviceSettings(BaseServiceSettings):

@@ -71,8 +71,12 @@ def connect_chain(settings: Any) -> ChainWriter:
     """The ClearhouseChain client of a service's settings (rpc_url or rpc_urls, deployment_path, signing key)."""
     from offchain.chain import ClearhouseChain, Deployment
 
+    # The bank waits for each transaction it sends: past `stuck_tx_after_s` the wait replaces it (higher fees, same
+    # nonce). The CC replaces through its settlement outbox instead (clearing_center/stuck.py), whose rows follow
+    # the new hash; a replacement inside its waits would orphan the hashes its issue-request rows record.
+    stuck_after_s = getattr(settings, "stuck_tx_after_s", None) if settings.ROLE_NAME == "bank" else None
     return ClearhouseChain(chain_web3(settings), Deployment.load(settings.deployment_path),
-                           settings.eth_signing_key())
+                           settings.eth_signing_key(), stuck_after_s=stuck_after_s)
 
 
 def finality_tracker(settings: Any, w3: Any) -> Any:

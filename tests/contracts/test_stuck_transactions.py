@@ -102,3 +102,50 @@ def test_the_settlement_worker_replaces_only_a_row_past_its_stuck_timeout(node: 
     with session_scope(store.engine) as session:
         assert session.scalars(select(SettlementOutbox.status)).all() == ["confirmed"]
     rpc(w3, "evm_setAutomine", True)
+
+
+def pending_hashes(w3: Web3, sender: str) -> list[str]:
+    pool = rpc(w3, "txpool_content")["result"]["pending"]
+    by_sender = next((txs for address, txs in pool.items() if address.lower() == sender.lower()), {})
+    return [tx["hash"] for tx in by_sender.values()]
+
+
+def test_a_wait_replaces_its_stuck_transaction_and_returns_the_mined_one(node: tuple[Web3, Any],
+                                                                        actors: dict[str, Any]) -> None:
+    """The bank's path: `send` waits; past `stuck_after_s` the wait itself replaces the transaction."""
+    import threading
+
+    w3, deployment = node
+    chain = ClearhouseChain(w3, deployment, actors["authority"].key, stuck_after_s=0.2, receipt_timeout_s=120)
+    rpc(w3, "anvil_setBalance", chain.sender, hex(10**30))  # the earlier tests left a very high base fee
+    rpc(w3, "evm_setAutomine", False)
+    account = w3.to_checksum_address("0x" + os.urandom(20).hex())
+    result: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            result["receipt"] = chain.send("registerMember", account, int(Role.BANK), keccak(account.encode()),
+                                           os.urandom(32), bytes(32), 1, 2**39)
+        except Exception as exc:  # noqa: BLE001 - reported to the test thread
+            result["error"] = exc
+
+    base_fee = int(w3.eth.get_block("latest")["baseFeePerGas"])
+    sender = threading.Thread(target=send)
+    sender.start()
+    seen: list[str] = []
+    deadline = 600
+    while deadline and len(set(seen)) < 2:  # the first transaction, then its replacement at the same nonce
+        hashes = pending_hashes(w3, chain.sender)
+        if hashes and not seen:
+            rpc(w3, "anvil_setNextBlockBaseFeePerGas", hex(base_fee * 1000))  # now it is underpriced: stuck
+        seen += [h for h in hashes if h not in seen]
+        deadline -= 1
+        sender.join(0.1)
+    assert len(set(seen)) == 2, (seen, result)
+    rpc(w3, "evm_mine")
+    sender.join(60)
+    rpc(w3, "evm_setAutomine", True)
+    assert "error" not in result, result.get("error")
+    receipt = result["receipt"]
+    assert receipt["status"] == 1 and "0x" + bytes(receipt["transactionHash"]).hex() == seen[1]
+    assert chain.is_active(account, int(Role.BANK))
