@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` (set up, then run the whole settlement story) and
 # `make test` (set up, then run the test suite). Everything else is a convenience.
 SHELL := /bin/bash
-.PHONY: setup demo test test-deep bench sim-deep network-up network-down clean distclean
+.PHONY: setup demo test test-deep mutate bench sim-deep network-up network-down clean distclean
 
 setup:
 	@bin/setup
@@ -14,7 +14,14 @@ test: setup
 
 test-deep: setup
 	@mkdir -p var && source bin/env.sh && HYPOTHESIS_PROFILE=deep CLEARHOUSE_HYPOTHESIS_PROGRESS=var/hypothesis-deep.progress \
+	  CLEARHOUSE_HYPOTHESIS_OUTCOMES=var/hypothesis-deep.outcomes.json CLEARHOUSE_RECONCILE_EVERY=$${RECONCILE_EVERY:-5} \
 	  python -m pytest -m stateful -p no:cacheprovider --hypothesis-show-statistics
+
+# One-line contract mutants (tools/mutate/contract_mutants.py), each compiled in a temp copy of contracts/ and run
+# against the stateful test, then the example tests; MUTATE_MAX bounds a seeded sample (0 = all ~200, hours).
+mutate: setup
+	@mkdir -p var && source bin/env.sh && python tools/mutate/contract_mutants.py --max $${MUTATE_MAX:-40} \
+	  --seed $${MUTATE_SEED:-11} --out var/mutate.json
 
 # Fault simulation, hundreds of seeds (`clearhouse sim`); the summary lands in var/sim/last-run.json.
 sim-deep: setup

@@ -151,6 +151,7 @@ class ClearhouseMachine(RuleBasedStateMachine):
         self.counter = 0
         self.steps = 0
         self._new_policy(37, [(self.world.addr("content_provider"), 7000), (self.world.addr("payee2"), 3000)])
+        self._new_policy(23, [(self.world.addr("payee2"), 10_000)])
         self._issue("device", 1_500, funded=True)
 
     def teardown(self) -> None:
@@ -202,8 +203,8 @@ class ClearhouseMachine(RuleBasedStateMachine):
     @rule(price=st.integers(1, 400), shape=st.sampled_from(["one payee", "two payees", "three payees"]),
           data=st.data())
     def register_policy(self, price: int, shape: str, data: st.DataObject) -> None:
-        if len(self.policies) >= MAX_POLICIES:
-            outcome("register policy: skipped (enough policies)")
+        if len(self.policies) >= MAX_POLICIES:  # enough policies: a valid continuation instead
+            self._settle_any(data)
             return
         names = PAYEE_NAMES[: {"one payee": 1, "two payees": 2, "three payees": 3}[shape]]
         cuts = sorted(data.draw(st.lists(st.integers(1, 9_999), min_size=len(names) - 1,
@@ -212,10 +213,10 @@ class ClearhouseMachine(RuleBasedStateMachine):
         self._new_policy(price, [(self.world.addr(n), b) for n, b in zip(names, bps)])
         outcome(f"register policy: {shape}")
 
-    @rule(device=st.sampled_from(sorted(DEVICE_USERS)), cap=st.integers(1, 3_000))
-    def issue(self, device: str, cap: int) -> None:
-        if len(self.logs) >= MAX_LOGS:
-            outcome("issue: skipped (enough logs)")
+    @rule(device=st.sampled_from(sorted(DEVICE_USERS)), cap=st.integers(1, 3_000), data=st.data())
+    def issue(self, device: str, cap: int, data: st.DataObject) -> None:
+        if len(self.logs) >= MAX_LOGS:  # enough logs: a valid continuation instead
+            self._settle_any(data)
             return
         self._issue(device, cap, funded=True)
         outcome("issue: funded")
@@ -310,15 +311,16 @@ class ClearhouseMachine(RuleBasedStateMachine):
         if self._renewable(all_settled=True):
             kinds.append("top-up")
         if self._renewable(all_settled=False) and len(self.logs) < MAX_LOGS:
-            kinds.append("new serial")
-        if not kinds:
-            outcome("renew: skipped (no open log, or enough logs)")
+            kinds += ["new serial", "new serial with unsettled usage", "new serial with unsettled usage"]
+        if not kinds:  # no open log, or enough logs: a valid continuation instead
+            self._settle_any(data)
             return
         new_money = data.draw(st.integers(0, 2_000))
-        if data.draw(st.sampled_from(kinds)) == "top-up":
+        kind = data.draw(st.sampled_from(kinds))
+        if kind == "top-up":
             self._renew_top_up(data, new_money)
         else:
-            self._renew_new_serial(data, new_money, data.draw(st.integers(0, 3)))
+            self._renew_new_serial(data, new_money, data.draw(st.integers(1, 3)) if "unsettled" in kind else 0)
 
     def _renew_top_up(self, data: st.DataObject, new_money: int) -> None:
         serial = data.draw(st.sampled_from(self._renewable(all_settled=True)))
@@ -357,8 +359,8 @@ class ClearhouseMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def payout(self, data: st.DataObject) -> None:
         kinds = (["request"] if self._accrued() else []) + (["confirm", "confirm"] if self._unconfirmed() else [])
-        if not kinds:
-            outcome("payout: nothing accrued or unconfirmed")
+        if not kinds:  # nothing due: a valid continuation instead
+            self._settle_any(data)
             return
         if data.draw(st.sampled_from(kinds)) == "request":
             self._request_transfers(data)
@@ -414,7 +416,7 @@ class ClearhouseMachine(RuleBasedStateMachine):
         price = self.policies[pid].price
         kinds = ["fee", "gap", "expiry", "signer", "cap"]
         if log.next_seq > 0:
-            kinds += ["replay", "replay"]
+            kinds += ["replay"] * 4
         if log.closed:
             kinds.append("beyond closed log")
         kind = data.draw(st.sampled_from(kinds))
