@@ -13,9 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from offchain.operator.sim.plan import DEVICES, USERS, Plan, Step
+
+if TYPE_CHECKING:
+    from offchain.device.client import DeviceClient
+    from offchain.transport.client import JsonTransport
 
 DEVICE_TIMEOUT_S = 4.0
 CONTENT_PRICES = {"song": 30, "article": 45}
@@ -55,10 +59,10 @@ def open_device(settings_path: Path, passphrase: str, user_id: str) -> Any:
 class Workload:
     """Runs one plan's steps against a started consortium; `drain` finishes what faults left half done."""
 
-    def __init__(self, plan: Plan, *, bank: Any, devices: dict[str, Any], contents: dict[str, tuple[bytes, int]],
+    def __init__(self, plan: Plan, *, bank: JsonTransport, devices: dict[str, DeviceClient], contents: dict[str, tuple[bytes, int]],
                  timeline: Timeline) -> None:
         self.plan = plan
-        self.bank = bank  # SyncJsonClient of the bank operator to the bank
+        self.bank = bank  # the bank operator's connection to the bank
         self.devices = devices
         self.contents = contents  # name -> (content id, version)
         self.timeline = timeline
