@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 import socket
 import ssl
 import urllib.error
@@ -93,9 +94,17 @@ async def _diagnose_disconnect(method: str, url: str, context: ssl.SSLContext, e
     try:
         answered = await asyncio.wait_for(_probe_answers(host, port, context), PROBE_TIMEOUT_S)
     except (OSError, asyncio.TimeoutError) as probe_exc:  # ssl.SSLError is an OSError
+        return _disconnect_verdict(method, url, exc, probe_exc)
+    return _disconnect_verdict(method, url, exc, answered)
+
+
+def _disconnect_verdict(method: str, url: str, exc: BaseException, probe: bool | BaseException) -> ClearhouseError:
+    """What a lost connection means, from the probe: it answered (a dropped connection: retry later), it failed
+    itself (retry later) or it was closed without a byte (our client certificate was refused)."""
+    if isinstance(probe, BaseException):
         return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}) and the probe failed "
-                                  f"({probe_exc!r}); retry later", url=url, reason=type(probe_exc).__name__)
-    if answered:
+                                  f"({probe!r}); retry later", url=url, reason=type(probe).__name__)
+    if probe:
         return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}); retry later", url=url,
                                   reason=type(exc).__name__)
     return TlsHandshakeFailed(f"{url} closed the TLS connection without answering: it refused our client "
@@ -227,6 +236,71 @@ class SyncJsonClient:
         finally:
             connection.close()
 
+    def post_file(self, path: str, source: Path, headers: dict[str, str]) -> Any:
+        """POST the file `source` as the raw body, streamed in chunks (never held in memory, never the JSON body
+        limit); the JSON answer. On a pinned client the connection's certificate is checked first."""
+        connection, url = self._raw_connection("POST", path)
+        try:
+            try:
+                with source.open("rb") as body:
+                    connection.request("POST", urlsplit(self.base_url).path.rstrip("/") + path, body=body,
+                                       headers={**headers, "Content-Type": "application/octet-stream",
+                                                "Content-Length": str(source.stat().st_size),
+                                                "Accept": "application/json"}, encode_chunked=False)
+                response = connection.getresponse()
+                raw = response.read()
+            except OSError as exc:
+                raise _sync_failure("POST", url, self._ssl, exc, handshake=False) from None
+            if response.status >= 400:
+                raise error_from_payload(response.status, _json_or_none(raw), url)
+            return _json_or_none(raw)
+        finally:
+            connection.close()
+
+    def post_to_file(self, path: str, body: Any, destination: Path, *, chunk: int = 1024 * 1024) -> dict[str, str]:
+        """POST a JSON body and stream the raw answer into `destination` in chunks; the answer's headers."""
+        connection, url = self._raw_connection("POST", path)
+        try:
+            try:
+                connection.request("POST", urlsplit(self.base_url).path.rstrip("/") + path,
+                                   body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+                response = connection.getresponse()
+                if response.status >= 400:
+                    raise error_from_payload(response.status, _json_or_none(response.read()), url)
+                with destination.open("wb") as out:
+                    while data := response.read(chunk):
+                        out.write(data)
+            except OSError as exc:
+                raise _sync_failure("POST", url, self._ssl, exc, handshake=False) from None
+            return {name: value for name, value in response.getheaders()}
+        finally:
+            connection.close()
+
+    def _raw_connection(self, method: str, path: str) -> tuple[Any, str]:
+        """A connected HTTPS connection to `base_url`; when pinned, its certificate is the pinned member's
+        (IdentityMismatch otherwise, before anything is sent)."""
+        import http.client
+
+        from offchain.core.errors import IdentityMismatch
+
+        parts, url = urlsplit(self.base_url), self.base_url + path
+        host, port = parts.hostname or "localhost", parts.port or 443
+        connection = http.client.HTTPSConnection(host, port, context=self._ssl, timeout=self._timeout_s)
+        try:
+            connection.connect()
+        except OSError as exc:
+            connection.close()
+            raise _sync_failure(method, url, self._ssl, exc, handshake=True) from None
+        if self._pinned is not None:
+            verifier, expected_role, pinned = self._pinned
+            peer = self._verify_peer(connection.sock.getpeercert(binary_form=True), verifier, expected_role)
+            if (peer.member_id, peer.eth_address) != (pinned.member_id, pinned.eth_address):
+                connection.close()
+                raise IdentityMismatch(f"{self.base_url} answered as {peer.member_id}, not {pinned.member_id} that "
+                                       "this client verified: nothing was sent", expected_member=pinned.member_id,
+                                       got_member=peer.member_id, kind="tls_peer")
+        return connection, url
+
     def close(self) -> None:
         """Nothing to release: every request uses its own connection."""
 
@@ -260,14 +334,8 @@ def _diagnose_disconnect_sync(method: str, url: str, context: ssl.SSLContext, ex
     try:
         answered = _probe_answers_sync(host, port, context)
     except OSError as probe_exc:  # ssl.SSLError is an OSError
-        return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}) and the probe failed "
-                                  f"({probe_exc!r}); retry later", url=url, reason=type(probe_exc).__name__)
-    if answered:
-        return ServiceUnavailable(f"{method} {url}: connection lost ({exc!r}); retry later", url=url,
-                                  reason=type(exc).__name__)
-    return TlsHandshakeFailed(f"{url} closed the TLS connection without answering: it refused our client "
-                              "certificate (another CA, expired, or none presented)", url=url,
-                              reason="closed after handshake")
+        return _disconnect_verdict(method, url, exc, probe_exc)
+    return _disconnect_verdict(method, url, exc, answered)
 
 
 def _probe_answers_sync(host: str, port: int, context: ssl.SSLContext) -> bool:
