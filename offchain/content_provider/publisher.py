@@ -7,8 +7,11 @@ failed publish can simply be re-run. The content key leaves this tool only over 
 from __future__ import annotations
 
 import base64
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from offchain.chain.protocols import ChainWriter
 from offchain.trust import container as containers
@@ -16,6 +19,9 @@ from offchain.trust.ca import MemberCredentials
 from offchain.core.errors import ContractReverted, PolicyMismatch
 from offchain.transport.client import JsonTransport
 from offchain.core.messages import keccak, to_checksum_address
+
+
+JSON_PUBLISH_MAX_BYTES = 8 * 1024 * 1024  # bigger containers go to the SP's streamed route
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,18 @@ class ContentProvider:
                                      policy_id=policy.policy_id, expected=registered, got=digest) from None
         return digest
 
+    def upload(self, blob: bytes, content_key: bytes) -> Any:
+        """Send a container and its key to the SP: streamed as the raw body of /v1/catalog/container when the
+        transport streams (any size up to the SP's max_container_bytes, past the HTTP body limit), else as JSON."""
+        key_b64 = base64.b64encode(content_key).decode()
+        if not hasattr(self._sp, "post_file") or len(blob) <= JSON_PUBLISH_MAX_BYTES:
+            return self._sp.post("/v1/catalog", {"container_b64": base64.b64encode(blob).decode(),
+                                                 "content_key_b64": key_b64})
+        with tempfile.TemporaryDirectory(prefix="clearhouse-publish-") as folder:
+            source = Path(folder) / "container"
+            source.write_bytes(blob)
+            return self._sp.post_file("/v1/catalog/container", source, {"X-Clearhouse-Content-Key": key_b64})
+
     def publish(self, content: bytes, *, content_id: bytes, version: int, price: int,
                 payees: Sequence[tuple[str, int]], title: str = "") -> Published:
         """Package, register on chain, then upload container and key to the SP; returns what was published."""
@@ -70,8 +88,7 @@ class ContentProvider:
                                    provider=to_checksum_address(self._credentials.eth_address))
         blob, content_key = self.package(content, policy, title=title)
         digest = self.register(policy)
-        self._sp.post("/v1/catalog", {"container_b64": base64.b64encode(blob).decode(),
-                                      "content_key_b64": base64.b64encode(content_key).decode()})
+        self.upload(blob, content_key)
         return Published(content_id, version, policy.policy_id, digest, price)
 
 

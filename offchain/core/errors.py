@@ -375,6 +375,17 @@ class BatchTooLarge(LimitError):
         self.gas_budget = gas_budget
 
 
+class ContainerTooLarge(LimitError):
+    """A published container over the SP's `max_container_bytes` (field: maximum); nothing is stored."""
+
+    code = "container_too_large"
+    http_status = 413
+
+    def __init__(self, message: str, *, maximum: int | None = None) -> None:
+        super().__init__(message)
+        self.maximum = maximum
+
+
 class InvalidAmount(LimitError):
     """Negative, zero where forbidden, or overflowing its field."""
 

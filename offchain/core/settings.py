@@ -190,6 +190,20 @@ class ServiceProviderSettings(BaseServiceSettings):
     catalog_key: SecretStr | None = Field(
         None, description="Hex 32-byte AES-256-GCM key encrypting content keys at rest in sp_catalog."
     )
+    container_dir: Path | None = Field(
+        None, description="Where container files are kept, content-addressed by SHA-256 (the catalog rows hold "
+                          "only path and hash); empty means a `containers` folder beside a SQLite database, else "
+                          "var/service_provider-containers.")
+    max_container_bytes: int = Field(
+        4 * 1024**3, ge=1, description="Largest container the streamed publish route accepts (bytes).")
+
+    def container_dir_path(self) -> Path:
+        """`container_dir`, or the default beside the SP's SQLite database."""
+        if self.container_dir is not None:
+            return self.container_dir
+        if self.database_url.startswith("sqlite:///") and self.database_url != "sqlite:///:memory:":
+            return Path(self.database_url.removeprefix("sqlite:///")).parent / "containers"
+        return Path("var") / "service_provider-containers"
 
     def catalog_key_bytes(self) -> bytes:
         """The at-rest key of the catalog; ConfigError when it is missing or not 32 hex bytes."""

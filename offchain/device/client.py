@@ -203,9 +203,18 @@ class DeviceClient:
         owner on chain, and store both (with the SP's address, the receiver, and the on-chain policy hash and owner
         for the offline checks before each use) locally."""
         receiver = self._service_provider().eth_address
-        answer = self._sp.post("/v1/downloads", {"content_id": to_hex(content_id), "version": version,
-                                                 "agreement": self.module.agreement_attestation})
-        blob = base64.b64decode(answer["container_b64"])
+        request = {"content_id": to_hex(content_id), "version": version,
+                   "agreement": self.module.agreement_attestation}
+        self.content_dir.mkdir(parents=True, exist_ok=True)
+        incoming = self._content_path(content_id, version).with_suffix(".incoming")
+        if hasattr(self._sp, "post_to_file"):  # streamed: any size, never one JSON body
+            headers = self._sp.post_to_file("/v1/downloads/container", request, incoming)
+            wrapped_key = json.loads(base64.b64decode(_header(headers, "X-Clearhouse-Wrapped-Key")))
+            blob = incoming.read_bytes()
+            incoming.unlink()
+        else:  # a transport without streaming (test doubles): the JSON route
+            answer = self._sp.post("/v1/downloads", request)
+            blob, wrapped_key = base64.b64decode(answer["container_b64"]), answer["wrapped_key"]
         policy_id = messages.policy_id(content_id, version)
         registered = self._registered_policy_of(policy_id)
         if registered is None:
@@ -216,7 +225,7 @@ class DeviceClient:
         path = self._content_path(content_id, version)
         path.write_bytes(blob)
         self._key_path(content_id, version).write_text(json.dumps(
-            {"wrapped_key": answer["wrapped_key"], "receiver": receiver,
+            {"wrapped_key": wrapped_key, "receiver": receiver,
              "policy_hash": to_hex(registered.policy_hash), "owner": registered.owner}))
         return path
 
@@ -272,6 +281,15 @@ class DeviceClient:
 
     def balance(self) -> WalletBalance:
         return self.module.balance()
+
+
+def _header(headers: dict[str, str], name: str) -> str:
+    """A response header, case-insensitively; MalformedMessage when the SP did not send it."""
+    for key, value in headers.items():
+        if key.lower() == name.lower():
+            return value
+    raise MalformedMessage(f"the SP's streamed download has no {name} header", type="DownloadResponse",
+                           field=name, reason="missing")
 
 
 def _may_still_apply(error: ClearhouseError) -> bool:

@@ -9,6 +9,7 @@ answer, so nothing acked is lost. Content keys are AES-256-GCM encrypted at rest
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +22,13 @@ from sqlalchemy.orm import Session
 
 from offchain import storage
 from offchain.core import messages
-from offchain.core.errors import (ContentOwnerMismatch, DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, MalformedMessage,
+from offchain.core.errors import (ConfigError, ContentOwnerMismatch, DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, MalformedMessage,
                                     NotFound, PolicyMismatch, SequenceError)
 from offchain.core.gas import DEFAULT_GAS_BUDGET, check_batch_fits
 from offchain.core.messages import Domain, ReceiveLog, UsageBatch, UsageLog
 from offchain.core.types import Clock, Role, to_hex
 from offchain.service_provider import store as sp_store
+from offchain.service_provider.container_files import ContainerFiles
 from offchain.service_provider.bodies import CatalogItemOut, UsageAck, UsageUploadBody, request_hex
 from offchain.service_provider.forwarder import Rejection
 from offchain.trust import container as containers
@@ -106,8 +108,10 @@ class ServiceProvider:
                  policy_hash_lookup: PolicyHashLookup | None = None,
                  serial_owner_lookup: SerialOwnerLookup | None = None,
                  policy_owner_lookup: PolicyOwnerLookup | None = None,
-                 settle_gas_budget: int = DEFAULT_GAS_BUDGET) -> None:
+                 settle_gas_budget: int = DEFAULT_GAS_BUDGET,
+                 container_files: ContainerFiles | None = None) -> None:
         self.engine = engine
+        self.container_files = container_files  # where containers are kept (required to publish)
         self.domain = domain
         self.address = messages.address_from_public_key(_public_key(private_key)) \
             if isinstance(private_key, (bytes, bytearray)) else private_key.address  # a PKCS#11 Signer
@@ -122,8 +126,28 @@ class ServiceProvider:
         self._settle_gas_budget = settle_gas_budget  # a batch bigger than one settle tx carries is refused
 
     # --- catalog ------------------------------------------------------------------------------------------------
+    def _files(self) -> ContainerFiles:
+        if self.container_files is None:
+            raise ConfigError("no container_dir configured: containers cannot be stored", field="container_dir")
+        return self.container_files
+
     def publish(self, blob: bytes, content_key: bytes, provider: MemberIdentity) -> tuple[bytes, int]:
         """Verify and store a container from its provider (the TLS peer); idempotent for the same container."""
+        temp, sha256 = self._files().write_chunks([blob])
+        return self.publish_file(temp, sha256, content_key, provider)
+
+    def publish_file(self, temp: Path, sha256: bytes, content_key: bytes,
+                     provider: MemberIdentity) -> tuple[bytes, int]:
+        """`publish` of a container already written to `temp` (the streamed route): verified from the file, then
+        moved to its content address; the catalog row keeps only path and hash. `temp` is gone afterwards."""
+        try:
+            return self._publish_file(temp, sha256, content_key, provider)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    def _publish_file(self, temp: Path, sha256: bytes, content_key: bytes,
+                      provider: MemberIdentity) -> tuple[bytes, int]:
+        blob = temp.read_bytes()
         box = containers.verify_container(blob, self._verifier, expected_owner=self._owner_of_container(blob))
         if box.provider.fingerprint != provider.fingerprint:
             raise IdentityMismatch(f"container signed by {box.provider.member_id}, uploaded by {provider.member_id}",
@@ -133,9 +157,11 @@ class ServiceProvider:
         box.decrypt(content_key)  # ContainerTampered unless this key opens this container (key commitment + GCM)
         policy = box.policy
         sealed = sp_store.seal_content_key(self._catalog_aead, policy.content_id, policy.version, content_key)
+        del blob
+        final = self._files().adopt(temp, sha256)
         with storage.session_scope(self.engine) as session:
-            sp_store.add_catalog_item(session, content_id=policy.content_id, version=policy.version, container=blob,
-                                      sealed_key=sealed, policy_json={**policy.to_json(), "title": box.header.title},
+            sp_store.add_catalog_item(session, content_id=policy.content_id, version=policy.version,
+                                      container_path=str(final), container_sha256=sha256, sealed_key=sealed, policy_json={**policy.to_json(), "title": box.header.title},
                                       policy_hash=containers.policy_hash(policy), now=int(self._clock()))
         return policy.content_id, policy.version
 
@@ -174,7 +200,13 @@ class ServiceProvider:
 
     def download(self, content_id: bytes, version: int, peer: MemberIdentity,
                  agreement: Any) -> tuple[bytes, dict[str, Any]]:
-        """The container and its content key wrapped to the device's CA-attested agreement key (never its TLS
+        """`download_source` with the container read into memory (the JSON route, for small containers)."""
+        source, wrapped = self.download_source(content_id, version, peer, agreement)
+        return (source.read_bytes() if isinstance(source, Path) else source), wrapped
+
+    def download_source(self, content_id: bytes, version: int, peer: MemberIdentity,
+                        agreement: Any) -> tuple[Path | bytes, dict[str, Any]]:
+        """The container (its file, or the bytes of a row from before container files) and its content key wrapped to the device's CA-attested agreement key (never its TLS
         key): the attestation must be the root's and name the TLS peer's own certificate (offchain.trust.agreement)."""
         if agreement is None:
             raise MalformedMessage("a download needs the device's agreement key attestation (`agreement`): content "
@@ -183,7 +215,8 @@ class ServiceProvider:
         attested = verify_attestation(agreement, self._verifier.root, peer)
         with storage.session_scope(self.engine) as session:
             row = sp_store.catalog_item(session, content_id, version)
-            blob, sealed = row.container_bytes, row.content_key_encrypted
+            blob: Path | bytes = Path(row.container_path) if row.container_path else row.container_bytes
+            sealed = row.content_key_encrypted
             provider = str(row.policy_json.get("provider", ""))
         self._check_owner(content_id, version, provider)  # never serve a container of a hijacked id
         content_key = sp_store.open_content_key(self._catalog_aead, content_id, version, sealed)

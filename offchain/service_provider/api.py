@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import multiprocessing
 import time
 from collections.abc import Callable
@@ -29,12 +30,15 @@ from offchain.service_provider.agent import (PolicyHashLookup, PolicyOwnerLookup
                                              check_usage_signatures, upload_signature_args, verified_upload)
 from offchain.service_provider.bodies import (CatalogResponse, DownloadBody, DownloadResponse, PublishBody,
                                               PublishResponse, UsageAck, UsageUploadBody, request_b64, request_hex)
+from offchain.service_provider.container_files import CHUNK, ContainerFiles
 from offchain.service_provider.forwarder import Forwarder
 from offchain.transport.client import JsonClient
 from offchain.transport.server import Route, add_routes, new_app, serve_app
 from offchain.transport.wiring import connect_chain, deployment_domain, member_verifier, require_path
 from offchain.trust.certs import MemberIdentity
 
+CONTENT_KEY_HEADER = "X-Clearhouse-Content-Key"
+WRAPPED_KEY_HEADER = "X-Clearhouse-Wrapped-Key"
 VERIFY_THREADS = 4  # usage uploads checked at once in thread mode (devices upload concurrently)
 
 
@@ -56,6 +60,24 @@ def routes(provider: ServiceProvider, verify_pool: Executor | None = None) -> li
                                                 body.version, peer, body.agreement)
         return DownloadResponse(container_b64=base64.b64encode(blob).decode(), wrapped_key=wrapped)
 
+    async def publish_stream(request: web.Request, peer: MemberIdentity, _body: None) -> PublishResponse:
+        """The container is the raw request body, read in chunks to a file (never the HTTP body limit, at most
+        `max_container_bytes`); its content key is the base64 header X-Clearhouse-Content-Key."""
+        content_key = request_b64(request.headers.get(CONTENT_KEY_HEADER, ""), CONTENT_KEY_HEADER)
+        temp, sha256 = await provider._files().write_stream(request.content.iter_chunked(CHUNK))
+        content_id, version = await asyncio.to_thread(provider.publish_file, temp, sha256, content_key, peer)
+        return PublishResponse(content_id=to_hex(content_id), version=version)
+
+    async def download_stream(request: web.Request, peer: MemberIdentity, body: DownloadBody) -> web.StreamResponse:
+        """The container streamed from its file; the wrapped key (JSON, base64) in X-Clearhouse-Wrapped-Key."""
+        source, wrapped = await asyncio.to_thread(provider.download_source, request_hex(body.content_id, "content_id"),
+                                                  body.version, peer, body.agreement)
+        headers = {WRAPPED_KEY_HEADER: base64.b64encode(json.dumps(wrapped).encode()).decode(),
+                   "Content-Type": "application/octet-stream"}
+        if isinstance(source, Path):
+            return web.FileResponse(source, chunk_size=CHUNK, headers=headers)
+        return web.Response(body=source, headers=headers)  # a row from before container files
+
     async def usage(_request: web.Request, peer: MemberIdentity, body: UsageUploadBody) -> UsageAck:
         device = provider.verify_device(body, peer)
         # Off the event loop: other uploads are parsed, checked and persisted meanwhile.
@@ -70,6 +92,12 @@ def routes(provider: ServiceProvider, verify_pool: Executor | None = None) -> li
     return [
         Route("POST", "/v1/catalog", publish, (Role.CONTENT_PROVIDER,), PublishBody, PublishResponse,
               "Publish a secure container and its content key"),
+        Route("POST", "/v1/catalog/container", publish_stream, (Role.CONTENT_PROVIDER,), None, PublishResponse,
+              "Publish a secure container streamed as the raw body (any size up to max_container_bytes); its "
+              "content key base64 in the X-Clearhouse-Content-Key header"),
+        Route("POST", "/v1/downloads/container", download_stream, (Role.DEVICE,), DownloadBody, None,
+              "Download a container streamed as the raw body; its key wrapped to the calling device (JSON, "
+              "base64) in the X-Clearhouse-Wrapped-Key header"),
         Route("GET", "/v1/catalog", catalog, (Role.DEVICE, Role.CONTENT_PROVIDER), None, CatalogResponse,
               "List the content on offer"),
         Route("POST", "/v1/downloads", download, (Role.DEVICE,), DownloadBody, DownloadResponse,
@@ -99,7 +127,8 @@ def build_app(settings: ServiceProviderSettings, *, chain: ChainReader | None = 
         private_key=settings.eth_signing_key(), cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(),
         verifier=verifier, catalog_key=settings.catalog_key_bytes(), clock=clock,
         policy_hash_lookup=_policy_hash_lookup(chain), serial_owner_lookup=_serial_owner_lookup(chain),
-        policy_owner_lookup=_policy_owner_lookup(chain))
+        policy_owner_lookup=_policy_owner_lookup(chain),
+        container_files=ContainerFiles(settings.container_dir_path(), settings.max_container_bytes))
     client = JsonClient(settings.cc_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
     forwarder = Forwarder(provider, client, batch_max=settings.forward_batch_max,
                           interval_s=settings.forward_interval_s)

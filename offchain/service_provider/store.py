@@ -94,7 +94,8 @@ class SpCatalogItem(SpTable):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     # keccak(abi.encode(content_id, uint32 version)): what usage logs name, so a price look-up reads only its rows
     policy_id: Mapped[bytes] = mapped_column(Bytes32, index=True)
-    container_path: Mapped[str | None] = mapped_column(String(500))
+    container_path: Mapped[str | None] = mapped_column(String(500))  # the content-addressed file (container_dir)
+    container_sha256: Mapped[bytes | None] = mapped_column(Bytes32)  # of the file; rows with bytes predate files
     container_bytes: Mapped[bytes | None] = mapped_column(LargeBinary)
     content_key_encrypted: Mapped[bytes] = mapped_column(LargeBinary)
     policy_json: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -129,18 +130,24 @@ def open_content_key(aead: AESGCM, content_id: bytes, version: int, sealed: byte
                           content_id=content_id, version=version) from None
 
 
-def add_catalog_item(session: Session, *, content_id: bytes, version: int, container: bytes, sealed_key: bytes,
-                     policy_json: dict[str, Any], policy_hash: bytes, now: int) -> bool:
+def add_catalog_item(session: Session, *, content_id: bytes, version: int, sealed_key: bytes,
+                     policy_json: dict[str, Any], policy_hash: bytes, now: int, container: bytes | None = None,
+                     container_path: str | None = None, container_sha256: bytes | None = None) -> bool:
     """Offer a container once per (content id, version); True when new. The same container again is a no-op,
-    another one under the same id and version is DuplicateMessage."""
-    existing = session.get(SpCatalogItem, (content_id, version))
+    another one under the same id and version is DuplicateMessage. The SP stores a file (`container_path` and its
+    `container_sha256`); `container` (bytes in the row) is what rows from before container files hold."""
+    existing = session.get(SpCatalogItem, (content_id, version),
+                           options=[defer(SpCatalogItem.container_bytes)])
     if existing is not None:
-        if existing.policy_hash != policy_hash or existing.container_bytes != container:
+        same = existing.container_sha256 == container_sha256 if container_sha256 is not None \
+            else existing.container_bytes == container
+        if existing.policy_hash != policy_hash or not same:
             raise DuplicateMessage("this content id and version is already published with another container",
                                    content_id=content_id, version=version)
         return False
     session.add(SpCatalogItem(content_id=content_id, version=version,
                               policy_id=messages.policy_id(content_id, version), container_bytes=container,
+                              container_path=container_path, container_sha256=container_sha256,
                               content_key_encrypted=sealed_key, policy_json=policy_json, policy_hash=policy_hash,
                               created_at=now))
     return True
