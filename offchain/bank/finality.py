@@ -32,12 +32,9 @@ class TransferFinality:
     @property
     def tracker(self) -> FinalityTracker:
         if self._tracker is None:
-            from offchain.transport.wiring import finality_tracker
+            from offchain.transport.wiring import finality_tracker_for
 
-            class _Settings:
-                confirmations = self.confirmations
-
-            self._tracker = finality_tracker(_Settings(), self.w3)
+            self._tracker = finality_tracker_for(self.w3, self.confirmations)
         return self._tracker
 
     def require_request_final(self, request_id: bytes) -> Inclusion:

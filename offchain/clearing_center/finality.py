@@ -46,12 +46,9 @@ class FinalityWatch:
     @property
     def tracker(self) -> FinalityTracker:
         if self._tracker is None:
-            from offchain.transport.wiring import finality_tracker
+            from offchain.transport.wiring import finality_tracker_for
 
-            class _Settings:
-                confirmations = self.confirmations
-
-            self._tracker = finality_tracker(_Settings(), self.w3)
+            self._tracker = finality_tracker_for(self.w3, self.confirmations)
         return self._tracker
 
     # --- one round --------------------------------------------------------------------------------------------

@@ -80,9 +80,14 @@ def connect_chain(settings: Any) -> ChainWriter:
 
 
 def finality_tracker(settings: Any, w3: Any) -> Any:
-    """The FinalityTracker of a service: the chain's policy (offchain.chain.finality) with the `confirmations`
-    setting as override. Detection asks the node (web3_clientVersion, clique_getSigners); a chain it cannot
-    identify gets depth 6, never 0."""
+    """The FinalityTracker of a service: `finality_tracker_for` with the `confirmations` setting."""
+    return finality_tracker_for(w3, getattr(settings, "confirmations", None))
+
+
+def finality_tracker_for(w3: Any, confirmations: int | None) -> Any:
+    """A FinalityTracker: the chain's policy (offchain.chain.finality) with `confirmations` as override.
+    Detection asks the node (web3_clientVersion, clique_getSigners); a chain it cannot identify gets depth 6,
+    never 0."""
     from offchain.chain.finality import FinalityPolicy, FinalityTracker, Web3Reader
 
     def request(method: str, params: list[Any]) -> Any:
@@ -91,7 +96,7 @@ def finality_tracker(settings: Any, w3: Any) -> Any:
             raise ConfigError(f"{method}: {reply['error']}", method=method)
         return reply.get("result")
 
-    policy = FinalityPolicy.detect(request, getattr(settings, "confirmations", None))
+    policy = FinalityPolicy.detect(request, confirmations)
     _log.info("chain: finality %s, confirmations %d", policy.kind, policy.confirmations)
     return FinalityTracker(Web3Reader(w3), policy)
 
@@ -106,4 +111,4 @@ def member_verifier(settings: Any, chain: ChainReader, clock: Clock) -> Certific
 
 
 __all__ = ["deployment_domain", "file_reader", "require_path", "chain_web3", "connect_chain", "finality_tracker",
-           "member_verifier"]
+           "finality_tracker_for", "member_verifier"]
