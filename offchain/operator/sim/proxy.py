@@ -192,9 +192,9 @@ class Link:
                     self.stats.cut += 1
                     self.on_event(self.name, "cut", request.start_line)
                     return  # processed upstream, the answer is thrown away and the client sees a dropped connection
+                self.stats.relayed += 1  # before the write: the client may read the answer before drain() returns
                 writer.write(answer.raw())
                 await writer.drain()
-                self.stats.relayed += 1
                 if request.closes or answer.closes:
                     return
         except (ConnectionError, OSError, asyncio.IncompleteReadError, ssl.SSLError):
