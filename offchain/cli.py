@@ -31,6 +31,7 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
         except ClearhouseError as exc:
             if debug:
                 raise
+            _json_error(exc.to_dict())
             click.secho(f"error [{exc.code}]: {exc.message}", fg="red", err=True)
             for key, value in exc.to_dict()["fields"].items():
                 click.echo(f"  {key}: {value}", err=True)
@@ -46,11 +47,20 @@ def _edge(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # the CLI edge: anything unexpected becomes one line plus a hint
             if debug:
                 raise
+            _json_error({"error": "unexpected_failure", "message": f"{type(exc).__name__}: {exc}", "fields": {}})
             click.secho(f"unexpected failure: {type(exc).__name__}: {exc}", fg="red", err=True)
             click.echo("  run again with `clearhouse --debug ...` for the traceback", err=True)
             sys.exit(2)
 
     return wrapper
+
+
+def _json_error(body: dict[str, Any]) -> None:
+    """With `--json`, a failure is a JSON document on stdout too ({"error", "message", "fields"}, the HTTP error
+    body), so a tool reading stdout always gets JSON; the readable line still goes to stderr."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.params.get("as_json"):
+        click.echo(json.dumps(body, indent=2, default=str))
 
 
 @click.group()
@@ -201,62 +211,87 @@ def _certificate_user(cert_path: Path | None) -> str:
     return users[0]
 
 
-def _show_balance(balance: Any, *, err: bool = False) -> None:
-    from dataclasses import asdict
+def _show_balance(balance: Any, as_json: bool, *, title: str = "Wallet") -> None:
+    from offchain.device import output
 
-    _print_json({k: ("0x" + v.hex() if isinstance(v, bytes) else v) for k, v in asdict(balance).items()}, err=err)
+    if as_json:
+        output.write_json(output.balance_doc(balance), sys.stdout)
+    else:
+        output.render_balance(balance, title)
+
+
+def _json_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True,
+                        help="One JSON document on stdout for tools (raw Unix seconds); a failure is JSON too.")(fn)
 
 
 @device.command("request")
 @click.option("--amount", type=int, default=None, help="Allowable amount in minor units (default: all available).")
+@_json_option
 @click.pass_context
 @_edge
-def device_request(ctx: click.Context, amount: int | None) -> None:
+def device_request(ctx: click.Context, amount: int | None, as_json: bool) -> None:
     """Ask the clearing center for a first issue log."""
     client = _device_client(ctx)
     try:
-        _show_balance(client.request_issue_log(amount))
+        _show_balance(client.request_issue_log(amount), as_json, title="Issue log installed")
     finally:
         client.close()
 
 
 @device.command("renew")
 @click.option("--amount", type=int, default=None, help="New money in minor units (default: all available).")
+@_json_option
 @click.pass_context
 @_edge
-def device_renew(ctx: click.Context, amount: int | None) -> None:
+def device_renew(ctx: click.Context, amount: int | None, as_json: bool) -> None:
     """Attest the balance and get a renewed issue log (new serial while spending is unsettled)."""
     client = _device_client(ctx)
     try:
-        _show_balance(client.renew(amount))
+        _show_balance(client.renew(amount), as_json, title="Renewed issue log")
     finally:
         client.close()
 
 
 @device.command("catalog")
+@_json_option
 @click.pass_context
 @_edge
-def device_catalog(ctx: click.Context) -> None:
+def device_catalog(ctx: click.Context, as_json: bool) -> None:
     """List the service provider's content."""
+    from offchain.device import output
+
     client = _device_client(ctx)
     try:
-        _print_json(client.catalog())
+        items = client.catalog()
     finally:
         client.close()
+    if as_json:
+        output.write_json(items, sys.stdout)
+    else:
+        output.render_catalog(items)
 
 
 @device.command("download")
 @click.argument("content_id")
 @click.option("--version", type=int, default=1, show_default=True)
+@_json_option
 @click.pass_context
 @_edge
-def device_download(ctx: click.Context, content_id: str, version: int) -> None:
+def device_download(ctx: click.Context, content_id: str, version: int, as_json: bool) -> None:
     """Download a secure container with its key wrapped to this device."""
+    from offchain.device import output
+
     client = _device_client(ctx)
+    cid = _content_id(content_id)
     try:
-        click.echo(str(client.download(_content_id(content_id), version)))
+        path = client.download(cid, version)
     finally:
         client.close()
+    if as_json:
+        output.write_json(output.download_doc(path, cid, version), sys.stdout)
+    else:
+        output.render_download(path, cid, version)
 
 
 @device.command("use")
@@ -264,13 +299,16 @@ def device_download(ctx: click.Context, content_id: str, version: int) -> None:
 @click.option("--version", type=int, default=1, show_default=True)
 @click.option("--out", default=None, metavar="PATH|-",
               help="Write the plaintext to PATH (a temporary file beside it, renamed when complete), or to stdout "
-                   "with `-`. Required: without it the use would be charged and the content thrown away.")
+                   "with `-` (the report then goes to stderr). Required: without it the use would be charged and "
+                   "the content thrown away.")
+@_json_option
 @click.pass_context
 @_edge
-def device_use(ctx: click.Context, content_id: str, version: int, out: str | None) -> None:
+def device_use(ctx: click.Context, content_id: str, version: int, out: str | None, as_json: bool) -> None:
     """Use downloaded content offline: deduct the fee and write a signed usage log (no network).
 
     The destination is checked and opened before anything is charged; a use that fails charges nothing."""
+    from offchain.device import output
     from offchain.device.delivery import STDOUT, Destination, deliver_use
 
     destination = Destination.open(out)  # ConfigError(field=out) before the keystore is even unlocked
@@ -281,34 +319,45 @@ def device_use(ctx: click.Context, content_id: str, version: int, out: str | Non
         raise
     try:
         size = deliver_use(destination, client, _content_id(content_id), version)
-        click.echo(f"used {size} bytes; balance:", err=out == STDOUT)
-        _show_balance(client.balance(), err=out == STDOUT)
+        balance = client.balance()
     finally:
         client.close()
+    report = sys.stderr if out == STDOUT else sys.stdout  # stdout carries the plaintext with `--out -`
+    if as_json:
+        output.write_json(output.use_doc(size, balance), report)
+    else:
+        output.render_use(size, balance, report)
 
 
 @device.command("upload")
 @click.option("--max-logs", type=int, default=1024, show_default=True)
+@_json_option
 @click.pass_context
 @_edge
-def device_upload(ctx: click.Context, max_logs: int) -> None:
+def device_upload(ctx: click.Context, max_logs: int, as_json: bool) -> None:
     """Upload pending usage logs to the service provider in batches."""
+    from offchain.device import output
+
     client = _device_client(ctx)
     try:
         result = client.upload(max_logs)
-        _print_json({"batches": result.batches, "logs": result.logs, "receive_log_ids": list(result.receive_log_ids)})
     finally:
         client.close()
+    if as_json:
+        output.write_json(output.upload_doc(result), sys.stdout)
+    else:
+        output.render_upload(result)
 
 
 @device.command("balance")
+@_json_option
 @click.pass_context
 @_edge
-def device_balance(ctx: click.Context) -> None:
-    """Show the wallet: serial, cap, spent, remaining, pending logs."""
+def device_balance(ctx: click.Context, as_json: bool) -> None:
+    """Show the wallet: serial, cap, spent, remaining, expiry (ISO 8601), pending logs."""
     client = _device_client(ctx)
     try:
-        _show_balance(client.balance())
+        _show_balance(client.balance(), as_json)
     finally:
         client.close()
 

@@ -92,10 +92,13 @@ def test_broken_pipe_exits_quietly() -> None:
     assert control.returncode == 2 and b"unexpected failure" in control.stderr  # positive control: other errors
 
 
-def test_json_output_keeps_errors_on_stderr(tmp_path: Path) -> None:
+def test_json_output_gives_errors_as_json_on_stdout(tmp_path: Path) -> None:
     result = invoke("member", "list", "--ca-dir", str(tmp_path), "--no-chain", "--json")
-    assert result.stdout == "" and result.exit_code == 1
-    assert "error [" in result.stderr
+    assert result.exit_code == 1
+    body = json.loads(result.stdout)  # stdout holds only JSON, the failure included
+    assert set(body) == {"error", "message", "fields"} and result.stderr.startswith(f"error [{body['error']}]: ")
+    plain = invoke("member", "list", "--ca-dir", str(tmp_path), "--no-chain")
+    assert plain.exit_code == 1 and plain.stdout == "" and plain.stderr == result.stderr  # no JSON without --json
 
 
 def test_an_uncreatable_demo_work_directory_is_named(tmp_path: Path) -> None:

@@ -48,9 +48,9 @@ def test_use_to_a_file_charges_once_and_renames_into_place(home: DeviceHome, tmp
 
 
 def test_use_to_stdout_streams_the_plaintext_and_reports_on_stderr(home: DeviceHome) -> None:
-    result = use(home, "--out", "-")
+    result = use(home, "--out", "-", "--json")
     assert result.exit_code == 0, result.stderr
-    assert result.stdout_bytes == CONTENT and '"spent": 300' in result.stderr
+    assert result.stdout_bytes == CONTENT and json.loads(result.stderr)["balance"]["spent"] == PRICE
     assert wallet_state(home) == (PRICE, 1, 1)
 
 

@@ -1,0 +1,126 @@
+"""What `clearhouse device ...` prints: a rich table for people (the terminal's real width, times as ISO 8601 UTC,
+bytes as 0x-hex) or one JSON document for tools (`--json`: raw Unix seconds, nothing else on the stream).
+
+Presentation only: the values come from `DeviceClient`; nothing here talks to the network or the wallet.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import IO, Any
+
+from offchain.device.client import UploadResult
+from offchain.device.secure_module import WalletBalance
+
+BALANCE_LABELS = {"serial": "serial", "cap": "cap (minor units)", "spent": "spent", "remaining": "remaining",
+                  "next_seq": "next usage log seq", "expires_at": "expires at", "pending_count": "pending usage logs",
+                  "renewal_pending": "renewal pending"}
+CATALOG_COLUMNS = ("content_id", "version", "title", "price", "policy_id")
+
+
+def iso_utc(ts: int | float) -> str:
+    """ISO 8601 UTC of a Unix time: 2026-12-01T15:25:57Z (tables; --json keeps the seconds)."""
+    return dt.datetime.fromtimestamp(int(ts), dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _plain(value: Any) -> Any:
+    return "0x" + value.hex() if isinstance(value, bytes) else value
+
+
+# --- JSON documents ------------------------------------------------------------------------------------------------
+def balance_doc(balance: WalletBalance) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in asdict(balance).items()}
+
+
+def upload_doc(result: UploadResult) -> dict[str, Any]:
+    return {"batches": result.batches, "logs": result.logs, "receive_log_ids": list(result.receive_log_ids)}
+
+
+def download_doc(path: Path, content_id: bytes, version: int) -> dict[str, Any]:
+    return {"content_id": "0x" + content_id.hex(), "version": version, "path": str(path)}
+
+
+def use_doc(size: int, balance: WalletBalance) -> dict[str, Any]:
+    return {"used_bytes": size, "balance": balance_doc(balance)}
+
+
+# --- tables --------------------------------------------------------------------------------------------------------
+def _console(stream: IO[str] | None) -> Any:
+    from rich.console import Console
+
+    return Console(file=stream, highlight=False)  # rich reads COLUMNS or the tty's width; 80 when piped
+
+
+def _fields_table(title: str, rows: Sequence[tuple[str, str]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", show_header=False)
+    table.add_column("field", style="bold", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    for label, value in rows:
+        table.add_row(label, value)
+    return table
+
+
+def _balance_rows(balance: WalletBalance) -> list[tuple[str, str]]:
+    doc = balance_doc(balance)
+    shown = {**doc, "expires_at": iso_utc(balance.expires_at), "renewal_pending": "yes" if balance.renewal_pending
+             else "no"}
+    return [(label, str(shown[key])) for key, label in BALANCE_LABELS.items()]
+
+
+def render_balance(balance: WalletBalance, title: str = "Wallet", stream: IO[str] | None = None) -> None:
+    _console(stream).print(_fields_table(title, _balance_rows(balance)))
+
+
+WIDE_CATALOG_COLUMNS = 120  # below this a catalog item is a block of its own, so a full content id still fits
+
+
+def render_catalog(items: Sequence[Mapping[str, Any]], stream: IO[str] | None = None) -> None:
+    """One row per item on a wide terminal; one block per item on a narrow one (full ids either way: a content id
+    is what `device download` takes)."""
+    from rich.table import Table
+
+    console = _console(stream)
+    title = f"Catalog of the service provider ({len(items)} items)"
+    if console.width < WIDE_CATALOG_COLUMNS:
+        console.print(title)
+        for item in items:
+            console.print(_fields_table(str(item.get("title", "")),
+                                        [(c, str(item.get(c, ""))) for c in CATALOG_COLUMNS if c != "title"]))
+        return
+    table = Table(title=title, title_justify="left")
+    for column in CATALOG_COLUMNS:
+        table.add_column(column, overflow="fold", justify="right" if column in ("version", "price") else "left",
+                         min_width=66 if column == "content_id" else None)
+    for item in items:
+        table.add_row(*(str(item.get(column, "")) for column in CATALOG_COLUMNS))
+    console.print(table)
+
+
+def render_download(path: Path, content_id: bytes, version: int, stream: IO[str] | None = None) -> None:
+    doc = download_doc(path, content_id, version)
+    _console(stream).print(_fields_table("Downloaded", [(k, str(v)) for k, v in doc.items()]))
+
+
+def render_upload(result: UploadResult, stream: IO[str] | None = None) -> None:
+    rows = [("batches", str(result.batches)), ("usage logs", str(result.logs)),
+            ("receive log ids", "\n".join(result.receive_log_ids) or "-")]
+    _console(stream).print(_fields_table("Uploaded to the service provider", rows))
+
+
+def render_use(size: int, balance: WalletBalance, stream: IO[str] | None = None) -> None:
+    _console(stream).print(_fields_table(f"Used {size} bytes; wallet", _balance_rows(balance)))
+
+
+def write_json(doc: Any, stream: IO[str]) -> None:
+    stream.write(json.dumps(doc, indent=2, default=str) + "\n")
+    stream.flush()
+
+
+__all__ = ["balance_doc", "upload_doc", "download_doc", "use_doc", "render_balance", "render_catalog",
+           "render_download", "render_upload", "render_use", "write_json", "iso_utc", "CATALOG_COLUMNS"]
