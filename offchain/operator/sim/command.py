@@ -12,15 +12,23 @@ import click
 @click.option("--seeds", default="1-5", show_default=True, help="Seeds to run: `7`, `1-20` or `1,4,9-12`.")
 @click.option("--budget-s", type=float, default=None, help="Stop starting new seeds after this many seconds.")
 @click.option("--faults", default="all", show_default=True,
-              help="Fault kinds: kill,pause,stall,restart-node,link,disk,dup (or all, or none).")
+              help="Fault kinds: kill,pause,stall,restart-node,link,disk,dup on anvil; kill,pause,link,disk,dup,"
+                   "stop-signer,partition on clique (or all, or none).")
+@click.option("--network", type=click.Choice(["anvil", "clique"]), default="anvil", show_default=True,
+              help="clique: a fresh four-signer geth Clique network per seed, with stop-signer and partition faults.")
 @click.option("--steps", type=int, default=24, show_default=True, help="Workload steps per seed.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where seed folders go (default var/sim/).")
 @click.option("--keep", is_flag=True, help="Keep the folder of passing seeds too.")
-def sim(seeds: str, budget_s: float | None, faults: str, steps: int, workdir: Path | None, keep: bool) -> None:
+def sim(seeds: str, budget_s: float | None, faults: str, network: str, steps: int, workdir: Path | None,
+        keep: bool) -> None:
     """Fault simulation: per seed a fresh consortium, the seed's workload and faults, heal, then the checker."""
     from offchain.operator.sim.plan import parse_faults, parse_seeds
     from offchain.operator.sim.runner import main_sim
 
-    sys.exit(main_sim(parse_seeds(seeds), parse_faults(faults), budget_s=budget_s, workdir=workdir, keep=keep,
-                      steps=steps, echo=click.echo))
+    try:
+        kinds = parse_faults(faults, network)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--faults") from exc
+    sys.exit(main_sim(parse_seeds(seeds), kinds, budget_s=budget_s, workdir=workdir, keep=keep,
+                      steps=steps, network=network, echo=click.echo))

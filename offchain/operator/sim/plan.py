@@ -10,7 +10,14 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-FAULT_KINDS = ("kill", "pause", "stall", "restart-node", "link", "disk", "dup")
+FAULT_KINDS = ("kill", "pause", "stall", "restart-node", "link", "disk", "dup")  # anvil, the default network
+# On the four-signer Clique network (`--network clique`): stop signer nodes (one, or two of four: the chain stalls
+# for the window) and split the network two against two. anvil's own faults (evm_setAutomine, anvil --state
+# restart, a CC kill `while_pending`) do not exist there.
+NETWORK_FAULT_KINDS = ("stop-signer", "partition")
+CLIQUE_FAULT_KINDS = ("kill", "pause", "link", "disk", "dup", *NETWORK_FAULT_KINDS)
+NETWORKS = {"anvil": FAULT_KINDS, "clique": CLIQUE_FAULT_KINDS}
+SIGNER_NODES = 4
 SERVICES = ("cc", "sp", "bank")
 DEVICES = ("alice-phone", "bob-tablet")
 USERS = {"alice-phone": "alice", "bob-tablet": "bob"}
@@ -23,6 +30,7 @@ LINK_MODES = ("refuse", "cut", "blackhole", "delay")
 # pending), or `while_pending`: blocks stop for the window, so the kill at its end finds the CC's plans and
 # settlements broadcast and unmined.
 CRASH_POINTS = ("", "before_broadcast", "after_broadcast", "while_pending")
+CLIQUE_CRASH_POINTS = ("", "before_broadcast", "after_broadcast")
 DUP_TARGETS = (("bank->cc", "/v1/deposits/notify"), ("sp->cc", "/v1/receive-logs"),
                ("alice-phone->sp", "/v1/usage"), ("bob-tablet->sp", "/v1/usage"),
                ("alice-phone->cc", "/v1/issue-logs"), ("bob-tablet->cc", "/v1/issue-logs"))
@@ -66,9 +74,11 @@ class Plan:
     steps: tuple[Step, ...]
     faults: tuple[Fault, ...]
     enabled: tuple[str, ...] = field(default=FAULT_KINDS)
+    network: str = "anvil"
 
     def describe(self) -> str:
-        lines = [f"seed {self.seed}: {len(self.steps)} steps, {len(self.faults)} faults "
+        on = f" on {self.network}" if self.network != "anvil" else ""
+        lines = [f"seed {self.seed}{on}: {len(self.steps)} steps, {len(self.faults)} faults "
                  f"({', '.join(self.enabled) or 'none'})"]
         lines += ["  fault " + str(f) for f in self.faults]
         lines += ["  step  " + str(s) for s in self.steps]
@@ -106,12 +116,37 @@ def _window(rng: random.Random, steps: int) -> tuple[int, int]:
     return start, min(steps, start + rng.randint(1, 3))
 
 
-def make_fault(rng: random.Random, kind: str, steps: int) -> Fault:
+def node_list(target: str) -> list[int]:
+    """`nodes 1,3` -> [1, 3] (a stop-signer fault's target)."""
+    return [int(n) for n in target.removeprefix("nodes ").split(",")]
+
+
+def partition_groups(target: str, mode: str) -> tuple[list[int], list[int]]:
+    """A partition fault's (winning side, losing side): target `0,1|2,3`, mode `keep 2,3` (the fork that heal
+    keeps; what the other side included is undone by the reorg)."""
+    keep = node_list(mode.removeprefix("keep "))
+    sides = [node_list(side) for side in target.split("|")]
+    lose = next(side for side in sides if side != keep)
+    return keep, lose
+
+
+def make_fault(rng: random.Random, kind: str, steps: int, network: str = "anvil") -> Fault:
     start, end = _window(rng, steps)
     if kind == "kill":
         target = rng.choice(SERVICES)
-        point = rng.choice(CRASH_POINTS) if target == "cc" else ""
+        points = CLIQUE_CRASH_POINTS if network == "clique" else CRASH_POINTS
+        point = rng.choice(points) if target == "cc" else ""
         return Fault(kind, target, start, end, point)
+    if kind == "stop-signer":
+        count = rng.choice((1, 2))  # two of four: fewer than floor(N/2)+1 signers online, the chain stalls
+        nodes = sorted(rng.sample(range(SIGNER_NODES), count))
+        return Fault(kind, "nodes " + ",".join(map(str, nodes)), start, end, "stall" if count == 2 else "")
+    if kind == "partition":
+        first = sorted([0, *rng.sample(range(1, SIGNER_NODES), 1)])
+        second = [n for n in range(SIGNER_NODES) if n not in first]
+        keep = rng.choice((first, second))
+        return Fault(kind, f"{','.join(map(str, first))}|{','.join(map(str, second))}", start, end,
+                     "keep " + ",".join(map(str, keep)))
     if kind == "pause":
         return Fault(kind, rng.choice(SERVICES), start, end)
     if kind == "stall":
@@ -130,20 +165,35 @@ def make_fault(rng: random.Random, kind: str, steps: int) -> Fault:
     raise ValueError(f"unknown fault kind {kind!r}; one of {FAULT_KINDS}")
 
 
-def make_plan(seed: int, faults: tuple[str, ...] = FAULT_KINDS, *, steps: int = 24,
-              max_faults: int = 4) -> Plan:
-    """The plan of `seed`: `steps` workload steps and 1..max_faults faults of the enabled kinds."""
-    unknown = [k for k in faults if k not in FAULT_KINDS]
+def _overlaps(a: Fault, b: Fault) -> bool:
+    return a.start <= b.end and b.start <= a.end
+
+
+def make_plan(seed: int, faults: tuple[str, ...] | None = None, *, steps: int = 24, max_faults: int = 4,
+              network: str = "anvil") -> Plan:
+    """The plan of `seed`: `steps` workload steps and 1..max_faults faults of the enabled kinds (default: every
+    kind the network has). On Clique the node faults (stop-signer, partition) never overlap one another: a node
+    restarted inside a partition would re-dial its static peers across it."""
+    kinds = NETWORKS.get(network)
+    if kinds is None:
+        raise ValueError(f"unknown network {network!r}; one of {sorted(NETWORKS)}")
+    faults = kinds if faults is None else faults
+    unknown = [k for k in faults if k not in kinds]
     if unknown:
-        raise ValueError(f"unknown fault kinds {unknown}; choose from {FAULT_KINDS}")
-    rng = random.Random(f"clearhouse-sim:{seed}")
+        raise ValueError(f"unknown fault kinds {unknown} on {network}; choose from {kinds}")
+    seed_text = f"clearhouse-sim:{seed}" if network == "anvil" else f"clearhouse-sim:{network}:{seed}"
+    rng = random.Random(seed_text)
     workload = make_steps(rng, steps)
     chosen: list[Fault] = []
     if faults:
         for _ in range(rng.randint(1, max_faults)):
-            chosen.append(make_fault(rng, rng.choice(sorted(faults)), steps))
+            fault = make_fault(rng, rng.choice(sorted(faults)), steps, network)
+            if fault.kind in NETWORK_FAULT_KINDS and any(
+                    c.kind in NETWORK_FAULT_KINDS and _overlaps(c, fault) for c in chosen):
+                continue
+            chosen.append(fault)
     chosen.sort(key=lambda f: (f.start, f.end, f.kind, f.target))
-    return Plan(seed, tuple(workload), tuple(chosen), tuple(faults))
+    return Plan(seed, tuple(workload), tuple(chosen), tuple(faults), network)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -155,16 +205,18 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
-def parse_faults(text: str | None) -> tuple[str, ...]:
+def parse_faults(text: str | None, network: str = "anvil") -> tuple[str, ...]:
+    known = NETWORKS[network]
     if text is None or text == "all":
-        return FAULT_KINDS
+        return known
     if text in ("", "none"):
         return ()
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    unknown = [k for k in kinds if k not in known]
     if unknown:
-        raise ValueError(f"unknown fault kinds {unknown}; choose from {FAULT_KINDS}")
+        raise ValueError(f"unknown fault kinds {unknown} on {network}; choose from {known}")
     return kinds
 
 
-__all__ = ["Plan", "Step", "Fault", "make_plan", "parse_seeds", "parse_faults", "FAULT_KINDS", "DEVICES", "USERS"]
+__all__ = ["Plan", "Step", "Fault", "make_plan", "parse_seeds", "parse_faults", "FAULT_KINDS", "CLIQUE_FAULT_KINDS",
+           "NETWORK_FAULT_KINDS", "NETWORKS", "DEVICES", "USERS", "node_list", "partition_groups"]

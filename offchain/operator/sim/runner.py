@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from offchain.operator.sim.checker import Violation, World, check
-from offchain.operator.sim.plan import CHAIN_LINKS, DEVICES, USERS, Fault, Plan, make_plan
+from offchain.operator.sim.plan import CHAIN_LINKS, DEVICES, NETWORK_FAULT_KINDS, USERS, Fault, Plan, make_plan
 from offchain.operator.sim.proxy import FaultProxy, LinkTls
 from offchain.operator.sim.workload import CONTENT_PRICES, Timeline, Workload, open_device, open_work
 
@@ -171,11 +171,18 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
 class Consortium:
     """Everything one seed runs: node, proxy, services, devices; `close` stops all of it."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, network: str = "anvil", seed: int = 0) -> None:
         from offchain.operator.provision import free_port
 
         self.workdir = workdir
-        self.node = Node(workdir, free_port())
+        self.network = network
+        self.node: Any
+        if network == "clique":  # four geth signer nodes in the seed's folder (offchain/operator/sim/clique.py)
+            from offchain.operator.sim.clique import CliqueNode
+
+            self.node = CliqueNode(workdir, seed)
+        else:
+            self.node = Node(workdir, free_port())
         self.proxy = FaultProxy()
         self.services: Services | None = None
         self.devices: dict[str, Any] = {}
@@ -198,16 +205,22 @@ class Consortium:
         from offchain.core.messages import Role
         from offchain.operator.provision import MemberSpec, provision
 
-        w3 = Web3(Web3.HTTPProvider(self.node.url, request_kwargs={"timeout": 60}))
+        w3 = _web3(self.node.url)
         deployer, authority = Account.create(), Account.create()
+        clique = self.network == "clique"
+        fund = self.node.fund if clique else None
         for account in (deployer, authority):
-            w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])  # type: ignore[arg-type]
+            if clique:
+                self.node.fund(account.address)
+            else:
+                w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])  # type: ignore
         deployment = deploy(w3, bytes(deployer.key), authority.address, root=ROOT, network="sim")
         members = (MemberSpec("cc", Role.CLEARING_CENTER), MemberSpec("sp", Role.SERVICE_PROVIDER),
                    MemberSpec("bank", Role.BANK), MemberSpec("studio", Role.CONTENT_PROVIDER),
                    *(MemberSpec(d, Role.DEVICE, user_id=USERS[d]) for d in DEVICES))
         return provision(self.workdir / "consortium", w3, deployment, bytes(authority.key), members=members,
-                         rpc_url=self.node.url, passphrase=PASSPHRASE, fast_kdf=True)
+                         rpc_url=self.node.url, passphrase=PASSPHRASE, fast_kdf=True, fund=fund,
+                         rpc_urls=self.node.rpc_urls if clique else ())
 
     def _tls(self, client: str, server: str) -> LinkTls:
         from offchain.trust import tls
@@ -232,8 +245,15 @@ class Consortium:
                 data[key] = self.proxy.url(link)
             if owner in SERVICES:
                 link = f"{owner}->chain"
-                self.proxy.add(link, ("127.0.0.1", self.node.port))
-                data["rpc_url"] = self.proxy.url(link, "http")
+                if self.network == "clique":  # its own node through the proxy first, every other node after it
+                    own = self.node.port_for(owner)
+                    self.proxy.add(link, ("127.0.0.1", own))
+                    data["rpc_url"] = self.proxy.url(link, "http")
+                    data["rpc_urls"] = [data["rpc_url"], *(u for u in self.node.rpc_urls
+                                                           if int(u.rsplit(":", 1)[1]) != own)]
+                else:
+                    self.proxy.add(link, ("127.0.0.1", self.node.port))
+                    data["rpc_url"] = self.proxy.url(link, "http")
             path.write_text(json.dumps(data, indent=2))
 
     def client(self, member_id: str, service: str, timeout_s: float = 10.0) -> Any:
@@ -257,7 +277,7 @@ class Consortium:
         from offchain.content_provider.publisher import ContentProvider, content_id_for
 
         c = self.consortium
-        w3 = Web3(Web3.HTTPProvider(self.node.url, request_kwargs={"timeout": 60}))
+        w3 = _web3(self.node.url)
         studio = c.member("studio")
         provider = ContentProvider(studio.credentials(),
                                    ClearhouseChain(w3, Deployment.load(c.deployment_path), studio.eth_private_key()),
@@ -298,6 +318,17 @@ class Consortium:
         self.node.stop()
 
 
+def _web3(url: str) -> Any:
+    """The harness's own Web3 (setup and publishing only), with the POA extraData middleware (Clique; harmless
+    on anvil)."""
+    from web3 import Web3
+    from web3.middleware import ExtraDataToPOAMiddleware
+
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 60}))
+    w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+    return w3
+
+
 # --- faults --------------------------------------------------------------------------------------------------------
 class Injector:
     """Opens and closes the plan's faults on a consortium, and heals everything at the end."""
@@ -310,7 +341,9 @@ class Injector:
     def open_fault(self, fault: Fault) -> None:
         w, services = self.world, self.world.services
         assert services is not None
-        if fault.kind == "kill" and fault.mode == "while_pending":
+        if fault.kind in NETWORK_FAULT_KINDS:
+            w.node.open_fault(fault)
+        elif fault.kind == "kill" and fault.mode == "while_pending":
             w.node.rpc("evm_setAutomine", [False])  # what the CC sends now stays pending until the kill
         elif fault.kind == "kill":
             services.kill(fault.target)
@@ -338,7 +371,9 @@ class Injector:
     def close_fault(self, fault: Fault) -> None:
         w, services = self.world, self.world.services
         assert services is not None
-        if fault.kind == "kill":
+        if fault.kind in NETWORK_FAULT_KINDS:
+            w.node.close_fault(fault)
+        elif fault.kind == "kill":
             services.kill(fault.target)
             if fault.mode == "while_pending":
                 w.node.rpc("evm_setAutomine", [True])
@@ -364,7 +399,10 @@ class Injector:
         for fault in list(self.open):
             self.close_fault(fault)
         self.world.proxy.heal()
-        self.world.node.rpc("evm_setAutomine", [True])
+        if self.world.network == "clique":
+            self.world.node.heal()
+        else:
+            self.world.node.rpc("evm_setAutomine", [True])
         assert self.world.services is not None
         restarted = self.world.services.ensure_all()
         self.timeline.add("heal", "all faults closed", restarted=restarted)
@@ -379,7 +417,7 @@ def run_seed(plan: Plan, workdir: Path, *, quiesce_s: float = 90.0, keep: bool =
     workdir.mkdir(parents=True)
     (workdir / "plan.txt").write_text(plan.describe() + "\n")
     timeline = Timeline()
-    world = Consortium(workdir)
+    world = Consortium(workdir, plan.network, plan.seed)
     violations: list[Violation] = []
     quiescent, notes = False, []
     try:
@@ -397,6 +435,8 @@ def run_seed(plan: Plan, workdir: Path, *, quiesce_s: float = 90.0, keep: bool =
             workload.run_step(step)
         injector.heal()
         quiescent, notes = _quiesce(world, workload, timeline, quiesce_s)
+        if world.network == "clique":
+            _wait_final(world, timeline)
         violations = _check(world, workload)
     except Exception as exc:  # noqa: BLE001 - the harness itself failed: report it as a violation of the run
         violations.append(Violation("harness", f"{type(exc).__name__}: {exc}"))
@@ -421,6 +461,9 @@ def _quiesce(world: Consortium, workload: Workload, timeline: Timeline, budget_s
     while time.monotonic() < deadline:
         failures = workload.drain_round()
         work = open_work(world.db("cc"), world.db("sp"), wallets)
+        if world.network == "clique":  # included is not enough: the CC follows each transaction to its depth
+            work["cc transactions not final"] = _count_sql(
+                world.db("cc"), "SELECT COUNT(*) FROM cc_chain_txs WHERE state IN ('pending', 'included', 'reorged')")
         accrued = _accrued(world)
         if not failures and not any(work.values()) and accrued == 0:
             timeline.add("quiescent", "nothing in flight")
@@ -430,6 +473,31 @@ def _quiesce(world: Consortium, workload: Workload, timeline: Timeline, budget_s
         time.sleep(POLL_S)
     timeline.add("quiescent", "budget exhausted", "failed", left=last)
     return False, last
+
+
+def _count_sql(path: Path, sql: str) -> int:
+    if not path.exists():
+        return 0
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(connection.execute(sql).fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        connection.close()
+
+
+def _wait_final(world: Consortium, timeline: Timeline) -> None:
+    """Clique: the checker reads the chain only once the last Clearhouse event is at the services' depth on
+    every node (one chain), so what it sees cannot be undone by a fork the agents would call final."""
+    from offchain.operator.sim.checker import RawChain
+    from offchain.operator.sim.clique import confirmations_of
+
+    chain = RawChain(world.node.url, world.consortium.deployment_path)
+    last = max((event["block"] for event in chain.logs()), default=chain.deploy_block)
+    depth = confirmations_of(world.consortium.settings_paths["cc"])
+    head = world.node.wait_final(last, depth)
+    timeline.add("final", f"last event in block {last}, every node at {head} (depth {depth}) on one chain")
 
 
 def _accrued(world: Consortium) -> int:
@@ -463,13 +531,15 @@ def _check(world: Consortium, workload: Workload) -> list[Violation]:
 
 
 # --- the command ---------------------------------------------------------------------------------------------------
-def replay_command(seed: int, faults: tuple[str, ...]) -> str:
-    return f"clearhouse sim --seeds {seed} --faults {','.join(faults) or 'none'} --keep"
+def replay_command(seed: int, faults: tuple[str, ...], network: str = "anvil", steps: int = 24) -> str:
+    on = f" --network {network}" if network != "anvil" else ""
+    length = f" --steps {steps}" if steps != 24 else ""
+    return f"clearhouse sim{on} --seeds {seed} --faults {','.join(faults) or 'none'}{length} --keep"
 
 
 def main_sim(seeds: list[int], faults: tuple[str, ...], *, budget_s: float | None = None,
              workdir: Path | None = None, keep: bool = False, steps: int = 24, quiesce_s: float = 90.0,
-             echo: Any = print) -> int:
+             network: str = "anvil", echo: Any = print) -> int:
     """Run every seed (until `budget_s` is spent); 0 when no seed broke an invariant, 1 otherwise."""
     base = workdir or ROOT / "var" / "sim"
     started = time.monotonic()
@@ -478,7 +548,7 @@ def main_sim(seeds: list[int], faults: tuple[str, ...], *, budget_s: float | Non
         if budget_s is not None and results and time.monotonic() - started > budget_s:
             echo(f"budget of {budget_s:.0f} s spent: stopping before seed {seed}")
             break
-        plan = make_plan(seed, faults, steps=steps)
+        plan = make_plan(seed, faults, steps=steps, network=network)
         echo(plan.describe().splitlines()[0] + "".join("\n  " + str(f) for f in plan.faults))
         result = run_seed(plan, base / f"seed-{seed}", quiesce_s=quiesce_s, keep=keep, echo=echo)
         results.append(result)
@@ -487,9 +557,9 @@ def main_sim(seeds: list[int], faults: tuple[str, ...], *, budget_s: float | Non
         for violation in result.violations[:20]:
             echo(f"    {violation}")
         if not result.ok:
-            echo(f"    kept {result.workdir}; replay: {replay_command(seed, faults)}")
+            echo(f"    kept {result.workdir}; replay: {replay_command(seed, faults, network, steps)}")
     broken = [r for r in results if not r.ok]
-    summary = {"seeds": len(results), "faults_injected": sum(r.faults for r in results),
+    summary = {"network": network, "seeds": len(results), "faults_injected": sum(r.faults for r in results),
                "seeds_failed": [r.seed for r in broken],
                "invariants_broken": sorted({v.invariant for r in broken for v in r.violations}),
                "duration_s": round(time.monotonic() - started, 1)}
