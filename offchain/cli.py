@@ -459,7 +459,12 @@ def _chain_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _output_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn = click.option("--csv", "as_csv", is_flag=True, help="CSV for tools.")(fn)
+    fn = click.option("--csv-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                      help="Write every table as DIR/<section>.csv (stable headers; implies CSV).")(fn)
+    fn = click.option("--section", default=None, metavar="NAME",
+                      help="--csv: the table to write (e.g. usage-logs, settled-batches, checks); a wrong name "
+                           "lists the trail's sections.")(fn)
+    fn = click.option("--csv", "as_csv", is_flag=True, help="One CSV table (--section) with a stable header.")(fn)
     return click.option("--json", "as_json", is_flag=True, help="JSON for tools.")(fn)
 
 
@@ -479,12 +484,13 @@ def audit() -> None:
 @click.option("--no-verify", is_flag=True, help="Skip re-verifying signatures.")
 @_edge
 def audit_serial(serial: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
-                 as_csv: bool, no_verify: bool) -> None:
+                 as_csv: bool, section: str | None, csv_dir: Path | None, no_verify: bool) -> None:
     """Everything about one serial: deposits, issue log, renewals, settled batches with decoded usage logs."""
     from offchain.operator.audit.cli import main_serial
 
     sys.exit(main_serial(rpc_url=rpc_url, deployment_path=deployment_path, serial=serial,
-                         output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir))
+                         output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir,
+                         section=section, csv_dir=csv_dir))
 
 
 @audit.command("device")
@@ -494,12 +500,13 @@ def audit_serial(serial: str, rpc_url: str, deployment_path: Path, cache_dir: Pa
 @click.option("--no-verify", is_flag=True, help="Skip re-verifying signatures.")
 @_edge
 def audit_device(device_address: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
-                 as_csv: bool, no_verify: bool) -> None:
+                 as_csv: bool, section: str | None, csv_dir: Path | None, no_verify: bool) -> None:
     """Everything one device did, across all its serials."""
     from offchain.operator.audit.cli import main_device
 
     sys.exit(main_device(rpc_url=rpc_url, deployment_path=deployment_path, device=device_address,
-                         output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir))
+                         output=_output(as_json, as_csv), verify=not no_verify, cache_dir=cache_dir,
+                         section=section, csv_dir=csv_dir))
 
 
 @audit.command("payee")
@@ -508,12 +515,13 @@ def audit_device(device_address: str, rpc_url: str, deployment_path: Path, cache
 @_output_option
 @_edge
 def audit_payee(payee: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
-                as_csv: bool) -> None:
+                as_csv: bool, section: str | None, csv_dir: Path | None) -> None:
     """Everything paid to one payee: accruals, transfer requests, bank confirmations."""
     from offchain.operator.audit.cli import main_payee
 
     sys.exit(main_payee(rpc_url=rpc_url, deployment_path=deployment_path, payee=payee,
-                        output=_output(as_json, as_csv), cache_dir=cache_dir))
+                        output=_output(as_json, as_csv), cache_dir=cache_dir,
+                        section=section, csv_dir=csv_dir))
 
 
 @audit.command("content")
@@ -522,24 +530,26 @@ def audit_payee(payee: str, rpc_url: str, deployment_path: Path, cache_dir: Path
 @_output_option
 @_edge
 def audit_content(content_id: str, rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool,
-                  as_csv: bool) -> None:
+                  as_csv: bool, section: str | None, csv_dir: Path | None) -> None:
     """Everything about one content: policy versions and splits, every use."""
     from offchain.operator.audit.cli import main_content
 
     sys.exit(main_content(rpc_url=rpc_url, deployment_path=deployment_path, content_id=content_id,
-                          output=_output(as_json, as_csv), cache_dir=cache_dir))
+                          output=_output(as_json, as_csv), cache_dir=cache_dir,
+                          section=section, csv_dir=csv_dir))
 
 
 @audit.command("verify")
 @_chain_options
 @_output_option
 @_edge
-def audit_verify(rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool, as_csv: bool) -> None:
+def audit_verify(rpc_url: str, deployment_path: Path, cache_dir: Path | None, as_json: bool, as_csv: bool,
+                 section: str | None, csv_dir: Path | None) -> None:
     """Re-verify every signature in the whole trail from chain data alone; exit 1 on any failure."""
     from offchain.operator.audit.cli import main_verify
 
     sys.exit(main_verify(rpc_url=rpc_url, deployment_path=deployment_path, output=_output(as_json, as_csv),
-                         cache_dir=cache_dir))
+                         cache_dir=cache_dir, section=section, csv_dir=csv_dir))
 
 
 @main.command()

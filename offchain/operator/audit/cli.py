@@ -15,7 +15,8 @@ from offchain.operator.audit.trails import content_trail, device_trail, payee_tr
 from offchain.operator.audit.verify import verify_trail
 
 
-def _run(trail_of: Any, output: str, stream: Any, *, require_checks: bool = False, **index_kwargs: Any) -> int:
+def _run(trail_of: Any, output: str, stream: Any, *, require_checks: bool = False, section: str | None = None,
+         csv_dir: Path | None = None, **index_kwargs: Any) -> int:
     with open_index(**index_kwargs) as index:
         trail = trail_of(index)
         anchors = deployment_checks(index, Path(index_kwargs["deployment_path"]))
@@ -24,7 +25,7 @@ def _run(trail_of: Any, output: str, stream: Any, *, require_checks: bool = Fals
         own.append(Check("trail", "signatures re-verified", False,
                          "zero checks: no settled batch or renewal found at this deployment"))
     trail = dataclasses.replace(trail, checks=(*anchors, *own))
-    render(trail, output, stream)
+    render(trail, output, stream, section=section, csv_dir=csv_dir)
     return 0 if trail.failures == 0 else 1
 
 
@@ -55,35 +56,40 @@ def deployment_checks(index: Any, deployment_path: Path) -> list[Check]:
 
 
 def main_serial(*, rpc_url: str, deployment_path: Path, serial: str, output: str = "table", verify: bool = True,
-                cache_dir: Path | None = None, stream: Any = None) -> int:
+                cache_dir: Path | None = None, stream: Any = None, section: str | None = None,
+                csv_dir: Path | None = None) -> int:
     """`clearhouse audit serial SERIAL`: exit code 0, or 1 if a re-verified signature or digest failed."""
     return _run(lambda index: serial_trail(index, serial, verify=verify), output, stream, rpc_url=rpc_url,
-                deployment_path=deployment_path, cache_dir=cache_dir)
+                deployment_path=deployment_path, cache_dir=cache_dir, section=section, csv_dir=csv_dir)
 
 
 def main_device(*, rpc_url: str, deployment_path: Path, device: str, output: str = "table", verify: bool = True,
-                cache_dir: Path | None = None, stream: Any = None) -> int:
+                cache_dir: Path | None = None, stream: Any = None, section: str | None = None,
+                csv_dir: Path | None = None) -> int:
     """`clearhouse audit device ADDRESS`."""
     return _run(lambda index: device_trail(index, device, verify=verify), output, stream, rpc_url=rpc_url,
-                deployment_path=deployment_path, cache_dir=cache_dir)
+                deployment_path=deployment_path, cache_dir=cache_dir, section=section, csv_dir=csv_dir)
 
 
 def main_payee(*, rpc_url: str, deployment_path: Path, payee: str, output: str = "table",
-               cache_dir: Path | None = None, stream: Any = None) -> int:
+               cache_dir: Path | None = None, stream: Any = None, section: str | None = None,
+               csv_dir: Path | None = None) -> int:
     """`clearhouse audit payee ADDRESS`."""
     return _run(lambda index: payee_trail(index, payee), output, stream, rpc_url=rpc_url,
-                deployment_path=deployment_path, cache_dir=cache_dir)
+                deployment_path=deployment_path, cache_dir=cache_dir, section=section, csv_dir=csv_dir)
 
 
 def main_content(*, rpc_url: str, deployment_path: Path, content_id: str, output: str = "table",
-                 cache_dir: Path | None = None, stream: Any = None) -> int:
+                 cache_dir: Path | None = None, stream: Any = None, section: str | None = None,
+                 csv_dir: Path | None = None) -> int:
     """`clearhouse audit content CONTENT_ID`."""
     return _run(lambda index: content_trail(index, content_id), output, stream, rpc_url=rpc_url,
-                deployment_path=deployment_path, cache_dir=cache_dir)
+                deployment_path=deployment_path, cache_dir=cache_dir, section=section, csv_dir=csv_dir)
 
 
 def main_verify(*, rpc_url: str, deployment_path: Path, output: str = "table", cache_dir: Path | None = None,
-                stream: Any = None) -> int:
+                stream: Any = None, section: str | None = None,
+                csv_dir: Path | None = None) -> int:
     """`clearhouse audit verify`: re-verify every signature on the contract; exit 1 on any failure."""
     return _run(verify_trail, output, stream, require_checks=True, rpc_url=rpc_url, deployment_path=deployment_path,
-                cache_dir=cache_dir)
+                cache_dir=cache_dir, section=section, csv_dir=csv_dir)
