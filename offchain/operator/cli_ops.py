@@ -55,7 +55,7 @@ def db_upgrade(role: str, config_path: Path, revision: str) -> None:
     click.echo(f"{schema.role}: {before or 'empty'} -> {after}")
 
 
-@db.command("downgrade")
+@db.command("downgrade", context_settings={"ignore_unknown_options": True})  # REVISION may be "-1"
 @_role_argument
 @click.argument("revision")
 @_config_option

@@ -245,12 +245,14 @@ def _toml_value(name: str, value: Any, cls: Any) -> str:
 def bank_deposit(settings: Any, user_id: str, amount: int, deposit_id: str | None = None) -> dict[str, Any]:
     """Credit `amount` (minor units) to `user_id` at the bank, as the bank member of `settings` (mutual TLS)."""
     from offchain.transport.client import SyncJsonClient
+    from offchain.transport.wiring import require_path
 
     if amount <= 0:
         raise ConfigError("the amount is in minor units and must be positive", field="amount", got=amount)
+    tls = [str(require_path(getattr(settings, name), name)) for name in ("cert_path", "key_path", "ca_path")]
     deposit_id = deposit_id or f"dep-{user_id}-{os.urandom(4).hex()}"
     url = f"https://{settings.host}:{settings.port}"
-    client = SyncJsonClient(url, str(settings.cert_path), str(settings.key_path), str(settings.ca_path))
+    client = SyncJsonClient(url, *tls)
     try:
         answer = client.post("/v1/deposits", {"deposit_id": deposit_id, "user_id": user_id, "amount": amount})
     finally:
