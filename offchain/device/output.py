@@ -55,15 +55,18 @@ def _console(stream: IO[str] | None) -> Any:
     return Console(file=stream, highlight=False)  # rich reads COLUMNS or the tty's width; 80 when piped
 
 
-def _fields_table(title: str, rows: Sequence[tuple[str, str]]) -> Any:
+def _print_fields(console: Any, title: str, rows: Sequence[tuple[str, str]]) -> None:
+    """The title on a line of its own (a table title would wrap at the table's narrow width), then field | value."""
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title, title_justify="left", show_header=False)
+    table = Table(show_header=False)
     table.add_column("field", style="bold", no_wrap=True)
     table.add_column("value", overflow="fold")
     for label, value in rows:
-        table.add_row(label, value)
-    return table
+        table.add_row(label, Text(value))  # Text: a title like "[x]" is shown, never read as rich markup
+    console.print(Text(title, style="bold"))
+    console.print(table)
 
 
 def _balance_rows(balance: WalletBalance) -> list[tuple[str, str]]:
@@ -74,7 +77,7 @@ def _balance_rows(balance: WalletBalance) -> list[tuple[str, str]]:
 
 
 def render_balance(balance: WalletBalance, title: str = "Wallet", stream: IO[str] | None = None) -> None:
-    _console(stream).print(_fields_table(title, _balance_rows(balance)))
+    _print_fields(_console(stream), title, _balance_rows(balance))
 
 
 WIDE_CATALOG_COLUMNS = 120  # below this a catalog item is a block of its own, so a full content id still fits
@@ -85,36 +88,38 @@ def render_catalog(items: Sequence[Mapping[str, Any]], stream: IO[str] | None = 
     is what `device download` takes)."""
     from rich.table import Table
 
+    from rich.text import Text
+
     console = _console(stream)
     title = f"Catalog of the service provider ({len(items)} items)"
     if console.width < WIDE_CATALOG_COLUMNS:
-        console.print(title)
+        console.print(Text(title, style="bold"))
         for item in items:
-            console.print(_fields_table(str(item.get("title", "")),
-                                        [(c, str(item.get(c, ""))) for c in CATALOG_COLUMNS if c != "title"]))
+            _print_fields(console, str(item.get("title", "")),
+                          [(c, str(item.get(c, ""))) for c in CATALOG_COLUMNS if c != "title"])
         return
     table = Table(title=title, title_justify="left")
     for column in CATALOG_COLUMNS:
         table.add_column(column, overflow="fold", justify="right" if column in ("version", "price") else "left",
                          min_width=66 if column == "content_id" else None)
     for item in items:
-        table.add_row(*(str(item.get(column, "")) for column in CATALOG_COLUMNS))
+        table.add_row(*(Text(str(item.get(column, ""))) for column in CATALOG_COLUMNS))
     console.print(table)
 
 
 def render_download(path: Path, content_id: bytes, version: int, stream: IO[str] | None = None) -> None:
     doc = download_doc(path, content_id, version)
-    _console(stream).print(_fields_table("Downloaded", [(k, str(v)) for k, v in doc.items()]))
+    _print_fields(_console(stream), "Downloaded", [(k, str(v)) for k, v in doc.items()])
 
 
 def render_upload(result: UploadResult, stream: IO[str] | None = None) -> None:
     rows = [("batches", str(result.batches)), ("usage logs", str(result.logs)),
             ("receive log ids", "\n".join(result.receive_log_ids) or "-")]
-    _console(stream).print(_fields_table("Uploaded to the service provider", rows))
+    _print_fields(_console(stream), "Uploaded to the service provider", rows)
 
 
 def render_use(size: int, balance: WalletBalance, stream: IO[str] | None = None) -> None:
-    _console(stream).print(_fields_table(f"Used {size} bytes; wallet", _balance_rows(balance)))
+    _print_fields(_console(stream), f"Used {size} bytes; wallet", _balance_rows(balance))
 
 
 def write_json(doc: Any, stream: IO[str]) -> None:

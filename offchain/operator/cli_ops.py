@@ -374,11 +374,18 @@ def demo_status(workdir: Path | None, as_json: bool) -> None:
 
     data = demo_state.read_state(workdir)
     rows = demo_state.status(data)
+    ops = {name: {k: s[k] for k in ("healthz", "metrics") if k in s} for name, s in sorted(data["services"].items())}
     if as_json:
-        print_json({"workdir": data["workdir"], "try_it": data["try_it"], "env": data["env"], "processes": rows})
+        print_json({"workdir": data["workdir"], "try_it": data["try_it"], "env": data["env"], "processes": rows,
+                    "ops": ops, "explorer": data.get("explorer", "")})
         return
     print_table(f"demo in {data['workdir']} (started {iso(data['started_at'])})", rows,
                 ["name", "pid", "alive", "listening", "url", "log"])
+    for name, urls in ops.items():
+        if urls:
+            click.echo(f"{name:<5} health {urls['healthz']}  metrics {urls['metrics']}")
+    if data.get("explorer"):
+        click.echo(f"explorer: {data['explorer']}")
     click.echo(f"try-it commands: {data['try_it']}")
 
 

@@ -533,10 +533,15 @@ def hold(consortium: Any, state: DemoState, console: Console, processes: Process
 
 
 def _hold(consortium: Any, state: DemoState, console: Console) -> None:
-    from offchain.operator.demo_state import TRY_IT_FILE, try_it_lines
+    from offchain.operator.demo_state import TRY_IT_FILE, explorer_command, ops_urls, try_it_lines
 
     console.rule("Still running (--keep): Ctrl-C or `clearhouse demo stop` stops everything")
     console.print(f"chain  {state.rpc_url}   services  " + "  ".join(f"{k} {v}" for k, v in consortium.urls.items()))
+    for name, urls in ops_urls(consortium).items():  # unauthenticated, plain HTTP, loopback only
+        console.print(f"{name:<5}  health {urls['healthz']}   metrics {urls['metrics']}", markup=False,
+                      highlight=False, soft_wrap=True)
+    console.print("explorer (serves http://127.0.0.1:8780):", highlight=False)
+    console.print(explorer_command(consortium, state), markup=False, highlight=False, soft_wrap=True)
     console.print(f"try it (also in {state.workdir / TRY_IT_FILE}; the CRL is re-signed every "
                   f"{KEEP_CRL_REFRESH_S:.0f} s while the demo holds):")
     for line in try_it_lines(consortium, state, PASSPHRASE):

@@ -66,6 +66,23 @@ def try_it_lines(consortium: Any, state: Any, passphrase: str) -> list[str]:
     return lines
 
 
+def explorer_command(consortium: Any, state: Any) -> str:
+    """The `clearhouse explorer` command for this demo's chain and deployment (with its CC and bank settings for the
+    reconciliation status); it serves http://127.0.0.1:8780 until Ctrl-C."""
+    q = shlex.quote
+    command = f"clearhouse explorer --rpc {q(state.rpc_url)} --deployment {q(str(consortium.deployment_path))}"
+    for role, option in (("cc", "--cc-config"), ("bank", "--bank-config")):
+        if role in consortium.settings_paths:
+            command += f" {option} {q(str(consortium.settings_paths[role]))}"
+    return command
+
+
+def ops_urls(consortium: Any) -> dict[str, dict[str, str]]:
+    """service -> its unauthenticated /healthz and /metrics URLs (the plain-HTTP ops listener, `metrics_port`)."""
+    return {name: {"healthz": f"{url}/healthz", "metrics": f"{url}/metrics"}
+            for name, url in sorted(getattr(consortium, "metrics_urls", {}).items())}
+
+
 def write_state(consortium: Any, state: Any, processes: Any, passphrase: str) -> dict[str, Any]:
     """Write the state file, the latest pointer and the try-it script; returns the state."""
     workdir = Path(state.workdir)
@@ -77,13 +94,17 @@ def write_state(consortium: Any, state: Any, processes: Any, passphrase: str) ->
     services = {}
     for name, process in getattr(processes, "running", {}).items():
         services[name] = {"pid": process.pid, "url": consortium.urls.get(name, ""),
-                          "log": str(workdir / f"{name}.log"), "config": str(consortium.settings_paths.get(name, ""))}
+                          "log": str(workdir / f"{name}.log"), "config": str(consortium.settings_paths.get(name, "")),
+                          **ops_urls(consortium).get(name, {})}
     data = {
         "demo_pid": os.getpid(), "started_at": int(time.time()), "workdir": str(workdir), "rpc_url": state.rpc_url,
         "deployment": str(consortium.deployment_path), "ca_dir": str(consortium.ca_dir), "services": services,
         "env": {"CLEARHOUSE_DEVICE_PASSPHRASE": passphrase, "CLEARHOUSE_RPC_URL": state.rpc_url,
                 "CLEARHOUSE_DEPLOYMENT": str(consortium.deployment_path)},
         "try_it": str(script),
+        "explorer": explorer_command(consortium, state),
+        "devices": {m.member_id: {"user": m.user_id, "config": str(consortium.settings_paths[m.member_id])}
+                    for m in consortium.members.values() if m.user_id and m.member_id in consortium.settings_paths},
     }
     (workdir / STATE_FILE).write_text(json.dumps(data, indent=2))
     pointer = latest_pointer()
@@ -181,5 +202,5 @@ def log_tail(data: dict[str, Any], service: str, lines: int) -> Iterable[str]:
         raise NotFound(f"no log at {path}", kind="log", path=str(path)) from None
 
 
-__all__ = ["try_it_lines", "write_state", "clear_state", "read_state", "status", "stop", "log_tail", "STATE_FILE",
+__all__ = ["try_it_lines", "explorer_command", "ops_urls", "write_state", "clear_state", "read_state", "status", "stop", "log_tail", "STATE_FILE",
            "TRY_IT_FILE"]

@@ -63,8 +63,24 @@ def network_up(signers: int, period_s: int, chain_id: int, prefund: tuple[str, .
     except BaseException:
         net.down()
         raise
+    explorer = explorer_command(net.rpc_urls[0], net.network_file)
     click.echo(json.dumps({"network_file": str(net.network_file), "chain_id": net.chain_id,
-                           "rpc_urls": net.rpc_urls, "signers": net.signers, "faucet": net.faucet[0]}, indent=2))
+                           "rpc_urls": net.rpc_urls, "signers": net.signers, "faucet": net.faucet[0],
+                           "explorer": explorer}, indent=2))
+    _echo(f"explorer (after `{DEPLOY_COMMAND}`; serves http://127.0.0.1:8780): {explorer}")
+
+
+DEPLOY_COMMAND = "ape run deploy --network ethereum:clearhouse-clique:node"
+DEPLOYMENT_FILE = "deployments/clearhouse-clique.json"  # what DEPLOY_COMMAND writes (docs/network.md)
+
+
+def explorer_command(rpc_url: str, network_file: Path, deployment: str = DEPLOYMENT_FILE) -> str:
+    """`clearhouse explorer` for this network: its first node, the deployment, and every node's status from the
+    network file (head, peers, signers on the overview)."""
+    import shlex
+
+    return (f"clearhouse explorer --rpc {shlex.quote(rpc_url)} --deployment {shlex.quote(deployment)} "
+            f"--network-file {shlex.quote(str(network_file))}")
 
 
 @network.command("status")

@@ -84,6 +84,7 @@ class Consortium:
     members: dict[str, Member]
     urls: dict[str, str]  # "cc", "sp", "bank" -> https://127.0.0.1:<port>
     settings_paths: dict[str, Path]  # "cc", "sp", "bank" and every device member id -> JSON settings file
+    metrics_urls: dict[str, str] = field(default_factory=dict)  # "cc", "sp", "bank" -> http://127.0.0.1:<port>
     passphrase: str = DEFAULT_PASSPHRASE
     extra: dict[str, Any] = field(default_factory=dict)
     hsm: keys.Pkcs11Config | None = None  # the token of the CA root, the authority and the HSM members
@@ -102,6 +103,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: every socket stays bound until all are picked, so none is handed out twice."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 def _write_private(path: Path, text: str) -> None:
@@ -166,10 +179,12 @@ def _service_settings(member: Member, consortium_paths: dict[str, Any], port: in
     }
 
 
-def write_settings(workdir: Path, members: dict[str, Member], paths: dict[str, Any],
-                   ports: dict[str, int]) -> tuple[dict[str, str], dict[str, Path]]:
-    """One JSON settings file per service (and per device); returns (urls, settings paths)."""
+def write_settings(workdir: Path, members: dict[str, Member], paths: dict[str, Any], ports: dict[str, int],
+                   metrics_ports: dict[str, int] | None = None) -> tuple[dict[str, str], dict[str, Path]]:
+    """One JSON settings file per service (and per device); returns (urls, settings paths). `metrics_ports`
+    turns on each service's plain-HTTP /healthz and /metrics listener (offchain/transport/ops.py)."""
     urls = {name: f"https://127.0.0.1:{port}" for name, port in ports.items()}
+    metrics_ports = metrics_ports or {}
     by_role = {m.role: m for m in members.values()}
     extra = {
         "cc": {"bank_url": urls["bank"], "settle_interval_s": 0.5, "transfer_interval_s": 2.0},
@@ -182,6 +197,8 @@ def write_settings(workdir: Path, members: dict[str, Member], paths: dict[str, A
         if role not in by_role:
             continue
         data = {**_service_settings(by_role[role], paths, ports[name]), **extra[name]}
+        if name in metrics_ports:
+            data["metrics_port"] = metrics_ports[name]
         settings_paths[name] = workdir / f"{name}.json"
         _write_private(settings_paths[name], json.dumps(data, indent=2))
     for member in members.values():
@@ -246,15 +263,17 @@ def provision(workdir: Path, w3: Web3, deployment: Deployment, authority_key: by
         chain_settings["confirmations"] = confirmations
     paths = {"root": ca.root_path, "crl": ca.directory / "crl.pem", "deployment": deployment_path, "rpc_url": rpc,
              "chain_settings": chain_settings}
-    ports = {name: free_port() for name in ("cc", "sp", "bank")}
-    urls, settings_paths = write_settings(workdir, created, paths, ports)
+    picked = free_ports(6)  # service ports and ops listeners (/healthz, /metrics), distinct
+    ports, metrics_ports = dict(zip(("cc", "sp", "bank"), picked[:3])), dict(zip(("cc", "sp", "bank"), picked[3:]))
+    urls, settings_paths = write_settings(workdir, created, paths, ports, metrics_ports)
     return Consortium(workdir=workdir, ca_dir=ca.directory, root_path=ca.root_path, crl_path=paths["crl"],
                       deployment_path=deployment_path, rpc_url=rpc, domain=deployment.domain, members=created,
-                      urls=urls, settings_paths=settings_paths, passphrase=passphrase, hsm=hsm)
+                      urls=urls, settings_paths=settings_paths, passphrase=passphrase, hsm=hsm,
+                      metrics_urls={name: f"http://127.0.0.1:{port}" for name, port in metrics_ports.items()})
 
 
 __all__ = ["MemberSpec", "Member", "Consortium", "DEFAULT_MEMBERS", "provision", "create_member", "free_port",
-           "revoke_member"]
+           "free_ports", "revoke_member"]
 
 
 def revoke_member(ca: CertificateAuthority, authority: ClearhouseChain, member_id: str) -> list[str]:

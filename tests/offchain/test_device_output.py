@@ -101,9 +101,9 @@ def test_catalog_download_and_upload_tables_fit_the_width(monkeypatch: pytest.Mo
 
 
 def test_catalog_is_one_table_on_a_wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
-    items = [{"content_id": "0x" + "c1" * 32, "version": 1, "title": "A film", "price": 120,
+    items = [{"content_id": "0x" + "c1" * 32, "version": 1, "title": "A film [red]", "price": 120,
               "policy_id": "0x" + "9a" * 32}]
     monkeypatch.setenv("COLUMNS", "200")  # what rich reads for the terminal's width
     wide = io.StringIO()
     output.render_catalog(items, wide)
-    assert any("0x" + "c1" * 32 in line and "A film" in line for line in wide.getvalue().splitlines())
+    assert any("0x" + "c1" * 32 in line and "A film [red]" in line for line in wide.getvalue().splitlines())
