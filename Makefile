@@ -19,9 +19,13 @@ test-deep: setup
 
 # One-line contract mutants (tools/mutate/contract_mutants.py), each compiled in a temp copy of contracts/ and run
 # against the stateful test, then the example tests; MUTATE_MAX bounds a seeded sample (0 = all ~200, hours).
+# Then one-line Python mutants of the money and trust paths (tools/mutate/python_mutants.py, cosmic-ray operators)
+# in a temp copy of offchain/ and tests/, each run against the module's fast tests; same MUTATE_MAX and seed.
 mutate: setup
 	@mkdir -p var && source bin/env.sh && python tools/mutate/contract_mutants.py --max $${MUTATE_MAX:-40} \
-	  --seed $${MUTATE_SEED:-11} --out var/mutate.json
+	  --seed $${MUTATE_SEED:-11} --out var/mutate.json \
+	  && python tools/mutate/python_mutants.py --max $${MUTATE_MAX:-40} --seed $${MUTATE_SEED:-11} \
+	  --out var/mutate-python.json
 
 # Fault simulation, hundreds of seeds (`clearhouse sim`); the summary lands in var/sim/last-run.json.
 sim-deep: setup
