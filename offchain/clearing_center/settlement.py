@@ -38,6 +38,9 @@ from offchain.core.messages import UsageBatch
 CRASH_ENV = "CLEARHOUSE_CRASH_AT"
 CRASH_POINTS = ("before_broadcast", "after_broadcast")
 GAS_HEADROOM = 1.25
+# geth's pool refuses a transaction over 128 KiB ("oversized data"); anvil has no limit. A settle transaction's
+# calldata stays under this, with room for the signature and RLP envelope.
+MAX_SETTLE_CALLDATA_BYTES = 120_000
 
 # The gas model (GAS_PER_*, DEFAULT_GAS_BUDGET, estimated_item_gas) lives in offchain.core.gas: the device and the
 # SP bound their batches by it too.
@@ -132,6 +135,7 @@ class SettlementWorker:
         self.receipt_timeout_s = receipt_timeout_s
         self.stuck_after_s = stuck_after_s  # an unmined settle() older than this is replaced with higher fees
         self.log = log or structlog.get_logger("settlement")
+        self._item_bytes: dict[bytes, int] = {}  # receive log id -> its share of settle() calldata
 
     # --- recovery ---------------------------------------------------------------------------------------------
     def recover(self) -> dict[int, str]:
@@ -210,7 +214,7 @@ class SettlementWorker:
             report.rejected.update({"0x" + i.hex(): r for i, r in reasons.items()})
         if not selection.to_send:
             return bool(selection.already_settled or selection.overlapping)
-        items = list(selection.to_send)
+        items = self._fit_calldata(list(selection.to_send))
         offender = self._first_failing(items)
         if offender is not None:
             index, failure = offender
@@ -221,6 +225,23 @@ class SettlementWorker:
             return True  # the next round settles the rest without it
         self._send(items, report)
         return True
+
+    def _fit_calldata(self, items: list[ReceiveLogRow]) -> list[ReceiveLogRow]:
+        """The longest prefix of `items` whose settle() calldata fits MAX_SETTLE_CALLDATA_BYTES (at least one
+        item): a later item of a serial only follows its earlier ones, so a prefix keeps every serial contiguous.
+        Each item's share (its ABI encoding plus its offset word) is measured once per receive log."""
+        encode = getattr(getattr(self.chain, "contract", None), "encode_abi", None)
+        if encode is None:
+            return items
+        total = 4 + 64  # selector, offset and length of the array
+        for index, row in enumerate(items):
+            if row.id not in self._item_bytes:
+                single = encode("settle", args=[[settlement_item(row)]])
+                self._item_bytes[row.id] = (len(single) - 2) // 2 - 4 - 64
+            total += self._item_bytes[row.id]
+            if total > MAX_SETTLE_CALLDATA_BYTES and index > 0:
+                return items[:index]
+        return items
 
     def _park(self, row: ReceiveLogRow, failure: PreCheckFailure, report: RoundReport) -> None:
         """The item's own deterministic failure (a revert, or the node refusing it): out of every later round."""
