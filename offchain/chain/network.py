@@ -380,6 +380,8 @@ class CliqueNetwork:
                 self.wait_blocks(2, nodes=running, timeout_s=timeout_s)
                 return
             self.progress(f"nodes sealed apart before peering (forks at block {low}); keeping node {running[0]}'s")
+            # connected peers never re-sync on their own: drop them first, so that heal's re-peering does
+            self.partition([keep, [i for i in running if i not in keep]])
             self.heal(prefer=keep, timeout_s=timeout_s)
             self.wait_blocks(2, nodes=running, timeout_s=timeout_s)
 
