@@ -37,6 +37,7 @@ class CliqueNode:
         self.net = CliqueNetwork(workdir / "clique", signers=SIGNER_NODES, period_s=PERIOD_S,
                                  seed=f"clearhouse-sim-{seed}".encode(), progress=progress or (lambda _m: None))
         self.stopped: set[int] = set()
+        self.note = ""  # what the last fault did to the chain, for the timeline
 
     # the Node surface ------------------------------------------------------------------------------------------
     @property
@@ -66,32 +67,73 @@ class CliqueNode:
 
     # faults ----------------------------------------------------------------------------------------------------
     def open_fault(self, fault: Fault) -> None:
+        self.note = ""
         if fault.kind == "stop-signer":
             for index in node_list(fault.target):
                 self.net.stop_node(index)
                 self.stopped.add(index)
         elif fault.kind == "partition":
             keep, lose = partition_groups(fault.target, fault.mode)
+            self._let_side_seal(lose)
             self.net.partition([keep, lose])
+            self.note = f"split at block {self.net.head(keep[0])[0]}"
         else:
             raise ValueError(f"{fault.kind} is not a Clique network fault")
 
+    def _let_side_seal(self, side: list[int], blocks: int = 8) -> None:
+        """Split when `side` can still seal: a signer that sealed one of the last floor(N/2) blocks may not seal
+        the next, so a side whose two signers sealed the last two blocks would stall at once and include nothing
+        for the reorg to undo. Waits for that at most `blocks` blocks (block counts, not a clock)."""
+        from eth_utils import to_checksum_address
+
+        from offchain.chain.network import rpc
+
+        signers = {self.net.nodes[i].signer for i in side}
+        url = self.net.nodes[0].rpc_url
+        for _ in range(blocks):
+            head = self.net.head(0)[0]
+            recent = {to_checksum_address(rpc(url, "clique_getSigner", [hex(n)])) for n in (head, head - 1) if n > 0}
+            if not signers <= recent:
+                return
+            self.net.wait_blocks(1, timeout_s=30.0)
+
     def close_fault(self, fault: Fault) -> None:
+        self.note = ""
         if fault.kind == "stop-signer":
+            running = [i for i in range(len(self.net.nodes)) if i not in self.stopped]
+            self.note = f"head {max(self.net.head(i)[0] for i in running)} before the restart"
             for index in node_list(fault.target):
                 self.net.start_node(index, wait=True)
                 self.stopped.discard(index)
-            self.net.heal(timeout_s=FINAL_TIMEOUT_S)  # back on one chain, blocks advancing
+            self._heal_keeping(running[0])  # back on one chain, blocks advancing
         elif fault.kind == "partition":
-            keep, _lose = partition_groups(fault.target, fault.mode)
-            self.net.heal(prefer=keep, timeout_s=FINAL_TIMEOUT_S)
+            keep, lose = partition_groups(fault.target, fault.mode)
+            ancestor = self.net.common_ancestor(keep + lose)
+            undone = max(self.net.head(i)[0] for i in lose) - ancestor
+            self._heal_keeping(keep[0])
+            self.note = f"fork at block {ancestor}: {undone} block(s) of nodes {lose} undone"
         else:
             raise ValueError(f"{fault.kind} is not a Clique network fault")
 
     def heal(self) -> None:
         """Every node running, peered, on one chain, sealing (whatever a fault left)."""
-        self.net.restore(timeout_s=FINAL_TIMEOUT_S)
+        for index in sorted(self.stopped):
+            self.net.start_node(index, wait=True)
         self.stopped.clear()
+        self._heal_keeping(0)
+        self.net.restore(timeout_s=FINAL_TIMEOUT_S)
+
+    def _heal_keeping(self, anchor: int) -> None:
+        """`heal(prefer=...)` with every node on `anchor`'s fork. Two signers racing for the same height can fork
+        even on one side of a partition (or right after a restart); Clique never joins two forks of equal
+        difficulty, so the preferred side must be the nodes that agree with `anchor`, not a fixed list."""
+        top = self.net.head(anchor)[0]
+        prefer = []
+        for i in range(len(self.net.nodes)):  # on anchor's chain: its block at min(own head, anchor's) agrees
+            height = min(self.net.head(i)[0], top)
+            if self.net.block_hash(i, height) == self.net.block_hash(anchor, height):
+                prefer.append(i)
+        self.net.heal(prefer=prefer, timeout_s=FINAL_TIMEOUT_S)
 
     # finality --------------------------------------------------------------------------------------------------
     def wait_final(self, block: int, confirmations: int, timeout_s: float = FINAL_TIMEOUT_S) -> int:

@@ -341,8 +341,10 @@ class Injector:
     def open_fault(self, fault: Fault) -> None:
         w, services = self.world, self.world.services
         assert services is not None
+        note = ""
         if fault.kind in NETWORK_FAULT_KINDS:
             w.node.open_fault(fault)
+            note = w.node.note
         elif fault.kind == "kill" and fault.mode == "while_pending":
             w.node.rpc("evm_setAutomine", [False])  # what the CC sends now stays pending until the kill
         elif fault.kind == "kill":
@@ -364,15 +366,17 @@ class Injector:
             w.locks[fault.target] = connection
         elif fault.kind == "dup":
             w.proxy.once(fault.target, "dup", fault.mode)
-        self.timeline.add("fault", f"open {fault}")
+        self.timeline.add("fault", f"open {fault}", **({"chain": note} if note else {}))
         if fault.end != fault.start:
             self.open.append(fault)
 
     def close_fault(self, fault: Fault) -> None:
         w, services = self.world, self.world.services
         assert services is not None
+        note = ""
         if fault.kind in NETWORK_FAULT_KINDS:
             w.node.close_fault(fault)
+            note = w.node.note
         elif fault.kind == "kill":
             services.kill(fault.target)
             if fault.mode == "while_pending":
@@ -391,7 +395,7 @@ class Injector:
             if connection is not None:
                 connection.rollback() if connection.in_transaction else None
                 connection.close()
-        self.timeline.add("fault", f"close {fault}")
+        self.timeline.add("fault", f"close {fault}", **({"chain": note} if note else {}))
         if fault in self.open:
             self.open.remove(fault)
 
@@ -423,6 +427,11 @@ def run_seed(plan: Plan, workdir: Path, *, quiesce_s: float = 90.0, keep: bool =
     try:
         world.setup()
         contents = world.publish()
+        if world.network == "clique":  # the devices check the content's on-chain owner: let publishing be final
+            from offchain.operator.sim.clique import confirmations_of
+
+            head = world.node.net.head(0)[0]
+            world.node.wait_final(head, confirmations_of(world.consortium.settings_paths["cc"]))
         world.open_devices(contents)
         workload = Workload(plan, bank=world.client("bank", "bank"), devices=world.devices, contents=contents,
                             timeline=timeline)
