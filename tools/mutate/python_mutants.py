@@ -36,7 +36,10 @@ from cosmic_ray.operators.operator import Example, Operator
 from cosmic_ray.plugins import get_operator
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 300  # a mutant that hangs its tests is counted as "timeout" (killed); the baselines take ~10 s
+# A mutant that hangs its tests (a bisection that never ends) is counted as "timeout" (killed). The limit is a
+# multiple of the module's own baseline run on this machine, so a slow machine does not turn survivors into kills.
+TIMEOUT_FACTOR = 6
+MIN_TIMEOUT_S = 60
 _PYTEST = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
 
 
@@ -203,27 +206,27 @@ def check_isolation(tree: Path) -> None:
         raise SystemExit(f"isolation check failed: the tree imports {imported}, not its own copy")
 
 
-def run_tests(tree: Path, tests: tuple[str, ...]) -> tuple[str, float, str]:
+def run_tests(tree: Path, tests: tuple[str, ...], timeout_s: float = 900) -> tuple[str, float, str]:
     started = time.monotonic()
     try:
         run = subprocess.run([*_PYTEST, *tests], cwd=tree, env=_env(tree), capture_output=True, text=True,
-                             timeout=TIMEOUT_S)
+                             timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return "timeout", time.monotonic() - started, f"no result within {TIMEOUT_S} s (counted as killed)"
+        return "timeout", time.monotonic() - started, f"no result within {timeout_s:.0f} s (counted as killed)"
     lines = run.stdout.splitlines()
     failed = next((line for line in lines if line.startswith(("FAILED", "ERROR"))), "")
     status = "survived" if run.returncode == 0 else "killed"
     return status, time.monotonic() - started, (failed or (lines[-1] if lines else run.stderr[-200:]))[:240]
 
 
-def run_one(tree: Path, mutant: Mutant, target: Target) -> dict:
+def run_one(tree: Path, mutant: Mutant, target: Target, timeout_s: float) -> dict:
     path = tree / mutant.file
     source = path.read_text()
     mutated = MutationVisitor.mutate_code(source, _operator(mutant.operator), mutant.occurrence)
     assert mutated is not None, f"{mutant.label}: source changed since generation"
     try:
         path.write_text(mutated)
-        status, seconds, detail = run_tests(tree, target.tests)
+        status, seconds, detail = run_tests(tree, target.tests, timeout_s)
     finally:
         path.write_text(source)
     return {**asdict(mutant), "status": status, "seconds": round(seconds, 1), "detail": detail}
@@ -255,6 +258,26 @@ def print_table(per_file: dict[str, dict], results: list[dict]) -> None:
                   f"{r['operator'].split('/')[-1]}: {r['original']}  ->  {r['mutated']}")
 
 
+def choose(numbered: list[tuple[int, Mutant]], only: str, limit: int, seed: int) -> list[tuple[int, Mutant]]:
+    if only:
+        wanted = {int(n) for n in only.split(",")}
+        return [(n, m) for n, m in numbered if n in wanted]
+    return sample(numbered, limit, seed) if limit else numbered
+
+
+def baselines(tree: Path, paths: set[str]) -> dict[str, float]:
+    """Each module's mapped tests must pass on the unmutated tree; their time sets that module's timeout."""
+    targets = {t.path: t for t in TARGETS}
+    timeouts: dict[str, float] = {}
+    for path in sorted(paths):
+        status, seconds, detail = run_tests(tree, targets[path].tests)
+        timeouts[path] = max(MIN_TIMEOUT_S, TIMEOUT_FACTOR * seconds)
+        print(f"baseline {path}: {'passes' if status == 'survived' else 'FAILS'} ({seconds:.0f} s)", flush=True)
+        if status != "survived":
+            raise SystemExit(f"the unmutated tree fails the tests mapped to {path}: {detail}")
+    return timeouts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print the mutants and exit")
@@ -264,33 +287,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", default="", help="comma-separated substrings: mutate only matching files")
     parser.add_argument("--out", default=str(ROOT / "var" / "mutate-python.json"))
     args = parser.parse_args(argv)
-    mutants = generate()
-    numbered = list(enumerate(mutants))
-    if args.files:
-        numbered = [(n, m) for n, m in numbered if any(f in m.file for f in args.files.split(","))]
-    if args.list:
-        for n, m in numbered:
-            print(f"{n:4d} {m.label} ({m.function}): {m.original}  ->  {m.mutated}")
-        return 0
-    if args.only:
-        wanted = {int(n) for n in args.only.split(",")}
-        chosen = [(n, m) for n, m in numbered if n in wanted]
-    else:
-        chosen = sample(numbered, args.max, args.seed) if args.max else numbered
-    targets = {t.path: t for t in TARGETS}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="clearhouse-pymutate-") as workdir:
+        # Generated from the tree's copy, so a file edited in the checkout meanwhile cannot shift the occurrences.
         tree = make_tree(Path(workdir))
+        mutants = generate(tree)
+        numbered = list(enumerate(mutants))
+        if args.files:
+            numbered = [(n, m) for n, m in numbered if any(f in m.file for f in args.files.split(","))]
+        if args.list:
+            for n, m in numbered:
+                print(f"{n:4d} {m.label} ({m.function}): {m.original}  ->  {m.mutated}")
+            return 0
+        chosen = choose(numbered, args.only, args.max, args.seed)
         check_isolation(tree)
-        for path in sorted({m.file for _, m in chosen}):
-            status, seconds, detail = run_tests(tree, targets[path].tests)
-            print(f"baseline {path}: {'passes' if status == 'survived' else 'FAILS'} ({seconds:.0f} s)", flush=True)
-            if status != "survived":
-                raise SystemExit(f"the unmutated tree fails the tests mapped to {path}: {detail}")
+        timeouts = baselines(tree, {m.file for _, m in chosen})
+        targets = {t.path: t for t in TARGETS}
         for i, (n, mutant) in enumerate(chosen, start=1):
-            result = {"number": n, **run_one(tree, mutant, targets[mutant.file])}
+            result = {"number": n, **run_one(tree, mutant, targets[mutant.file], timeouts[mutant.file])}
             results.append(result)
             print(f"[{i}/{len(chosen)}] #{n} {mutant.label}: {result['status']}", flush=True)
             out.write_text(json.dumps({"generated": len(mutants), "run": len(results), "seed": args.seed,
