@@ -141,15 +141,23 @@ def bench_verify(out: str, count: int) -> None:
 @click.option("--out", default="bench/results/pipeline.json", show_default=True)
 @click.option("--logs", default=65_536, show_default=True, help="Usage logs uploaded in total.")
 @click.option("--devices", default=8, show_default=True, help="Devices uploading concurrently.")
+@click.option("--network", type=click.Choice(["anvil", "clique"]), default="anvil", show_default=True,
+              help="clique: the same load on anvil and on a four-signer Clique network (period 1 s and 2 s).")
+@click.option("--period", "periods", type=int, multiple=True, help="clique: block periods to run (default 1 and 2).")
 @click.option("--history-logs", default=1_000_000, show_default=True,
               help="anvil: run the load again against a CC database holding this many settled usage logs (0: skip).")
 @click.option("--catalog-items", default=200, show_default=True,
               help="anvil: ... and an SP catalog with this many more titles, three of them 16 MiB containers.")
 @_edge
-def bench_pipeline(out: str, logs: int, devices: int, history_logs: int, catalog_items: int) -> None:
-    """End-to-end usage-log throughput: devices -> SP (mTLS) -> CC -> settled on anvil."""
+def bench_pipeline(out: str, logs: int, devices: int, network: str, periods: tuple[int, ...], history_logs: int,
+                   catalog_items: int) -> None:
+    """End-to-end usage-log throughput: devices -> SP (mTLS) -> CC -> settled on anvil (or on Clique)."""
     from offchain.operator.bench import pipeline
 
+    if network == "clique":
+        out = out if out != "bench/results/pipeline.json" else "bench/results/pipeline-clique.json"
+        pipeline.run_clique(out_path=out, logs=logs, devices=devices, periods=periods or (1, 2))
+        return
     pipeline.run(out_path=out, logs=logs, devices=devices, history_logs=history_logs, catalog_items=catalog_items)
 
 

@@ -18,7 +18,6 @@ from typing import Any
 from eth_account import Account
 from rich.console import Console
 from rich.table import Table
-from web3 import Web3
 
 from offchain.operator.demo import PASSPHRASE, DemoError, Processes, client, open_device, start_services
 from offchain.core.messages import Domain, UsageBatch, UsageLog, sign
@@ -56,6 +55,10 @@ class PipelineResult:
     settle_txs: int
     settle_gas: int
     cpu_s: dict[str, float]  # CPU seconds per process over the timed window (empty without /proc)
+    to_final_s: float = 0.0  # first upload -> the last settlement `confirmations` deep
+    confirmations: int = 0
+    chain: str = "anvil"
+    period_s: int = 0  # block period of the Clique network (0: anvil, instant)
     load: dict[str, Any] = field(default_factory=dict)  # the settled history and catalog it ran against
 
     def to_json(self) -> dict[str, Any]:
@@ -66,7 +69,8 @@ class PipelineResult:
                 "settled_logs": self.settled_logs, "settle_gas": self.settle_gas, "batch_size": self.batch_size,
                 "uploads": self.uploads, "intake_s": round(self.intake_s, 3),
                 "end_to_end_s": round(self.end_to_end_s, 3), "cpu_s": self.cpu_s,
-                **({"load": self.load} if self.load else {})}
+                "chain": self.chain, "period_s": self.period_s, "confirmations": self.confirmations,
+                "upload_to_final_s": round(self.to_final_s, 3), **({"load": self.load} if self.load else {})}
 
 
 def split_logs(total: int, parts: int) -> list[int]:
@@ -79,21 +83,25 @@ def split_logs(total: int, parts: int) -> list[int]:
 
 
 # --- setup -----------------------------------------------------------------------------------------------------------
-def deploy_and_provision(workdir: Path, rpc_url: str, devices: int) -> Any:
-    """Fresh deployment and consortium: CC, SP, bank, one content provider and `devices` devices (one user each)."""
+def deploy_and_provision(workdir: Path, rpc_url: str, devices: int, network: Any = None) -> Any:
+    """Fresh deployment and consortium: CC, SP, bank, one content provider and `devices` devices (one user each).
+    `network` (a running CliqueNetwork): funded from its faucet, services get the rpc_urls of every node."""
     from offchain.chain import deploy
-    from offchain.operator.provision import MemberSpec, provision
+    from offchain.operator.demo import web3_for
+    from offchain.operator.provision import MemberSpec, anvil_fund, provision
 
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+    w3 = web3_for(rpc_url)
     deployer, authority = Account.create(), Account.create()
+    fund = (lambda address: network.fund([address], 10**21)) if network is not None else anvil_fund(w3)
     for account in (deployer, authority):
-        w3.provider.make_request("anvil_setBalance", [account.address, hex(10**21)])  # type: ignore[arg-type]
+        fund(account.address)
     deployment = deploy(w3, bytes(deployer.key), authority.address, root=ROOT, network="bench")
     members = [MemberSpec("cc", Role.CLEARING_CENTER), MemberSpec("sp", Role.SERVICE_PROVIDER),
                MemberSpec("bank", Role.BANK), MemberSpec("studio", Role.CONTENT_PROVIDER)]
     members += [MemberSpec(f"device-{i}", Role.DEVICE, user_id=f"user-{i}") for i in range(devices)]
     return provision(workdir / "consortium", w3, deployment, bytes(authority.key), members=members,
-                     rpc_url=rpc_url, passphrase=PASSPHRASE, fast_kdf=True)
+                     rpc_url=rpc_url, passphrase=PASSPHRASE, fast_kdf=True, fund=fund,
+                     rpc_urls=network.rpc_urls if network is not None else ())
 
 
 def publish_content(consortium: Any, chain: ChainWriter) -> bytes:
@@ -252,17 +260,33 @@ def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, fl
 
 
 # --- entry point -----------------------------------------------------------------------------------------------------
+def wait_final(chain: Any, from_block: int, confirmations: int, timeout_s: float) -> None:
+    """Until the last block with a UsageSettled event is `confirmations` deep (head - block + 1 >= depth)."""
+    events = chain.contract.events.UsageSettled().get_logs(from_block=from_block)
+    last = max(int(e["blockNumber"]) for e in events)
+    deadline = time.monotonic() + timeout_s
+    while chain.w3.eth.block_number - last + 1 < confirmations:
+        if time.monotonic() > deadline:
+            raise DemoError(f"block {last} not {confirmations} deep after {timeout_s:.0f}s",
+                            hint="is the chain sealing? `clearhouse network status`")
+        time.sleep(POLL_INTERVAL_S)
+
+
 def measure(workdir: Path, processes: Processes, rpc_url: str, *, logs: int, devices: int, batch_size: int,
-            anvil_pid: int | None = None, history_logs: int = 0, catalog_items: int = 0,
+            anvil_pid: int | None = None, network: Any = None, history_logs: int = 0, catalog_items: int = 0,
             large_containers: int = 0, large_container_bytes: int = 0) -> PipelineResult:
-    """Set up a consortium on `rpc_url`, run the load and return what was measured."""
+    """Set up a consortium on `rpc_url` (`network`: a running CliqueNetwork whose node that is), run the load
+    and return what was measured; on a network also the time from the first upload until every settlement is
+    final (at the chain's confirmations)."""
     from offchain.chain import ClearhouseChain, Deployment
+    from offchain.operator.demo import web3_for
+    from offchain.transport.wiring import finality_tracker
 
     per_device = split_logs(logs, devices)
-    consortium = deploy_and_provision(workdir, rpc_url, devices)
+    consortium = deploy_and_provision(workdir, rpc_url, devices, network)
     load = prefill_history(consortium, history_logs, catalog_items) if history_logs else {}
     start_services(consortium, processes)
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+    w3 = web3_for(rpc_url)
     deployment = Deployment.load(consortium.deployment_path)
     studio_chain = ClearhouseChain(w3, deployment, consortium.member("studio").eth_private_key())
     policy = publish_content(consortium, studio_chain)
@@ -279,22 +303,29 @@ def measure(workdir: Path, processes: Processes, rpc_url: str, *, logs: int, dev
     intake_s = upload_all(consortium, loads)
     settled = wait_settled(reader, serials, logs, timeout_s=max(60.0, logs / 50), processes=processes)
     end_to_end_s = time.perf_counter() - started
+    confirmations = finality_tracker(type("S", (), {"confirmations": None})(), w3).policy.confirmations
+    wait_final(reader, first_block, confirmations, timeout_s=60.0 + 10 * confirmations)
+    to_final_s = time.perf_counter() - started
     cpu_s = cpu_delta(cpu_before, cpu_seconds(pids))
     txs, gas = settle_gas(reader, first_block)
     return PipelineResult(logs=logs, devices=devices, batch_size=batch_size, uploads=sum(len(x.bodies) for x in loads),
                           intake_s=intake_s, end_to_end_s=end_to_end_s, settled_logs=settled, settle_txs=txs,
-                          settle_gas=gas, cpu_s=cpu_s, load=load)
+                          settle_gas=gas, cpu_s=cpu_s, to_final_s=to_final_s, confirmations=confirmations,
+                          chain="clique" if network is not None else "anvil",
+                          period_s=network.period_s if network is not None else 0, load=load)
 
 
 def render(result: PipelineResult, console: Console) -> None:
     data = result.to_json()
-    table = Table(title=f"Pipeline: {result.logs:,} usage logs, {result.devices} devices, "
+    chain = "anvil" if result.chain == "anvil" else f"{result.chain}, 4 signers, period {result.period_s} s"
+    table = Table(title=f"Pipeline on {chain}: {result.logs:,} usage logs, {result.devices} devices, "
                         f"{result.uploads} uploads of <= {result.batch_size}", title_justify="left")
     table.add_column("measure")
     table.add_column("value", justify="right")
     table.add_row("SP intake (logs acknowledged / s)", f"{data['sp_intake_per_s']:,.0f}  ({result.intake_s:.2f} s)")
     table.add_row("end to end (first upload -> settled on chain) / s",
                   f"{data['end_to_end_per_s']:,.0f}  ({result.end_to_end_s:.2f} s)")
+    table.add_row(f"first upload -> final ({result.confirmations} confirmations)", f"{result.to_final_s:.2f} s")
     table.add_row("logs settled on chain", f"{result.settled_logs:,}")
     table.add_row("settle transactions", str(result.settle_txs))
     table.add_row("settle gas (total / per log)", f"{result.settle_gas:,} / {data['gas_per_log']:,.0f}")
@@ -359,4 +390,51 @@ def run(out_path: str = "bench/results/pipeline.json", logs: int = DEFAULT_LOGS,
     return result
 
 
-__all__ = ["run", "measure", "PipelineResult", "signed_bodies", "split_logs"]
+def run_clique(out_path: str = "bench/results/pipeline-clique.json", logs: int = DEFAULT_LOGS,
+               devices: int = DEFAULT_DEVICES, batch_size: int = DEFAULT_BATCH_SIZE, periods: Sequence[int] = (1, 2),
+               workdir: Path | None = None, console: Console | None = None) -> dict[str, Any]:
+    """The same load on anvil and on a four-signer Clique network per block period (a fresh network and
+    consortium each); prints the tables and writes `out_path` with every figure and the ratio to anvil."""
+    from offchain.chain import start_anvil
+    from offchain.chain.network import CliqueNetwork
+
+    console = console or Console()
+    workdir = Path(workdir) if workdir else ROOT / "var" / f"bench-pipeline-clique-{time.strftime('%Y%m%d-%H%M%S')}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, PipelineResult] = {}
+    processes = Processes(workdir / "anvil")
+    (workdir / "anvil").mkdir(exist_ok=True)
+    with start_anvil(hardfork="paris") as node:
+        try:
+            results["anvil"] = measure(workdir / "anvil", processes, node.url, logs=logs, devices=devices,
+                                       batch_size=batch_size)
+        finally:
+            processes.stop_all()
+    for period in periods:
+        name = f"clique_{period}s"
+        run_dir = workdir / name
+        run_dir.mkdir(exist_ok=True)
+        net = CliqueNetwork(run_dir / "network", signers=4, period_s=period, seed=b"clearhouse-bench",
+                            progress=lambda message: console.print(f"  [dim]{message}"))
+        processes = Processes(run_dir)
+        try:
+            net.up()
+            results[name] = measure(run_dir, processes, net.rpc_urls[0], logs=logs, devices=devices,
+                                    batch_size=batch_size, network=net)
+        finally:
+            processes.stop_all()
+            net.down()
+    anvil_rate = results["anvil"].logs / results["anvil"].end_to_end_s
+    report: dict[str, Any] = {name: r.to_json() for name, r in results.items()}
+    report["vs_anvil_end_to_end"] = {name: round(r.logs / r.end_to_end_s / anvil_rate, 3)
+                                     for name, r in results.items() if name != "anvil"}
+    for result in results.values():
+        render(result, console)
+    console.print(f"end-to-end throughput vs anvil: {report['vs_anvil_end_to_end']}")
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+__all__ = ["run", "run_clique", "measure", "PipelineResult", "signed_bodies", "split_logs"]
