@@ -210,6 +210,9 @@ def resync_clock(w3: Web3) -> None:
     """Make anvil's next block carry the wall-clock time (never earlier than its latest block)."""
     latest = int(w3.eth.get_block("latest")["timestamp"])
     w3.provider.make_request("evm_setTime", [max(int(time.time()), latest)])
+    # and mine it: tests take "now" from the latest block (ChainEnv.timestamp), which must be the clock the next
+    # transaction sees, not the snapshot's time (a snapshot minutes old made `validUntil = now + 100` already past)
+    w3.provider.make_request("evm_mine", [])
 
 
 @pytest.fixture(scope="session")

@@ -22,7 +22,7 @@ SERIAL = b"\x11" * 32
 def receive_log(log_id: bytes = b"\x01" * 32, *, total: int = 30, first_seq: int = 0) -> ReceiveLogRecord:
     return ReceiveLogRecord(
         id=log_id, sp_address=SP, payer=DEVICE, serial=SERIAL, first_seq=first_seq, count=3, total=total,
-        usage_batch_json={"serial": "0x" + SERIAL.hex(), "firstSeq": first_seq}, device_sig=b"\x0d" * 65,
+        usage_batch_json={"serial": "0x" + SERIAL.hex(), "firstSeq": first_seq, "policyIds": ["0x" + "11" * 32]}, device_sig=b"\x0d" * 65,
         receiver_sig=b"\x0e" * 65, received_at=1_700_000_000,
     )
 
