@@ -93,7 +93,7 @@ def finality_tracker_for(w3: Any, confirmations: int | None) -> Any:
     def request(method: str, params: list[Any]) -> Any:
         reply = w3.provider.make_request(method, params)
         if "error" in reply:
-            raise ConfigError(f"{method}: {reply['error']}", method=method)
+            raise ConfigError(f"{method}: {reply['error']}", source=method)
         return reply.get("result")
 
     policy = FinalityPolicy.detect(request, confirmations)
