@@ -1,5 +1,6 @@
-"""A long settled history for the pipeline benchmark: settled receive logs (with their packed usage entries) bulk
-written straight into a clearing center database, as the CC itself would have left them after settling.
+"""A loaded consortium for the pipeline benchmark: a long settled history (settled receive logs with their packed
+usage entries, bulk written straight into the clearing center's database, as the CC itself would have left them
+after settling) and a large catalog at the SP (many titles, a few of them large containers).
 
 Bench only: the rows carry made-up signatures and ids (the CC never re-verifies a settled log), serials that are not
 on chain, and policies the caller names (they must exist on chain: the transfer worker reads them). Nothing here
@@ -15,7 +16,7 @@ from typing import Any
 from sqlalchemy import Engine, insert
 
 from offchain.clearing_center.store import CcStore, ReceiveLogRow, SettledPolicyRow
-from offchain.core.messages import UsageBatch, keccak
+from offchain.core.messages import UsageBatch, keccak, policy_id
 
 HISTORY_SP = "0x" + "5e" * 20  # the receiver of the history's batches (an SP long gone)
 INSERT_CHUNK = 2_000  # rows per executemany
@@ -31,6 +32,45 @@ class History:
     def to_json(self) -> dict[str, Any]:
         return {"settled_usage_logs": self.logs, "settled_receive_logs": self.receive_logs, "serials": self.serials,
                 "policies": len(self.policies)}
+
+
+@dataclass(frozen=True)
+class Catalog:
+    items: int
+    large: int  # how many of them are large containers
+    large_bytes: int  # content bytes of each large one
+    publish_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"catalog_items": self.items, "large_containers": self.large, "large_container_bytes": self.large_bytes,
+                "catalog_publish_s": round(self.publish_s, 1)}
+
+
+def catalog_content_id(i: int) -> bytes:
+    from offchain.content_provider.publisher import content_id_for
+
+    return content_id_for(f"bench-catalog-{i}")
+
+
+def catalog_policy_ids(items: int) -> list[bytes]:
+    """The policy ids (version 1) of the bench catalog's titles, known before they are published."""
+    return [policy_id(catalog_content_id(i), 1) for i in range(items)]
+
+
+def publish_catalog(provider: Any, items: int, *, large: int, large_bytes: int, price_minor: int,
+                    payees: Sequence[tuple[str, int]]) -> Catalog:
+    """`provider` (a ContentProvider) publishes `items` titles at `price_minor`, the first `large` of them with
+    `large_bytes` of content each (the rest a few KiB)."""
+    import os
+    import time
+
+    started = time.perf_counter()
+    for i in range(items):
+        body = os.urandom(large_bytes) if i < large else f"catalog title {i}\n".encode() * 256
+        provider.publish(body, content_id=catalog_content_id(i), version=1, price=price_minor, payees=payees,
+                         title=f"catalog {i}")
+    return Catalog(items=items, large=min(large, items), large_bytes=large_bytes,
+                   publish_s=time.perf_counter() - started)
 
 
 def history_batch(serial: bytes, first_seq: int, count: int, policies: Sequence[bytes], fee_minor: int,
@@ -90,4 +130,5 @@ def fill_settled_history(engine: Engine, logs: int, *, policies: Sequence[bytes]
     return History(logs=logs, receive_logs=receive_logs, serials=serials, policies=tuple(dict.fromkeys(policies)))
 
 
-__all__ = ["History", "fill_settled_history", "history_batch", "history_rows", "HISTORY_SP"]
+__all__ = ["History", "Catalog", "fill_settled_history", "history_batch", "history_rows", "publish_catalog",
+           "catalog_policy_ids", "HISTORY_SP"]
