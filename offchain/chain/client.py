@@ -82,17 +82,26 @@ class ClearhouseChain:
         self._lock = threading.Lock()
 
     # sending ---------------------------------------------------------------------------------------------------
-    def send(self, function: str, *args: Any, gas: int | None = None) -> TxReceipt:
-        """Build, sign and send `function(*args)` from this member; returns the receipt of a successful tx."""
+    def _unsigned(self, function: str, args: tuple[Any, ...], gas: int | None) -> dict[str, Any]:
+        """The call `function(*args)` from this member, with its gas (estimated when not given), unsigned."""
         data = self.contract.encode_abi(function, args=list(args))
         tx: dict[str, Any] = {"from": self.sender, "to": self.address, "data": data, "value": 0}
-        if gas is None:
-            gas = self._estimate(tx, function)
+        tx["gas"] = self._estimate(tx, function) if gas is None else gas
+        return tx
+
+    def _sign_with_next_nonce(self, tx: dict[str, Any]) -> Any:
+        """Sign `tx` with the next nonce (read from the node after a reset) and the current fees; the caller
+        holds `self._lock` and advances the nonce once the transaction is sent."""
+        if self._nonce is None:
+            self._nonce = self.w3.eth.get_transaction_count(self.sender, "pending")
+        tx.update(nonce=self._nonce, chainId=self.deployment.chain_id, **self._fee_fields())
+        return self._account.sign_transaction(tx)
+
+    def send(self, function: str, *args: Any, gas: int | None = None) -> TxReceipt:
+        """Build, sign and send `function(*args)` from this member; returns the receipt of a successful tx."""
+        tx = self._unsigned(function, args, gas)
         with self._lock:
-            if self._nonce is None:
-                self._nonce = self.w3.eth.get_transaction_count(self.sender, "pending")
-            tx.update(gas=gas, nonce=self._nonce, chainId=self.deployment.chain_id, **self._fee_fields())
-            signed = self._account.sign_transaction(tx)
+            signed = self._sign_with_next_nonce(tx)
             try:
                 tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
             except Exception as exc:
@@ -110,15 +119,9 @@ class ClearhouseChain:
         """Sign `function(*args)` with the next nonce, call `record(tx_hash, nonce, raw_tx)` (an outbox write)
         BEFORE broadcasting, then broadcast; returns the tx hash without waiting. If `record` raises, nothing is
         sent and the nonce is not consumed. Shares the nonce (and lock) with `send`."""
-        data = self.contract.encode_abi(function, args=list(args))
-        tx: dict[str, Any] = {"from": self.sender, "to": self.address, "data": data, "value": 0}
-        if gas is None:
-            gas = self._estimate(tx, function)
+        tx = self._unsigned(function, args, gas)
         with self._lock:
-            if self._nonce is None:
-                self._nonce = self.w3.eth.get_transaction_count(self.sender, "pending")
-            tx.update(gas=gas, nonce=self._nonce, chainId=self.deployment.chain_id, **self._fee_fields())
-            signed = self._account.sign_transaction(tx)
+            signed = self._sign_with_next_nonce(tx)
             tx_hash = "0x" + bytes(signed.hash).hex()
             record(tx_hash, self._nonce, bytes(signed.raw_transaction))
             try:
