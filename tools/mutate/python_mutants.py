@@ -71,7 +71,8 @@ TARGETS = (
            functions=r"^(_check_\w+|check_signature_rules|recover\w*|verify\w*|_parse_hex|_from_json_value|"
                      r"__post_init__|from_logs|logs)$"),
     Target("offchain/core/split.py",
-           ("tests/contracts/test_money_paths.py", "tests/operator/test_reconcile.py")),
+           ("tests/offchain/test_split_shares.py", "tests/contracts/test_money_paths.py",
+            "tests/operator/test_reconcile.py")),
 )
 
 _COMPARISONS = ("Eq_NotEq", "NotEq_Eq", "Lt_LtE", "LtE_Lt", "Gt_GtE", "GtE_Gt", "Is_IsNot", "IsNot_Is")
