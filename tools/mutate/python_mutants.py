@@ -56,7 +56,7 @@ class Target:
 TARGETS = (
     Target("offchain/clearing_center/settlement.py",
            ("tests/services/test_settlement_batching.py", "tests/services/test_settlement_isolation.py",
-            "tests/services/test_settlement_recovery_paths.py")),
+            "tests/services/test_settlement_recovery_paths.py", "tests/offchain/test_settlement_crash_point.py")),
     Target("offchain/clearing_center/transfers.py",
            ("tests/operator/test_settled_policies.py",)),
     Target("offchain/bank/ledger.py",
