@@ -58,7 +58,7 @@ TARGETS = (
            ("tests/services/test_settlement_batching.py", "tests/services/test_settlement_isolation.py",
             "tests/services/test_settlement_recovery_paths.py", "tests/offchain/test_settlement_crash_point.py")),
     Target("offchain/clearing_center/transfers.py",
-           ("tests/operator/test_settled_policies.py",)),
+           ("tests/operator/test_settled_policies.py", "tests/offchain/test_transfer_receipts.py")),
     Target("offchain/bank/ledger.py",
            ("tests/db/test_ledger.py", "tests/offchain/test_bank_transfers.py", "tests/offchain/test_bank_mismatch.py")),
     Target("offchain/device/secure_module.py",
