@@ -37,7 +37,6 @@ from offchain.core.messages import UsageBatch
 
 CRASH_ENV = "CLEARHOUSE_CRASH_AT"
 CRASH_POINTS = ("before_broadcast", "after_broadcast")
-GAS_HEADROOM = 1.25
 # geth's pool refuses a transaction over 128 KiB ("oversized data"); anvil has no limit. A settle transaction's
 # calldata stays under this, with room for the signature and RLP envelope.
 MAX_SETTLE_CALLDATA_BYTES = 120_000
