@@ -105,6 +105,10 @@ def test_counters_move_with_real_traffic(ops_flow: Flow, ops_ports: dict[str, in
     ops_flow.wait_for(lambda: chain.policy(policy_id).requested == USES * 250, what="transfer requests")
     ops_flow.wait_for(lambda: value(scrape(ops_ports["bank"]), "clearhouse_transfer_requests_paid_total") >= 2,
                       what="both payees paid")
+    # the CC records the bank's receipts a moment after the bank paid (its transfer worker's next delivery)
+    cc_paid_before = value(before["cc"], "clearhouse_transfer_requests_paid_total")
+    ops_flow.wait_for(lambda: value(scrape(ops_ports["cc"]), "clearhouse_transfer_requests_paid_total")
+                      >= cc_paid_before + 2, what="the CC recorded both receipts")
     after = {name: scrape(ops_ports[name]) for name in SERVICES}
 
     def moved(name: str, metric: str, **labels: str) -> float:
