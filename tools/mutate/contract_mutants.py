@@ -14,7 +14,6 @@ mutants the stateful test alone kills. Writes var/mutate.json (or --out) and pri
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -26,6 +25,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cli_args import mutant_arg_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 TARGETS = ("contracts/modules", "contracts/libraries")
@@ -228,14 +229,7 @@ def summarize(results: list[dict]) -> dict[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--list", action="store_true", help="print the mutants and exit")
-    parser.add_argument("--max", type=int, default=0, help="run at most this many (a seeded sample; 0 = all)")
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--only", default="", help="comma-separated mutant numbers (from --list)")
-    parser.add_argument("--files", default="", help="comma-separated substrings: mutate only matching files")
-    parser.add_argument("--out", default=str(ROOT / "var" / "mutate.json"))
-    args = parser.parse_args(argv)
+    args = mutant_arg_parser(__doc__.splitlines()[0], str(ROOT / "var" / "mutate.json")).parse_args(argv)
     mutants = generate()
     numbered = list(enumerate(mutants))
     if args.files:

@@ -15,7 +15,6 @@ pass those tests first. Writes var/mutate-python.json (or --out) and prints the 
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -27,6 +26,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from cli_args import mutant_arg_parser
 
 import parso
 from cosmic_ray.ast import ast_nodes, get_ast
@@ -281,14 +282,7 @@ def baselines(tree: Path, paths: set[str]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--list", action="store_true", help="print the mutants and exit")
-    parser.add_argument("--max", type=int, default=0, help="run at most this many (a seeded sample; 0 = all)")
-    parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--only", default="", help="comma-separated mutant numbers (from --list)")
-    parser.add_argument("--files", default="", help="comma-separated substrings: mutate only matching files")
-    parser.add_argument("--out", default=str(ROOT / "var" / "mutate-python.json"))
-    args = parser.parse_args(argv)
+    args = mutant_arg_parser(__doc__.splitlines()[0], str(ROOT / "var" / "mutate-python.json")).parse_args(argv)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results: list[dict] = []
