@@ -13,7 +13,8 @@ test: setup
 	@source bin/env.sh && bin/test
 
 test-deep: setup
-	@mkdir -p var && source bin/env.sh && HYPOTHESIS_PROFILE=deep CLEARHOUSE_HYPOTHESIS_PROGRESS=var/hypothesis-deep.progress \
+	@mkdir -p var && rm -f var/hypothesis-deep.progress && source bin/env.sh && HYPOTHESIS_PROFILE=deep \
+	  CLEARHOUSE_HYPOTHESIS_PROGRESS=var/hypothesis-deep.progress \
 	  CLEARHOUSE_HYPOTHESIS_OUTCOMES=var/hypothesis-deep.outcomes.json CLEARHOUSE_RECONCILE_EVERY=$${RECONCILE_EVERY:-5} \
 	  python -m pytest -m stateful -p no:cacheprovider --hypothesis-show-statistics
 
@@ -29,7 +30,7 @@ mutate: setup
 
 # Fault simulation, hundreds of seeds (`clearhouse sim`); the summary lands in var/sim/last-run.json.
 sim-deep: setup
-	@source bin/env.sh && clearhouse sim --seeds $${SIM_SEEDS:-1-300} --faults all $${SIM_BUDGET_S:+--budget-s $$SIM_BUDGET_S}
+	@source bin/env.sh && clearhouse sim --seeds $${SIM_SEEDS:-1-300} --faults all --jobs $${SIM_JOBS:-3} $${SIM_BUDGET_S:+--budget-s $$SIM_BUDGET_S}
 
 bench: setup
 	@source bin/env.sh && clearhouse bench gas && clearhouse bench verify

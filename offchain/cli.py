@@ -184,7 +184,7 @@ def bench_explorer(out: str, logs: int, batch: int) -> None:
               help="Environment variable holding the keystore passphrase (prompted for when unset).")
 @click.pass_context
 def device(ctx: click.Context, config_path: Path, user_id: str | None, passphrase_env: str) -> None:
-    """A user device: issue logs, downloads, offline use, uploads, balance."""
+    """A user device: issue logs, downloads, offline use, uploads, withheld-batch skips, balance."""
     ctx.obj = {"config_path": config_path, "user_id": user_id, "passphrase_env": passphrase_env}
 
 
@@ -355,6 +355,27 @@ def device_upload(ctx: click.Context, max_logs: int, as_json: bool) -> None:
         output.write_json(output.upload_doc(result), sys.stdout)
     else:
         output.render_upload(result)
+
+
+@device.command("skip")
+@_json_option
+@click.pass_context
+@_edge
+def device_skip(ctx: click.Context, as_json: bool) -> None:
+    """Skip batches an SP acknowledged and never forwarded: after the 7-day withhold window, send the clearing
+    center a SkipRange with the SP's signed ack, so this serial's later usage settles, then the batch itself from
+    this device's copy, so its fees reach the payees."""
+    from offchain.device import output
+
+    client = _device_client(ctx)
+    try:
+        result = client.skip_withheld()
+    finally:
+        client.close()
+    if as_json:
+        output.write_json(output.skip_doc(result), sys.stdout)
+    else:
+        output.render_skip(result)
 
 
 @device.command("balance")

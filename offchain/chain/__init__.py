@@ -24,7 +24,7 @@ from offchain.chain.deploy import (
     deploy,
     deploy_artifact,
 )
-from offchain.chain.devnode import ANVIL_FALLBACK, AnvilProcess, anvil_binary, free_port, start_anvil
+from offchain.chain.devnode import ANVIL_FALLBACK, AnvilProcess, anvil_binary, anvil_storage_args, free_port, start_anvil
 from offchain.chain.protocols import ChainReader, ChainWriter
 from offchain.chain.views import IssueLogInfo, MemberInfo, PolicyInfo, TransferRequestInfo, UserFunds
 
@@ -32,7 +32,7 @@ __all__ = [
     "ClearhouseChain", "ZERO_BYTES32", "ChainReader", "ChainWriter",
     "ARTIFACTS_PATH", "EIP170_LIMIT_BYTES", "RECEIPT_POLL_S", "CompilerSettings", "compile_contracts", "Deployment",
     "deploy", "deploy_artifact",
-    "ANVIL_FALLBACK", "AnvilProcess", "anvil_binary", "free_port", "start_anvil",
+    "ANVIL_FALLBACK", "AnvilProcess", "anvil_binary", "anvil_storage_args", "free_port", "start_anvil",
     "SettlementItem", "decode_revert", "revert_data", "encode_usage_batch", "encode_settlement_item",
     "encode_balance_statement",
     "MemberInfo", "IssueLogInfo", "PolicyInfo", "UserFunds", "TransferRequestInfo",

@@ -133,6 +133,12 @@ class ClearhouseChain:
             self._nonce += 1
         return tx_hash
 
+    def estimate(self, function: str, *args: Any) -> int:
+        """The gas `send` gives `function(*args)` from this member: the node's estimate plus the client's margin.
+        A revert raises ContractReverted, the node's own refusal (out of gas, request size) CallRefused, no answer
+        ChainUnreachable. A pre-check that also sizes the transaction: pass the result as `gas` to a send."""
+        return int(self._unsigned(function, args, None)["gas"])
+
     def wait_receipt(self, tx_hash: Any, timeout_s: float | None = None) -> TxReceipt:
         """Poll for the receipt (TimeExhausted after `timeout_s`, default the client's); before the first poll and
         every FORGOTTEN_CHECK_POLLS polls, re-broadcast what the node forgot, so a gap cannot stall it."""
@@ -253,10 +259,11 @@ class ClearhouseChain:
             return False
         return True
 
-    def call(self, function: str, *args: Any) -> Any:
-        """eth_call `function(*args)`; reverts become ContractReverted."""
+    def call(self, function: str, *args: Any, block: int | str = "latest") -> Any:
+        """eth_call `function(*args)` at `block` (a number, or "latest"); reverts become ContractReverted."""
         try:
-            return getattr(self.contract.functions, function)(*args).call({"from": self.sender})
+            return getattr(self.contract.functions, function)(*args).call({"from": self.sender},
+                                                                          block_identifier=block)
         except Exception as exc:
             raise self._as_revert(exc, function) from exc
 
@@ -366,8 +373,9 @@ class ClearhouseChain:
         return self.send("confirmTransfer", request_id, bank_ref)
 
     # reads -----------------------------------------------------------------------------------------------------
-    def member(self, account: str) -> MemberInfo:
-        r = self.call("member", to_checksum_address(account))
+    # `block` (views the device and the SP decide on): a number pins the read (offchain.chain.views.FinalViews)
+    def member(self, account: str, *, block: int | str = "latest") -> MemberInfo:
+        r = self.call("member", to_checksum_address(account), block=block)
         return MemberInfo(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), bytes(r[6]))
 
     def revoked_at(self, account: str) -> int:
@@ -378,15 +386,15 @@ class ClearhouseChain:
         """Fees of ranges skipped for `receiver` that no policy has been credited with yet."""
         return int(self.call("heldFees", to_checksum_address(receiver)))
 
-    def is_active(self, account: str, role: int) -> bool:
-        return bool(self.call("isActive", to_checksum_address(account), int(role)))
+    def is_active(self, account: str, role: int, *, block: int | str = "latest") -> bool:
+        return bool(self.call("isActive", to_checksum_address(account), int(role), block=block))
 
-    def issue_log(self, serial: bytes) -> IssueLogInfo:
-        r = self.call("issueLog", serial)
+    def issue_log(self, serial: bytes, *, block: int | str = "latest") -> IssueLogInfo:
+        r = self.call("issueLog", serial, block=block)
         return IssueLogInfo(serial, r[0], bytes(r[1]), r[2], r[3], r[4], r[5], r[6], r[7])
 
-    def policy(self, policy_id: bytes) -> PolicyInfo:
-        r = self.call("policy", policy_id)
+    def policy(self, policy_id: bytes, *, block: int | str = "latest") -> PolicyInfo:
+        r = self.call("policy", policy_id, block=block)
         payees = tuple((to_checksum_address(a), int(b)) for a, b in r[7])
         return PolicyInfo(policy_id, bytes(r[0]), r[1], r[2], r[3], bytes(r[4]), r[5], r[6], payees)
 

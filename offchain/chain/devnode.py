@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -18,6 +19,17 @@ from offchain.core.errors import ChainUnreachable, ConfigError
 from offchain.core.types import project_root
 
 ANVIL_FALLBACK = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
+# anvil keeps recent block states in memory and spills older ones to disk (~/.foundry/anvil/tmp by default), one
+# JSON file of the whole state per block, unbounded and never removed when the node is killed: one test session
+# wrote 19 GB, and the leftovers of earlier runs filled the disk. Every node we start gets its own spill folder,
+# removed when it stops, and at most this many spilled states: state reads stay possible at least this many blocks
+# back (nothing here reads further back; event logs do not need old states).
+ANVIL_MAX_PERSISTED_STATES = 1024
+
+
+def anvil_storage_args(cache_dir: Path) -> list[str]:
+    """anvil's flags for a per-node spill folder with a bounded number of states (see ANVIL_MAX_PERSISTED_STATES)."""
+    return ["--cache-path", str(cache_dir), "--max-persisted-states", str(ANVIL_MAX_PERSISTED_STATES)]
 
 
 # --- anvil ----------------------------------------------------------------------------------------------------
@@ -53,11 +65,14 @@ class AnvilProcess:
         self._args = [*args, *extra_args]
         self._timeout_s = startup_timeout_s
         self._proc: subprocess.Popen[bytes] | None = None
+        self._cache_dir: Path | None = None
 
     def start(self) -> AnvilProcess:
         if self._proc is not None and self._proc.poll() is None:
             return self
-        self._proc = subprocess.Popen(self._args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._cache_dir = Path(tempfile.mkdtemp(prefix="clearhouse-anvil-"))
+        self._proc = subprocess.Popen([*self._args, *anvil_storage_args(self._cache_dir)], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE)
         deadline = time.monotonic() + self._timeout_s
         w3 = self.web3()
         while time.monotonic() < deadline:
@@ -80,6 +95,9 @@ class AnvilProcess:
             self._proc.kill()
             self._proc.wait(timeout=10)
         self._proc = None
+        if self._cache_dir is not None:
+            shutil.rmtree(self._cache_dir, ignore_errors=True)
+            self._cache_dir = None
 
     def __enter__(self) -> AnvilProcess:
         return self.start()
@@ -93,4 +111,5 @@ def start_anvil(port: int | None = None, hardfork: str = "paris", block_time: fl
     return AnvilProcess(port=port, hardfork=hardfork, block_time=block_time).start()
 
 
-__all__ = ["ANVIL_FALLBACK", "AnvilProcess", "anvil_binary", "free_port", "start_anvil"]
+__all__ = ["ANVIL_FALLBACK", "ANVIL_MAX_PERSISTED_STATES", "AnvilProcess", "anvil_binary", "anvil_storage_args",
+           "free_port", "start_anvil"]

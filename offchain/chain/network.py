@@ -40,6 +40,7 @@ DEFAULT_CHAIN_ID = 4242
 DEFAULT_HTTP_PORT = 18545  # node i serves HTTP on 18545+i, p2p on 30400+i, authrpc on 18645+i (--fixed-ports)
 GAS_LIMIT = 30_000_000
 RPC_TIMEOUT_S = 5.0
+REDIAL_S = 10.0  # wait_ready dials missing peers again this often
 HTTP_APIS = "eth,net,web3,txpool,clique,admin,miner,debug"  # admin/debug/miner: loopback dev network only
 
 Progress = Callable[[str], None]
@@ -365,8 +366,17 @@ class CliqueNetwork:
         """Every running node answers, is connected to every other running node, and blocks advance."""
         running = [i for i in range(len(self.nodes)) if self.is_running(i)]
         self.progress(f"waiting for {len(running)} nodes to connect")
-        self._wait(lambda: all(self._answers(i) and self.peer_count(i) >= len(running) - 1 for i in running),
-                   timeout_s, "the nodes to answer and peer with each other")
+        last_dial = {"at": time.monotonic()}
+
+        def peered() -> bool:
+            if all(self._answers(i) and self.peer_count(i) >= len(running) - 1 for i in running):
+                return True
+            if time.monotonic() - last_dial["at"] >= REDIAL_S:  # geth backs off a static dial that failed once
+                last_dial["at"] = time.monotonic()
+                self._redial(running)
+            return False
+
+        self._wait(peered, timeout_s, "the nodes to answer and peer with each other")
         self.progress("peers connected; waiting for blocks")
         try:
             self.wait_blocks(2, nodes=running, timeout_s=min(timeout_s, 20.0 + 10 * self.period_s))
@@ -380,10 +390,24 @@ class CliqueNetwork:
                 self.wait_blocks(2, nodes=running, timeout_s=timeout_s)
                 return
             self.progress(f"nodes sealed apart before peering (forks at block {low}); keeping node {running[0]}'s")
-            # connected peers never re-sync on their own: drop them first, so that heal's re-peering does
-            self.partition([keep, [i for i in running if i not in keep]])
             self.heal(prefer=keep, timeout_s=timeout_s)
             self.wait_blocks(2, nodes=running, timeout_s=timeout_s)
+
+    def _redial(self, running: Sequence[int]) -> None:
+        """admin_addPeer every other running node on each node that is short of peers (a node that does not
+        answer yet is skipped: the next round tries again)."""
+        for a in running:
+            try:
+                if self.peer_count(a) < len(running) - 1:
+                    self._dial(a, running, timeout_s=2.0)
+            except NetworkError:
+                continue
+
+    def _dial(self, node: int, peers: Sequence[int], timeout_s: float = RPC_TIMEOUT_S) -> None:
+        """admin_addPeer each of `peers` (but itself) on `node`: a no-op for one already connected."""
+        for b in peers:
+            if b != node:
+                rpc(self.nodes[node].rpc_url, "admin_addPeer", [self.nodes[b].enode], timeout_s=timeout_s)
 
     def wait_blocks(self, count: int, *, nodes: Sequence[int] | None = None, timeout_s: float = 60.0) -> int:
         """Wait until every node in `nodes` (default: running ones) is `count` blocks past the highest head now."""
@@ -409,15 +433,45 @@ class CliqueNetwork:
         self._wait(quiet, timeout_s, f"nodes {nodes} to stop sealing for {quiet_periods} periods")
         return int(seen["head"])
 
+    # sealing by hand -------------------------------------------------------------------------------------------
+    def stop_sealing(self, nodes: Iterable[int]) -> None:
+        for i in nodes:
+            rpc(self.nodes[i].rpc_url, "miner_stop")
+            self._stopped_mining.add(i)
+
+    def start_sealing(self, nodes: Iterable[int]) -> None:
+        for i in nodes:
+            rpc(self.nodes[i].rpc_url, "miner_start")
+            self._stopped_mining.discard(i)
+
+    def hold_sealing(self, *, timeout_s: float = 120.0) -> tuple[int, str]:
+        """Stop sealing on every running node and return the one head they all hold then.
+
+        A seal in flight when sealing stops still lands, so this first waits for three quiet periods. Two
+        out-of-turn seals at one height carry equal difficulty: connected nodes then keep different heads for
+        ever, because nobody seals the block that would decide. Such a tie (or a node that missed the last block)
+        is settled as heal() settles a fork: the nodes off the chosen head (the highest, then the one node 0
+        holds or the lowest index) are rewound to the common ancestor and sync the chosen head; nobody seals.
+        """
+        running = [i for i in range(len(self.nodes)) if self.is_running(i)]
+        self.stop_sealing(running)
+        self.wait_stalled(nodes=running, quiet_periods=3, timeout_s=timeout_s)
+        heads = {i: self.head(i) for i in running}
+        if len(set(heads.values())) > 1:
+            top = max(number for number, _hash in heads.values())
+            chosen = next(heads[i] for i in running if heads[i][0] == top)
+            self.progress(f"sealing held on different heads {heads}; keeping {chosen}")
+            self.heal(prefer=[i for i in running if heads[i] == chosen], timeout_s=timeout_s, resume=False)
+            self._wait(lambda: len({self.head(i) for i in running}) == 1, timeout_s, "every node on one head")
+        return self.head(running[0])
+
     def restore(self, timeout_s: float = 120.0) -> None:
         """Back to normal: every node running, connected to every other, on one chain, blocks advancing."""
         for node in self.nodes:
             if not self.is_running(node.index):
                 self.start_node(node.index, wait=False)
         self._wait(lambda: all(self._answers(n.index) for n in self.nodes), timeout_s, "every node to answer")
-        for i in self._stopped_mining.copy():
-            rpc(self.nodes[i].rpc_url, "miner_start")
-            self._stopped_mining.discard(i)
+        self.start_sealing(self._stopped_mining.copy())
         self.heal(timeout_s=timeout_s)
         self.wait_blocks(1, timeout_s=timeout_s)
 
@@ -474,31 +528,33 @@ class CliqueNetwork:
                                for a in side if self.is_running(a)), 30.0, "the partition to take effect")
         self.progress(f"partitioned: {[list(g) for g in groups]}")
 
-    def heal(self, *, prefer: Sequence[int] | None = None, timeout_s: float = 60.0) -> None:
+    def heal(self, *, prefer: Sequence[int] | None = None, timeout_s: float = 60.0, resume: bool = True) -> None:
         """Reconnect every running node to every other and wait until they agree on one head.
 
         Clique keeps two forks of equal total difficulty apart for ever (each side refuses the other's chain and
         neither can seal alone). With `prefer` (the nodes whose fork must win), the other nodes stop sealing, are
         rewound to the common ancestor (debug_setHead), reconnect, sync the preferred fork and seal again: the
-        operator's remedy for a stuck fork. Without it, heal waits for geth's own fork choice.
+        operator's remedy for a stuck fork (with `resume=False` the rewound nodes stay stopped). Without it, heal
+        waits for geth's own fork choice.
         """
         running = [i for i in range(len(self.nodes)) if self.is_running(i)]
         losers = [i for i in running if prefer is not None and i not in prefer]
         ancestor = self.common_ancestor(running)
         if losers:
+            self.stop_sealing(losers)
+            # A node syncs from a peer only when the total difficulty it recorded for that peer beats its own,
+            # and geth updates that record only from the handshake and full-block broadcasts (most blocks reach
+            # a peer as a hash): a rewound node can stay behind connected peers for ever. Dropping the losers'
+            # links first makes the re-peering below a fresh handshake with each peer's current difficulty.
+            self.partition([[i for i in running if i not in losers], losers])
             for i in losers:
-                rpc(self.nodes[i].rpc_url, "miner_stop")
                 rpc(self.nodes[i].rpc_url, "debug_setHead", [hex(ancestor)])
-                self._stopped_mining.add(i)
             self.progress(f"rewound nodes {losers} to block {ancestor}")
         for a in running:
-            for b in running:
-                if a != b:
-                    rpc(self.nodes[a].rpc_url, "admin_addPeer", [self.nodes[b].enode])
+            self._dial(a, running)
         self._wait(lambda: self._converged(running, above=ancestor), timeout_s, "the nodes to agree on one chain")
-        for i in losers:
-            rpc(self.nodes[i].rpc_url, "miner_start")
-            self._stopped_mining.discard(i)
+        if resume:
+            self.start_sealing(losers)
         self.progress("healed: every node on one chain")
 
     def _converged(self, nodes: Sequence[int], *, above: int) -> bool:

@@ -69,6 +69,11 @@ class ChainWriter(ChainReader, Protocol):
         """Sign, `record(tx_hash, nonce, raw_tx)` durably, then broadcast; returns the tx hash."""
         ...
 
+    def estimate(self, function: str, *args: Any) -> int:
+        """The gas a send of `function(*args)` gets (estimate plus margin); a revert raises ContractReverted, the
+        node's own refusal CallRefused."""
+        ...
+
     def rebroadcast_forgotten(self) -> list[str]:
         """Send again, unchanged, this sender's transactions the node forgot (a restart); returns their hashes."""
         ...

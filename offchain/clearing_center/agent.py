@@ -22,10 +22,14 @@ from offchain import storage
 from offchain.chain import RECEIPT_POLL_S, IssueLogInfo, encode_balance_statement
 from offchain.chain.protocols import ChainWriter
 from offchain.clearing_center.bodies import DepositNotice, IssueBody, ReceiveItem, RenewBody
-from offchain.clearing_center.store import CcStore, IssueLogRecord, IssueRequestRow, ReceiveLogRecord
+from offchain.clearing_center.finality import FinalityWatch
+from offchain.clearing_center.records import IssueLogRecord, ReceiveLogRecord
+from offchain.clearing_center.store import CcStore
+from offchain.clearing_center.tables import IssueRequestRow
 from offchain.core import messages
 from offchain.core.errors import (
     AllowanceExceeded,
+    ChainUnreachable,
     ClearhouseError,
     ContractReverted,
     DepositNotProven,
@@ -64,9 +68,12 @@ class ClearingCenter:
     def __init__(self, store: CcStore, chain: ChainWriter, verifier: CertificateVerifier, private_key: bytes,
                  cert_pem: bytes, *, issue_expiry_s: int, clock: Clock = time.time, receipt_timeout_s: float = 60.0,
                  log: Any = None, wait_receipt: ReceiptWaiter | None = None,
-                 settle_gas_budget: int = DEFAULT_GAS_BUDGET) -> None:
+                 settle_gas_budget: int = DEFAULT_GAS_BUDGET, finality: FinalityWatch | None = None,
+                 confirmations: int | None = None) -> None:
         """`wait_receipt(tx_hash)` returns the receipt of a sent transaction; by default it polls the chain for
-        up to `receipt_timeout_s` (TransactionPending after that). Tests inject one to crash mid-request."""
+        up to `receipt_timeout_s` (TransactionPending after that). Tests inject one to crash mid-request.
+        `finality` (or one built with `confirmations`, the chain's policy when None) decides when a released
+        issue log is final enough to credit."""
         self.store = store
         self.chain = chain
         self.domain = chain.domain
@@ -81,6 +88,7 @@ class ClearingCenter:
         self._receive_lock = threading.Lock()
         self._wait_receipt: ReceiptWaiter = wait_receipt or self._wait_receipt_on_chain
         self.settle_gas_budget = settle_gas_budget  # receive logs whose batch one settle tx cannot carry: refused
+        self.finality = finality or FinalityWatch(store, chain.w3, confirmations=confirmations, log=self.log)
 
     # deposits ---------------------------------------------------------------------------------------------------
     def credit_deposit(self, notice: DepositNotice, peer: MemberIdentity) -> dict[str, Any]:
@@ -108,6 +116,9 @@ class ClearingCenter:
         except TransactionNotFound:
             raise DepositNotProven("deposit transaction not found on chain (not mined yet?); retry later",
                                    deposit_id=deposit_id, tx_hash=tx_hash, reason="unknown transaction") from None
+        except OSError as exc:  # requests' ConnectionError/Timeout too: the node did not answer (was a bare 500)
+            raise ChainUnreachable(f"getTransactionReceipt: node error: {exc}",
+                                   function="getTransactionReceipt") from None
         if receipt["status"] != 1 or receipt["to"] != self.chain.address:
             raise DepositNotProven("deposit transaction failed or did not call Clearhouse", deposit_id=deposit_id,
                                    tx_hash=tx_hash, reason="failed or foreign transaction")
@@ -363,23 +374,39 @@ class ClearingCenter:
 
     # receive logs ------------------------------------------------------------------------------------------------
     def receive_logs(self, items: Sequence[ReceiveItem], peer: MemberIdentity) -> dict[str, Any]:
-        """Verify and persist each receive log before answering; per-item failures are reported, not fatal."""
+        """Verify and persist each receive log before answering; per-item failures are reported, not fatal.
+
+        Chain reads (see `_IntakeReads`): each member's status and each policy's price once per request, the
+        issue log once per item, under the receive lock, for both the terms and the sequence and cap checks.
+        The issue log is not reused by a later item of the same serial. Against settlement alone it could be:
+        the chain's `spent` and `next_seq` from any one block, with the held rows read under the lock, give the
+        cap check the same sum (settling moves a held row from pending to spent; a row stays held once settled).
+        But the other writers of the log do not take this lock: a skip moves `next_seq` and `spent` past a range
+        the CC never held, a renewal to a new serial or a release closes the log (`seq_limit`, `cap`), and a read
+        taken for an earlier item would admit what those now refuse (SequenceError, AllowanceExceeded) for as
+        long as the request runs, where a read per item leaves only the instant between read and write."""
+        reads = _IntakeReads(self.verifier, self.chain)
         accepted: list[str] = []
         rejected: list[dict[str, Any]] = []
         for index, item in enumerate(items):
             try:
-                record = self._verify_receive_item(item, peer)
+                record, batch = self._verify_receive_item(item, peer, reads)
                 with self._receive_lock:
-                    self._admit(record)
+                    on_chain = self.chain.issue_log(record.serial)  # as fresh as the checks it feeds
+                    _check_terms(batch, record.payer, on_chain, reads)
+                    self._admit(record, on_chain)
                 accepted.append(to_hex(record.id))
             except ClearhouseError as exc:
                 rejected.append({"index": index, **exc.to_dict()})
                 self.log.warning("receive_log.rejected", index=index, error=exc.code, message=exc.message)
         return {"accepted": accepted, "rejected": rejected}
 
-    def _verify_receive_item(self, item: ReceiveItem, peer: MemberIdentity) -> ReceiveLogRecord:
+    def _verify_receive_item(self, item: ReceiveItem, peer: MemberIdentity,
+                             reads: _IntakeReads) -> tuple[ReceiveLogRecord, UsageBatch]:
+        """Everything but the chain's issue log: signatures, certificates (the request's verifier), the batch
+        against the receive log, and the prices of its policies (loaded here, outside the lock)."""
         envelope = Envelope.from_json(item.receive_log)
-        receive_log, _sp = envelope.open(self.verifier, self.domain, Role.SERVICE_PROVIDER, peer=peer)
+        receive_log, _sp = envelope.open(reads.verifier, self.domain, Role.SERVICE_PROVIDER, peer=peer)
         if not isinstance(receive_log, ReceiveLog):
             raise MalformedMessage("receive_log must be a ReceiveLog", type=envelope.kind, field="kind",
                                    value=envelope.kind, reason="wrong message type")
@@ -393,44 +420,24 @@ class ClearingCenter:
                                    field="usageBatch", value=to_hex(receive_log.usage_batch), reason="hash mismatch")
         device_signature = from_hex(item.device_signature, "device_signature")
         device = messages.recover(batch, self.domain, device_signature)
-        self.verifier.verify_signer(item.device_certificate, device, Role.DEVICE)
+        reads.verifier.verify_signer(item.device_certificate, device, Role.DEVICE)
         if receive_log.payer != device:
             raise IdentityMismatch("the receive log's payer is not the batch signer", expected=device,
                                    got=receive_log.payer)
-        self._check_terms(batch, device)
+        reads.load_prices(batch.policy_ids)
         return ReceiveLogRecord(
             id=receive_log.id(self.domain), sp_address=peer.eth_address, payer=device, serial=batch.serial,
             first_seq=batch.first_seq, count=batch.count, total=batch.total, usage_batch_json=batch.to_json(),
-            device_sig=device_signature, receiver_sig=envelope.signature_bytes(), received_at=receive_log.received_at)
+            device_sig=device_signature, receiver_sig=envelope.signature_bytes(),
+            received_at=receive_log.received_at), batch
 
-    def _check_terms(self, batch: UsageBatch, device: str) -> None:
-        """Device owns the serial; every fee equals the on-chain price; no use after the log's expiry."""
-        on_chain = self.chain.issue_log(batch.serial)
-        if not on_chain.exists:
-            raise NotFound("usage batch for an unknown serial", serial=batch.serial)
-        if on_chain.device != device:
-            raise IdentityMismatch("the batch signer does not own the serial", expected=on_chain.device, got=device)
-        prices: dict[bytes, int] = {}
-        for policy_id in batch.policy_ids:
-            try:
-                prices[policy_id] = self.chain.policy(policy_id).price
-            except ContractReverted as exc:
-                raise NotFound("usage of an unknown policy", policy_id=policy_id,
-                               error=exc.fields.get("error_name")) from None
-        for usage in batch.logs():
-            if usage.fee != prices[usage.policy_id]:
-                raise FeeMismatch("usage fee differs from the on-chain price", policy_id=usage.policy_id,
-                                  expected=prices[usage.policy_id], got=usage.fee, seq=usage.seq)
-            if usage.used_at > on_chain.expires_at:
-                raise IssueLogExpired("usage after the issue log expired", serial=batch.serial, seq=usage.seq,
-                                      used_at=usage.used_at, expires_at=on_chain.expires_at)
-
-    def _admit(self, record: ReceiveLogRecord) -> None:
-        """Same id again: replay (same answer) or DuplicateMessage; new: sequence and cap checks, then persist."""
+    def _admit(self, record: ReceiveLogRecord, on_chain: IssueLogInfo | None = None) -> None:
+        """Same id again: replay (same answer) or DuplicateMessage; new: sequence and cap checks against
+        `on_chain` (read under the receive lock; read here when not given), then persist."""
         if self.store.receive_log(record.id) is not None:
             self.store.store_receive_log(record)  # raises DuplicateMessage on another payload
             return
-        on_chain = self.chain.issue_log(record.serial)
+        on_chain = self.chain.issue_log(record.serial) if on_chain is None else on_chain
         end = record.first_seq + record.count
         if record.first_seq < on_chain.next_seq:
             raise SequenceError("these usage logs are already settled", serial=record.serial,
@@ -458,17 +465,35 @@ class ClearingCenter:
     def credit_releases(self, user_id: str) -> int:
         """Credit every IssueLogReleased of this user's logs to its balance (one `release` entry per serial, from
         the event, whoever sent the release: the authority's `member revoke --release-logs` or this CC), so the
-        money a revoked device never spent can be issued to the user's next device. Returns the new entries."""
+        money a revoked device never spent can be issued to the user's next device. A release is credited only
+        once its transaction is final at the configured depth (`_release_final`); until then it is followed as
+        `included`, and a reorg that drops it leaves nothing to undo. Returns the new entries."""
         events = self.chain.contract.events.IssueLogReleased().get_logs(
             argument_filters={"userIdHash": user_id_hash(user_id)}, from_block=self.chain.deployment.deploy_block)
+        credited = self.store.released_serials(user_id)
         created = 0
         for event in events:
             serial, released = bytes(event["args"]["serial"]), int(event["args"]["released"])
-            if self.store.credit_release(serial, user_id, released, to_hex(bytes(event["transactionHash"]))):
+            if serial in credited:
+                continue
+            tx_hash = to_hex(bytes(event["transactionHash"]))
+            if not self._release_final(serial, tx_hash, to_hex(bytes(event["blockHash"]))):
+                continue
+            if self.store.credit_release(serial, user_id, released, tx_hash):
                 created += 1
                 self.log.info("issue_log.release_credited", serial=to_hex(serial), user_id=user_id,
-                              released=released)
+                              released=released, tx_hash=tx_hash)
         return created
+
+    def _release_final(self, serial: bytes, tx_hash: str, block_hash: str) -> bool:
+        """Follow the release transaction in cc_chain_txs (kind `release`; the finality loop re-broadcasts its
+        bytes if a reorg drops it) and say whether it is final, in the very block the event was read from (a
+        reorg between the event read and the check re-reads next time: `released` is the chain's, at that block)."""
+        self.store.track_transaction("release", to_hex(serial), tx_hash, None)
+        if not self.finality.is_final(tx_hash):
+            return False
+        row = self.store.chain_tx(tx_hash)
+        return row is not None and (row.block_hash or "").lower() == block_hash.lower()
 
     # balance view ------------------------------------------------------------------------------------------------
     def user_view(self, user_id: str, peer: MemberIdentity) -> dict[str, Any]:
@@ -478,6 +503,52 @@ class ClearingCenter:
         with self._money_lock:
             self.credit_releases(user_id)
         return self.store.user_view(user_id)
+
+
+class _IntakeReads:
+    """The chain facts one receive request reads at most once, and drops with the request: each member's
+    on-chain status (`verifier`, scoped to the request) and each policy's price. A price cannot change on
+    chain (registerPolicy writes it once; a policy id is one content version, and a version is claimed once),
+    but it is not kept across requests: at "latest" a registration can still be reorged out and another made
+    with the same id and another price. An unknown policy stays unknown for the rest of the request."""
+
+    def __init__(self, verifier: CertificateVerifier, chain: ChainWriter) -> None:
+        self.verifier = verifier.for_one_request()
+        self._chain = chain
+        self._prices: dict[bytes, int | ContractReverted] = {}
+
+    def load_prices(self, policy_ids: Sequence[bytes]) -> None:
+        for policy_id in policy_ids:
+            if policy_id not in self._prices:
+                try:
+                    self._prices[policy_id] = self._chain.policy(policy_id).price
+                except ContractReverted as exc:
+                    self._prices[policy_id] = exc
+
+    def price(self, policy_id: bytes) -> int:
+        """The loaded price; NotFound for a policy the chain does not know."""
+        if policy_id not in self._prices:
+            self.load_prices([policy_id])
+        found = self._prices[policy_id]
+        if isinstance(found, ContractReverted):
+            raise NotFound("usage of an unknown policy", policy_id=policy_id, error=found.fields.get("error_name"))
+        return found
+
+
+def _check_terms(batch: UsageBatch, device: str, on_chain: IssueLogInfo, reads: _IntakeReads) -> None:
+    """Device owns the serial; every fee equals the on-chain price; no use after the log's expiry."""
+    if not on_chain.exists:
+        raise NotFound("usage batch for an unknown serial", serial=batch.serial)
+    if on_chain.device != device:
+        raise IdentityMismatch("the batch signer does not own the serial", expected=on_chain.device, got=device)
+    prices = {policy_id: reads.price(policy_id) for policy_id in batch.policy_ids}
+    for usage in batch.logs():
+        if usage.fee != prices[usage.policy_id]:
+            raise FeeMismatch("usage fee differs from the on-chain price", policy_id=usage.policy_id,
+                              expected=prices[usage.policy_id], got=usage.fee, seq=usage.seq)
+        if usage.used_at > on_chain.expires_at:
+            raise IssueLogExpired("usage after the issue log expired", serial=batch.serial, seq=usage.seq,
+                                  used_at=usage.used_at, expires_at=on_chain.expires_at)
 
 
 def _bound_cap(serial: bytes, cap: int, user_id: str, new_money: int) -> None:

@@ -20,7 +20,10 @@ from offchain.chain.protocols import ChainWriter
 from offchain.clearing_center import metrics as cc_metrics
 from offchain.clearing_center.agent import ClearingCenter
 from offchain.clearing_center.bodies import DepositNotice, IssueBody, ReceiveBody, ReceiveItem, RenewBody
+from offchain.clearing_center.records import note_settled_policies
 from offchain.clearing_center.settlement import SettlementWorker, build_worker
+from offchain.clearing_center.skips import (RELEASE_PATH, SKIP_PATH, ReleaseBody, SkipBody, SkipRequest,
+                                            release_skipped, submit_skip)
 from offchain.clearing_center.store import CcStore
 from offchain.clearing_center.transfers import TransferWorker
 from offchain.core.settings import ClearingCenterSettings, configure_logging
@@ -56,6 +59,13 @@ def routes(cc: ClearingCenter) -> list[Route]:
         serial = from_hex(request.match_info["serial"], "serial")
         return await asyncio.to_thread(cc.renewal_result, serial, peer)
 
+    async def skip(_r: web.Request, peer: MemberIdentity, body: SkipBody) -> dict[str, Any]:
+        request = SkipRequest(skip_range=body.skip_range, receive_log=body.receive_log)
+        return await asyncio.to_thread(submit_skip, request, cc.chain, cc.verifier, peer, cc.store.live_receive_logs)
+
+    async def release(_r: web.Request, peer: MemberIdentity, body: ReleaseBody) -> dict[str, Any]:
+        return await asyncio.to_thread(release_skipped, body, cc.chain, peer, _note_settled(cc.store))
+
     return [
         Route("POST", "/v1/deposits/notify", notify_deposit, (Role.BANK,), DepositNotice, None,
               "Credit a deposit after checking its DepositRecorded event"),
@@ -68,7 +78,20 @@ def routes(cc: ClearingCenter) -> list[Route]:
         Route("GET", "/v1/users/{user_id}", user, (Role.DEVICE, Role.BANK), None, None, "Balance database view"),
         Route("GET", "/v1/issue-logs/renewals/{serial}", renewal, (Role.DEVICE,), None, None,
               "The answer of this device's completed renewal of a serial (after a lost answer)"),
+        Route("POST", SKIP_PATH, skip, (Role.DEVICE,), SkipBody, None,
+              "Skip a range an SP acknowledged and withheld past the window (the device's SkipRange + the SP's ack)"),
+        Route("POST", RELEASE_PATH, release, (Role.DEVICE,), ReleaseBody, None,
+              "Settle a skipped range's batch from the device's copy: its policies credited, the held fees released"),
     ]
+
+
+def _note_settled(store: CcStore) -> Callable[[dict[str, Any]], None]:
+    """Record a released batch's policies as settled, so the transfer rounds request their fees."""
+    def note(batch_json: dict[str, Any]) -> None:
+        with storage.session_scope(store.engine) as session:
+            note_settled_policies(session, [batch_json], store.now())
+
+    return note
 
 
 def load_settings(config_path: Path | None = None, **overrides: Any) -> ClearingCenterSettings:
@@ -88,7 +111,7 @@ def build_app(settings: ClearingCenterSettings, *, chain: ChainWriter | None = N
     key = settings.eth_signing_key()
     log = structlog.get_logger("clearing_center").bind(member_id=settings.member_id)
     cc = ClearingCenter(store, chain, verifier, key, cert_pem, issue_expiry_s=settings.issue_expiry_s, clock=clock,
-                        log=log, settle_gas_budget=settings.settle_gas_budget)
+                        log=log, settle_gas_budget=settings.settle_gas_budget, confirmations=settings.confirmations)
     app = new_app(clearing_center=cc)
     add_routes(app, routes(cc), lambda request: tls.peer_identity(request, verifier),
                title="Clearhouse clearing center")
@@ -96,7 +119,7 @@ def build_app(settings: ClearingCenterSettings, *, chain: ChainWriter | None = N
         settlement = build_worker(settings, store, chain, log)
         transfers = TransferWorker(store, chain, verifier, key, cert_pem, interval_s=settings.transfer_interval_s,
                                    threshold_minor=settings.transfer_threshold_minor, clock=clock, log=log,
-                                   confirmations=settings.confirmations)
+                                   confirmations=settings.confirmations, finality=cc.finality)
         client = JsonClient(settings.bank_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
         app.cleanup_ctx.append(_background(cc, settlement, transfers, client, settings, log))
     return app

@@ -2,7 +2,8 @@
 then `final`; a reorg that drops one is noticed and repaired from the outbox.
 
 What it follows (cc_chain_txs, discovered from the CC's own tables): confirmed settlements, completed issue and
-renew requests, transfer requests. Per tick it asks `offchain.chain.finality.FinalityTracker` about each one not
+renew requests, transfer requests; and releases (`releaseIssueLog`, whoever sent them), tracked by
+`ClearingCenter.credit_releases` when it first reads their IssueLogReleased event. Per tick it asks `offchain.chain.finality.FinalityTracker` about each one not
 yet final, against the (block number, block hash) recorded when it was first seen included:
 
 - included / final: recorded; final is where it stops being watched.
@@ -10,7 +11,11 @@ yet final, against the (block number, block hash) recorded when it was first see
 - reorged and gone: the **same signed bytes** are re-broadcast (from the outbox, or as the node served them while
   they were included), never a new transaction; back to pending until they are included again.
 - bytes that can no longer be mined (the nonce went to another transaction): `dropped`, and the state is
-  re-derived from the chain: a settlement goes back to the worker's recovery (settled nextSeq decides per log).
+  re-derived from the chain: a settlement goes back to the worker's recovery (settled nextSeq decides per log);
+  a transfer request's rows are re-derived by the transfer worker (`TransferWorker.sync_from_chain`: ids the
+  chain no longer has become void, ids it assigned anew are mirrored), whatever state this watch records;
+  a release was never credited (credit waits for final), so its event is simply gone until the authority
+  releases the still-open log again (`member revoke --release-logs`), a new transaction credited once final.
 
 Transfer requests are delivered to the bank only once final (`is_final`). The bank checks again on its own.
 A stalled chain only means nothing becomes final; the watch never blocks a service.
@@ -23,7 +28,8 @@ from typing import Any
 import structlog
 
 from offchain.chain.finality import FinalityTracker, Inclusion, TxState
-from offchain.clearing_center.store import CcStore, ChainTxRow
+from offchain.clearing_center.store import CcStore
+from offchain.clearing_center.tables import ChainTxRow
 
 # geth/anvil answers to a re-broadcast meaning "already have it": not a failure
 _ALREADY_KNOWN = ("already known", "known transaction", "already imported", "alreadyknown")

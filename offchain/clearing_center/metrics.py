@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, func, select
 
-from offchain.clearing_center.store import (
+from offchain.clearing_center.tables import (
     RECEIVE_STATUSES, SETTLEMENT_STATUSES, TRANSFER_STATUSES, IssueLogRow, IssueRequestRow, ReceiveLogRow,
     SettlementOutbox, TransferRequestRow,
 )

@@ -21,7 +21,8 @@ from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
 from offchain.clearing_center.stuck import replace_stuck_settlement
-from offchain.clearing_center.store import CcStore, ReceiveLogRow, SettlementOutbox
+from offchain.clearing_center.store import CcStore
+from offchain.clearing_center.tables import ReceiveLogRow, SettlementOutbox
 from offchain.chain import ClearhouseChain, SettlementItem, encode_settlement_item
 from offchain.chain.protocols import ChainWriter
 from offchain.core.errors import CallRefused, ContractReverted
@@ -66,11 +67,13 @@ def settlement_item(row: ReceiveLogRow) -> tuple[Any, ...]:
 
 @dataclass(frozen=True)
 class Selection:
-    """One round's plan: contiguous receive logs to send, and those the chain shows settled or unsettleable."""
+    """One round's plan: contiguous receive logs to send, and those the chain shows settled or unsettleable.
+    `full`: a limit (item count or gas budget) left a contiguous receive log for a later transaction."""
 
     to_send: tuple[ReceiveLogRow, ...]
     already_settled: tuple[bytes, ...]
     overlapping: tuple[bytes, ...]
+    full: bool = False
 
 
 def row_gas(row: ReceiveLogRow) -> int:
@@ -91,22 +94,23 @@ def select_contiguous(rows: Sequence[ReceiveLogRow], next_seq: dict[bytes, int],
     overlapping: list[bytes] = []
     cursor: dict[bytes, int] = dict(next_seq)
     waiting: set[bytes] = set()  # serials whose next item did not fit this transaction
-    gas = GAS_PER_SETTLE_TX
+    gas, full = GAS_PER_SETTLE_TX, False
     for row in rows:
         start = cursor[row.serial]
         if row.first_seq + row.count <= next_seq[row.serial]:
             settled.append(row.id)
         elif row.first_seq < start:
             overlapping.append(row.id)
-        elif row.first_seq == start and row.serial not in waiting and len(to_send) < max_items:
+        elif row.first_seq == start and row.serial not in waiting:
             item_gas = row_gas(row)
-            if to_send and gas_budget is not None and gas + item_gas > gas_budget:
-                waiting.add(row.serial)  # full by gas for this item: its serial waits, other serials go on
+            if len(to_send) >= max_items or (to_send and gas_budget is not None and gas + item_gas > gas_budget):
+                waiting.add(row.serial)  # full for this item: its serial waits, other serials go on
+                full = True
                 continue
             to_send.append(row)
             cursor[row.serial] = start + row.count
             gas += item_gas
-    return Selection(tuple(to_send), tuple(settled), tuple(overlapping))
+    return Selection(tuple(to_send), tuple(settled), tuple(overlapping), full)
 
 
 @dataclass
@@ -134,19 +138,24 @@ class SettlementWorker:
         self.receipt_timeout_s = receipt_timeout_s
         self.stuck_after_s = stuck_after_s  # an unmined settle() older than this is replaced with higher fees
         self.log = log or structlog.get_logger("settlement")
-        self._item_bytes: dict[bytes, int] = {}  # receive log id -> its share of settle() calldata
+        # receive log id -> its SettlementItem ABI tuple and its share of settle() calldata, built once per
+        # receive log while it waits (a stored receive log never changes: its id is the digest of its content)
+        self._items: dict[bytes, tuple[Any, ...]] = {}
+        self._item_bytes: dict[bytes, int] = {}
+        self._gas_limit: int | None = None  # the chain's block gas limit, read once
 
     # --- recovery ---------------------------------------------------------------------------------------------
     def recover(self) -> dict[int, str]:
         """Resolve every outbox row left pending or sent, from the chain only; returns {outbox id: outcome}."""
         outcomes: dict[int, str] = {}
         self.chain.rebroadcast_forgotten()  # what the node forgot (a restart), before judging rows by the chain
-        for row in self.store.unfinished_settlements():
-            outcomes[row.id] = self._recover_one(row)
+        rows = self.store.unfinished_settlements()
+        for row in rows:
+            outcomes[row.id] = self._recover_one(row, rows)
             self.log.info("settlement.recovered", outbox_id=row.id, tx_hash=row.tx_hash, outcome=outcomes[row.id])
         return outcomes
 
-    def _recover_one(self, row: SettlementOutbox) -> str:
+    def _recover_one(self, row: SettlementOutbox, rows: Sequence[SettlementOutbox] = ()) -> str:
         if row.tx_hash is None:
             return self._resolve_unknown(row, "no transaction was signed")
         receipt = self._receipt(row.tx_hash)
@@ -158,7 +167,26 @@ class SettlementWorker:
             if self.stuck_after_s is not None and row.raw_tx and self.store.now() - row.updated_at >= self.stuck_after_s:
                 return replace_stuck_settlement(self.store, self.chain, row, self.log)
             return "in_mempool"  # still pending: the next tick looks again, nothing is re-sent meanwhile
+        if self._fill_gap(row, rows):
+            return "in_mempool"
         return self._resolve_unknown(row, f"transaction {row.tx_hash} unknown to the chain")
+
+    def _fill_gap(self, row: SettlementOutbox, rows: Sequence[SettlementOutbox]) -> bool:
+        """A forgotten transaction of a pipelined round while a later one of the worker's waits in the pool on
+        its nonce: re-queuing this one's logs would leave that one stuck behind the gap for ever (and no tick
+        builds on an open fate), so the same signed bytes are sent again. True when the node took them."""
+        if not row.raw_tx or row.nonce is None:
+            return False
+        later = [r.tx_hash for r in rows if r.nonce is not None and r.nonce > row.nonce and r.tx_hash]
+        if not any(self._in_mempool(tx_hash) for tx_hash in later):
+            return False
+        try:
+            self.w3.eth.send_raw_transaction(row.raw_tx)
+        except Exception as exc:  # noqa: BLE001 - its nonce is used or the bytes are refused: the chain decides
+            self.log.warning("settlement.gap_not_filled", outbox_id=row.id, tx_hash=row.tx_hash, error=str(exc))
+            return False
+        self.log.warning("settlement.gap_filled", outbox_id=row.id, tx_hash=row.tx_hash, nonce=row.nonce)
+        return True
 
     def _resolve_unknown(self, row: SettlementOutbox, why: str) -> str:
         """The chain never saw the transaction: settled nextSeq decides per log (settled or re-queued)."""
@@ -191,16 +219,19 @@ class SettlementWorker:
 
     # --- one round --------------------------------------------------------------------------------------------
     def tick(self) -> RoundReport:
-        """Recover, then send rounds until nothing contiguous is left (each round waits for its receipt)."""
+        """Recover, then send rounds until what was contiguous at the start is sent (each round waits for its
+        receipt). A round whose transaction took every contiguous receive log ends the tick: receive logs that
+        arrive meanwhile wait for the next tick and share its transaction, instead of one transaction each."""
         report = RoundReport(recovered=self.recover())
         if any(outcome == "in_mempool" for outcome in report.recovered.values()):
             return report  # never build on top of a transaction whose fate is still open
         while True:
-            sent = self._round(report)
-            if not sent:
+            more = self._round(report)
+            if not more:
                 return report
 
     def _round(self, report: RoundReport) -> bool:
+        """One transaction (or one parked item); True when another round should follow in this tick."""
         rows = self.store.accepted_receive_logs()
         if not rows:
             return False
@@ -213,17 +244,41 @@ class SettlementWorker:
             report.rejected.update({"0x" + i.hex(): r for i, r in reasons.items()})
         if not selection.to_send:
             return bool(selection.already_settled or selection.overlapping)
-        items = self._fit_calldata(list(selection.to_send))
-        offender = self._first_failing(items)
-        if offender is not None:
-            index, failure = offender
-            if failure is None:  # items[index] passes alone: only the sum was too much, send what fits
-                self._send(items[:index], report)
-                return True
-            self._park(items[index], failure, report)
-            return True  # the next round settles the rest without it
-        self._send(items, report)
-        return True
+        chunks = self._chunks(list(selection.to_send))
+        items = [row for chunk in chunks for row in chunk]
+        checked = self._precheck(items)
+        if isinstance(checked, int):  # the whole round passes: sent with the gas its pre-check estimated
+            self._send(chunks, report, gas=checked)
+            return selection.full or len(items) < len(selection.to_send)  # a limit left some for another round
+        index, failure = self._first_failing(items, checked)
+        if failure is None:  # items[index] passes alone: only the sum was too much, send what fits
+            self._send([self._fit_calldata(items[:index])], report)
+            return True
+        self._park(items[index], failure, report)
+        return True  # the next round settles the rest without it
+
+    def _chunks(self, items: list[ReceiveLogRow]) -> list[list[ReceiveLogRow]]:
+        """The round's transactions: `items` cut into calldata-sized prefixes, sent back to back with
+        consecutive nonces so that one block can carry them all (a Clique signer builds its next block from the
+        pool as the previous one lands: a transaction sent after that waits two periods, not one). Each one's
+        gas limit is the pre-check estimate of the whole round, an upper bound of its own use, so the
+        transactions together must fit the block gas limit; whatever does not waits for the next round."""
+        chunks: list[list[ReceiveLogRow]] = []
+        rest = items
+        while rest:
+            chunk = self._fit_calldata(rest)
+            chunks.append(chunk)
+            rest = rest[len(chunk):]
+        if len(chunks) == 1:
+            return chunks
+        round_gas = GAS_PER_SETTLE_TX + sum(row_gas(row) for row in items)  # the model bounds the estimate
+        fit = max(1, min(len(chunks), self._block_gas_limit() // max(round_gas, 1)))
+        return chunks[:fit]
+
+    def _block_gas_limit(self) -> int:
+        if self._gas_limit is None:
+            self._gas_limit = int(self.w3.eth.get_block("latest")["gasLimit"])
+        return self._gas_limit
 
     def _fit_calldata(self, items: list[ReceiveLogRow]) -> list[ReceiveLogRow]:
         """The longest prefix of `items` whose settle() calldata fits MAX_SETTLE_CALLDATA_BYTES (at least one
@@ -235,7 +290,7 @@ class SettlementWorker:
         total = 4 + 64  # selector, offset and length of the array
         for index, row in enumerate(items):
             if row.id not in self._item_bytes:
-                single = encode("settle", args=[[settlement_item(row)]])
+                single = encode("settle", args=[[self._item(row)]])
                 self._item_bytes[row.id] = (len(single) - 2) // 2 - 4 - 64
             total += self._item_bytes[row.id]
             if total > MAX_SETTLE_CALLDATA_BYTES and index > 0:
@@ -246,29 +301,45 @@ class SettlementWorker:
         """The item's own deterministic failure (a revert, or the node refusing it): out of every later round."""
         reason = revert_reason(failure)
         self.store.reject_receive_logs({row.id: reason})
+        self._forget([row])
         report.rejected["0x" + row.id.hex()] = reason
         self.log.warning("settlement.rejected", receive_log_id="0x" + row.id.hex(),
                          error=getattr(failure, "error_name", None) or failure.code, reason=reason)
 
+    def _item(self, row: ReceiveLogRow) -> tuple[Any, ...]:
+        """The SettlementItem ABI tuple of `row`, decoded from its stored batch once while it waits."""
+        item = self._items.get(row.id)
+        if item is None:
+            item = self._items[row.id] = settlement_item(row)
+        return item
+
+    def _forget(self, rows: Sequence[ReceiveLogRow]) -> None:
+        """Drop what was built for receive logs that left the queue (sent or parked)."""
+        for row in rows:
+            self._items.pop(row.id, None)
+            self._item_bytes.pop(row.id, None)
+
     def _next_seqs(self, serials: set[bytes]) -> dict[bytes, int]:
         return {serial: self.chain.issue_log(serial).next_seq for serial in serials}
 
-    def _call(self, items: Sequence[ReceiveLogRow]) -> PreCheckFailure | None:
-        """eth_call `settle(items)`: None when it passes, the failure when the node answers that it does not.
-        ChainUnreachable (no answer at all) propagates: the only reason to stop a round."""
+    def _precheck(self, items: Sequence[ReceiveLogRow]) -> int | PreCheckFailure:
+        """Estimate `settle(items)` (the node runs it): its gas when it passes, the failure when the node answers
+        that it does not. ChainUnreachable (no answer at all) propagates: the only reason to stop a round."""
         try:
-            self.chain.call("settle", [settlement_item(r) for r in items])
+            return self.chain.estimate("settle", [self._item(r) for r in items])
         except (ContractReverted, CallRefused) as exc:
             return exc
-        return None
 
-    def _first_failing(self, items: list[ReceiveLogRow]) -> tuple[int, PreCheckFailure | None] | None:
-        """Pre-validate with eth_call; on a failure, bisect for the longest passing prefix items[:k], then call
-        items[k] alone: its own failure makes it the offender (index, failure); passing alone (index, None)
+    def _call(self, items: Sequence[ReceiveLogRow]) -> PreCheckFailure | None:
+        """The pre-check of `items`: None when it passes, else the failure."""
+        checked = self._precheck(items)
+        return None if isinstance(checked, int) else checked
+
+    def _first_failing(self, items: list[ReceiveLogRow],
+                       failure: PreCheckFailure) -> tuple[int, PreCheckFailure | None]:
+        """`items` failed their pre-check with `failure`: bisect for the longest passing prefix items[:k], then
+        check items[k] alone: its own failure makes it the offender (index, failure); passing alone (index, None)
         means only the sum failed (out of gas over many items), so items[:k] can go as they are."""
-        failure = self._call(items)
-        if failure is None:
-            return None
         good, bad = 0, len(items)  # invariant: items[:good] passes, items[:bad] fails
         while bad - good > 1:
             middle = (good + bad) // 2
@@ -282,7 +353,24 @@ class SettlementWorker:
             return index, None
         return index, alone or self._call(items[:bad]) or failure
 
-    def _send(self, items: list[ReceiveLogRow], report: RoundReport) -> None:
+    def _send(self, chunks: list[list[ReceiveLogRow]], report: RoundReport, gas: int | None = None) -> None:
+        """Sign, record and broadcast one transaction per chunk (consecutive nonces), then wait for each
+        receipt in order. A later chunk builds on the earlier ones: if one reverts, those after it revert too
+        and every one of their logs goes back to `accepted`."""
+        sent = [(chunk, *self._broadcast(chunk, gas)) for chunk in chunks]
+        for chunk, outbox_id, tx_hash in sent:
+            receipt = self._wait_receipt(tx_hash)
+            outcome = self._record_receipt(outbox_id, receipt)
+            report.tx_hash = tx_hash
+            if outcome == "confirmed":
+                report.settled += len(chunk)
+            self.log.info("settlement.sent", outbox_id=outbox_id, tx_hash=tx_hash, items=len(chunk),
+                          outcome=outcome, gas_used=receipt["gasUsed"], round_txs=len(chunks))
+
+    def _wait_receipt(self, tx_hash: str) -> Any:
+        return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s, poll_latency=0.01)
+
+    def _broadcast(self, items: list[ReceiveLogRow], gas: int | None) -> tuple[int, str]:
         outbox: dict[str, int] = {}
 
         def record(tx_hash: str, nonce: int, raw_tx: bytes) -> None:
@@ -290,17 +378,11 @@ class SettlementWorker:
                                                         raw_tx=raw_tx)
             self._maybe_crash("before_broadcast")
 
-        tx_hash = self.chain.send_via_outbox("settle", [settlement_item(r) for r in items], record=record)
+        tx_hash = self.chain.send_via_outbox("settle", [self._item(r) for r in items], record=record, gas=gas)
+        self._forget(items)  # recorded as submitted: a failed transaction re-queues them, rebuilt on demand
         self._maybe_crash("after_broadcast")
         self.store.update_settlement(outbox["id"], "sent")
-        receipt = self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=self.receipt_timeout_s,
-                                                           poll_latency=0.01)
-        outcome = self._record_receipt(outbox["id"], receipt)
-        report.tx_hash = tx_hash
-        if outcome == "confirmed":
-            report.settled += len(items)
-        self.log.info("settlement.sent", outbox_id=outbox["id"], tx_hash=tx_hash, items=len(items),
-                      outcome=outcome, gas_used=receipt["gasUsed"])
+        return outbox["id"], tx_hash
 
     def _maybe_crash(self, point: str) -> None:
         if self.crash_at == point:

@@ -1,497 +1,31 @@
-"""The clearing center's tables and repository: users and devices, the append-only user balance database,
-issue logs and issue requests, receive logs, the settlement outbox, transfer requests and the bank's receipts.
+"""The clearing center's repository: `CcStore`, the typed queries of the CC database, every method one
+transaction over the session-level functions of records.py and the tables of tables.py.
 
-Every CC table is declared here, on `CcTable` (its own MetaData: `create_schema` creates exactly these). It
-stores what the CC decided; it reads no chain view, verifies no signature and sends no transaction. Balances are
-derived from append-only `user_balance_entries` rows (deposit / allocation / carry / release), never updated.
+It stores what the CC decided; it reads no chain view, verifies no signature and sends no transaction. Balances are
+derived from append-only `user_balance_entries` rows, never updated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (BigInteger, CheckConstraint, Engine, ForeignKey, Index, Integer, LargeBinary, String, Text,
-                        func, select, update)
-from sqlalchemy.orm import Mapped, Session, mapped_column
-from sqlalchemy.types import JSON
+from sqlalchemy import Engine, func, select
 
-from offchain.core.errors import DuplicateMessage, NotFound
+from offchain.clearing_center.records import (
+    TRANSFER_FLOW, Balance, IssueLogRecord, ReceiveLogRecord, add_device, add_user, advance_transfer_request,
+    append_balance_entry, close_issue_log, create_settlement, latest_issue_log, mark_issue_log_anchored,
+    mirror_transfer_request, note_settled_policies, record_issue_log, reject_receive_log,
+    upsert_receive_log_idempotent, update_settlement, user_funds,
+)
+from offchain.clearing_center.tables import (
+    OPEN_TRANSFER_STATUSES, ChainTxRow, Device, IssueLogRow, IssueRequestRow, ReceiveLogRow, SettledPolicyRow,
+    SettlementOutbox, TransferReceiptRow, TransferRequestRow, User, UserBalanceEntry, create_schema,
+)
+from offchain.core.errors import NotFound
 from offchain.core.types import Clock, to_hex, user_id_hash
-from offchain.storage import engine as storage
-from offchain.storage.columns import Address, Base, Bytes32, Money, money, new_metadata, require_money, status_check
-from offchain.storage.session import get_row, insert_idempotent, payload_hash, session_scope, transition
-
-
-class CcTable(Base):
-    """Abstract base of the clearing center's tables (their own MetaData)."""
-
-    __abstract__ = True
-    metadata = new_metadata()
-
-
-def create_schema(engine: Engine) -> None:
-    """Create the CC tables that do not exist yet (idempotent)."""
-    storage.create_schema(engine, CcTable.metadata)
-
-
-# --- tables --------------------------------------------------------------------------------------------------------
-class User(CcTable):
-    __tablename__ = "users"
-    user_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    user_id_hash: Mapped[bytes] = mapped_column(Bytes32, unique=True)
-    display_name: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[int] = mapped_column(BigInteger)
-
-
-class Device(CcTable):
-    __tablename__ = "devices"
-    address: Mapped[str] = mapped_column(Address, primary_key=True)
-    member_id: Mapped[str] = mapped_column(String(128), unique=True)
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
-    registered_at: Mapped[int] = mapped_column(BigInteger)
-
-
-ISSUE_STATUSES = ("open", "closed")
-
-
-class IssueLogRow(CcTable):
-    """One signed issue log. A top-up in place re-signs the same serial, so the key is (serial, revision)."""
-
-    __tablename__ = "issue_logs"
-    __table_args__ = (status_check("status", ISSUE_STATUSES),)
-    serial: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
-    revision: Mapped[int] = mapped_column(Integer, primary_key=True, default=0)
-    device: Mapped[str] = mapped_column(ForeignKey("devices.address"), index=True)
-    user_id_hash: Mapped[bytes] = mapped_column(Bytes32, index=True)
-    cap: Mapped[int] = mapped_column(Money)
-    expires_at: Mapped[int] = mapped_column(BigInteger)
-    previous_serial: Mapped[bytes | None] = mapped_column(Bytes32)
-    carried: Mapped[int] = mapped_column(Money)
-    new_money: Mapped[int] = mapped_column(Money)
-    status: Mapped[str] = mapped_column(String(16), default="open")
-    cc_signature: Mapped[bytes] = mapped_column(LargeBinary(65))
-    issue_log_json: Mapped[dict[str, Any]] = mapped_column(JSON)
-    payload_hash: Mapped[bytes] = mapped_column(Bytes32)
-    anchored_tx: Mapped[str | None] = mapped_column(String(66))
-    created_at: Mapped[int] = mapped_column(BigInteger)
-
-
-BALANCE_KINDS = ("deposit", "allocation", "carry", "release")
-
-
-class UserBalanceEntry(CcTable):
-    """Append-only user balance database: deposits credited, new money allocated, amounts carried, and
-    the unsettled rest of a revoked or expired device's log released back (IssueLogReleased, one row per serial)."""
-
-    __tablename__ = "user_balance_entries"
-    __table_args__ = (status_check("kind", BALANCE_KINDS), CheckConstraint("amount > 0", name="ck_amount_pos"))
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
-    user_id: Mapped[str] = mapped_column(ForeignKey("users.user_id"), index=True)
-    kind: Mapped[str] = mapped_column(String(16))
-    amount: Mapped[int] = mapped_column(Money)
-    serial: Mapped[bytes | None] = mapped_column(Bytes32)
-    reference: Mapped[str | None] = mapped_column(String(200))
-    payload_hash: Mapped[bytes] = mapped_column(Bytes32)
-    created_at: Mapped[int] = mapped_column(BigInteger)
-
-
-SETTLEMENT_STATUSES = ("pending", "sent", "confirmed", "failed")
-
-
-class SettlementOutbox(CcTable):
-    """One settle() transaction: built, signed and stored before it is sent, so a crash can resend it."""
-
-    __tablename__ = "settlement_outbox"
-    __table_args__ = (status_check("status", SETTLEMENT_STATUSES),)
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
-    tx_hash: Mapped[str | None] = mapped_column(String(66), unique=True)
-    nonce: Mapped[int | None] = mapped_column(BigInteger)
-    raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary)
-    error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[int] = mapped_column(BigInteger)
-    updated_at: Mapped[int] = mapped_column(BigInteger)
-
-
-RECEIVE_STATUSES = ("accepted", "submitted", "settled", "rejected")
-
-
-class ReceiveLogRow(CcTable):
-    """A receive log (SP-signed) with its usage batch (device-signed); id = the ReceiveLog EIP-712 digest."""
-
-    __tablename__ = "receive_logs"
-    __table_args__ = (
-        status_check("status", RECEIVE_STATUSES),
-        Index("ix_receive_logs_serial_seq", "serial", "first_seq"),
-    )
-    id: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
-    sp_address: Mapped[str] = mapped_column(Address, index=True)
-    payer: Mapped[str] = mapped_column(Address)
-    serial: Mapped[bytes] = mapped_column(Bytes32)
-    first_seq: Mapped[int] = mapped_column(BigInteger)
-    count: Mapped[int] = mapped_column(Integer)
-    total: Mapped[int] = mapped_column(Money)
-    usage_batch_json: Mapped[dict[str, Any]] = mapped_column(JSON)
-    device_sig: Mapped[bytes] = mapped_column(LargeBinary(65))
-    receiver_sig: Mapped[bytes] = mapped_column(LargeBinary(65))
-    received_at: Mapped[int] = mapped_column(BigInteger)
-    status: Mapped[str] = mapped_column(String(16), default="accepted", index=True)
-    settlement_id: Mapped[int | None] = mapped_column(ForeignKey("settlement_outbox.id"), index=True)
-    reject_reason: Mapped[str | None] = mapped_column(Text)
-    payload_hash: Mapped[bytes] = mapped_column(Bytes32)
-
-
-class SettledPolicyRow(CcTable):
-    """A policy id that appears in at least one settled receive log: the transfer worker's candidates, kept as
-    receive logs settle (never rebuilt from their JSON, so a round costs the same whatever the history)."""
-
-    __tablename__ = "cc_settled_policies"
-    policy_id: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
-    first_settled_at: Mapped[int] = mapped_column(BigInteger)
-
-
-TRANSFER_STATUSES = ("requested", "sent_to_bank", "confirmed")
-
-
-class TransferRequestRow(CcTable):
-    """A transfer request the contract assigned (id = requestId), followed until the bank confirms it."""
-
-    __tablename__ = "transfer_requests"
-    __table_args__ = (status_check("status", TRANSFER_STATUSES), CheckConstraint("amount > 0", name="ck_tr_pos"))
-    request_id: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
-    payee: Mapped[str] = mapped_column(Address, index=True)
-    amount: Mapped[int] = mapped_column(Money)
-    status: Mapped[str] = mapped_column(String(16), default="requested", index=True)
-    bank_ref: Mapped[bytes | None] = mapped_column(Bytes32)
-    tx_hash: Mapped[str | None] = mapped_column(String(66))
-    created_at: Mapped[int] = mapped_column(BigInteger)
-    updated_at: Mapped[int] = mapped_column(BigInteger)
-
-
-
-class IssueRequestRow(CcTable):
-    """A device's issue/renew request (id = request_id, scoped by device): planned before the chain call, answered
-    from here on a retry, so an interrupted request resumes with the same serial, amount and expiry."""
-
-    __tablename__ = "cc_issue_requests"
-    device: Mapped[str] = mapped_column(Address, primary_key=True)
-    request_id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # issue | renew
-    payload_hash: Mapped[bytes] = mapped_column(Bytes32)
-    user_id: Mapped[str] = mapped_column(String(128))
-    serial: Mapped[bytes] = mapped_column(Bytes32)
-    previous_serial: Mapped[bytes | None] = mapped_column(Bytes32)
-    new_money: Mapped[int] = mapped_column(Money)
-    carried: Mapped[int] = mapped_column(Money)
-    cap: Mapped[int] = mapped_column(Money)  # the cap the chain holds for `serial` once the request is applied
-    old_cap: Mapped[int] = mapped_column(Money)  # renew: the old serial's cap before (detects an applied top-up)
-    expires_at: Mapped[int] = mapped_column(BigInteger)
-    mode: Mapped[str] = mapped_column(String(16))  # issue | new_serial | top_up
-    status: Mapped[str] = mapped_column(String(16), default="planned")  # planned | done
-    response: Mapped[dict[str, Any] | None] = mapped_column(JSON)
-    created_at: Mapped[int] = mapped_column(BigInteger)
-    # The signed chain call, written before it is broadcast (NULL: nothing was ever sent for this plan). A retry
-    # trusts only this transaction's receipt, never the issue log's cap, so a top-up can never apply twice.
-    tx_hash: Mapped[str | None] = mapped_column(String(66))
-    tx_nonce: Mapped[int | None] = mapped_column(BigInteger)
-    raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary)
-
-
-class TransferReceiptRow(CcTable):
-    """The bank's signed TransferReceipt for one transfer request, kept as evidence (Envelope JSON)."""
-
-    __tablename__ = "cc_transfer_receipts"
-    request_id: Mapped[bytes] = mapped_column(Bytes32, primary_key=True)
-    bank_ref: Mapped[bytes] = mapped_column(Bytes32)
-    amount: Mapped[int] = mapped_column(Money)
-    confirmed_at: Mapped[int] = mapped_column(BigInteger)
-    bank_member_id: Mapped[str] = mapped_column(String(128))
-    envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
-    received_at: Mapped[int] = mapped_column(BigInteger)
-
-
-CHAIN_TX_STATES = ("pending", "included", "final", "reorged", "dropped")
-
-
-class ChainTxRow(CcTable):
-    """One CC transaction followed to finality (offchain.clearing_center.finality): a confirmed settlement, an
-    anchored issue log or renewal, a transfer request. `included` until `confirmations` deep, then `final`; the
-    recorded (block_number, block_hash) is what a reorg changes. `raw_tx` is the signed bytes re-broadcast when a
-    reorg drops it; `dropped` when they can never be mined again (the state is re-derived from the chain)."""
-
-    __tablename__ = "cc_chain_txs"
-    __table_args__ = (status_check("state", CHAIN_TX_STATES),)
-    tx_hash: Mapped[str] = mapped_column(String(66), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(24))  # settlement | issue | renew | transfer_request
-    ref: Mapped[str] = mapped_column(String(200))  # outbox id, device:request_id, or the tx hash
-    raw_tx: Mapped[bytes | None] = mapped_column(LargeBinary)
-    block_number: Mapped[int | None] = mapped_column(BigInteger)
-    block_hash: Mapped[str | None] = mapped_column(String(66))
-    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
-    reorgs: Mapped[int] = mapped_column(Integer, default=0)
-    updated_at: Mapped[int] = mapped_column(BigInteger)
-
-
-# --- repository functions (one session each; CcStore runs them in transactions) -------------------------------
-def add_user(session: Session, user_id: str, user_id_hash: bytes, display_name: str, now: int) -> User:
-    """Register a user once; the same user again is a no-op, a different hash or name is DuplicateMessage."""
-    existing = session.get(User, user_id)
-    if existing is None:
-        user = User(user_id=user_id, user_id_hash=user_id_hash, display_name=display_name, created_at=now)
-        session.add(user)
-        session.flush()
-        return user
-    if (existing.user_id_hash, existing.display_name) != (user_id_hash, display_name):
-        raise DuplicateMessage(f"user {user_id} exists with other data", kind="user", key=user_id)
-    return existing
-
-
-def add_device(session: Session, address: str, member_id: str, user_id: str, now: int) -> Device:
-    """Bind a device address to a member id and a user once; rebinding to someone else is DuplicateMessage."""
-    existing = session.get(Device, address)
-    if existing is None:
-        get_row(session, User, user_id, "user")
-        device = Device(address=address, member_id=member_id, user_id=user_id, registered_at=now)
-        session.add(device)
-        session.flush()
-        return device
-    if (existing.member_id, existing.user_id) != (member_id, user_id):
-        raise DuplicateMessage(f"device {address} is bound to another member or user", kind="device", key=address)
-    return existing
-
-
-@dataclass(frozen=True)
-class IssueLogRecord:
-    """What the CC stores for one signed issue log (revision > 0: a top-up in place of the same serial)."""
-
-    serial: bytes
-    revision: int
-    device: str
-    user_id_hash: bytes
-    cap: int
-    expires_at: int
-    previous_serial: bytes | None
-    carried: int
-    new_money: int
-    cc_signature: bytes
-    issue_log_json: dict[str, Any]
-
-
-def record_issue_log(session: Session, record: IssueLogRecord, now: int) -> tuple[IssueLogRow, bool]:
-    """Store an issue log idempotently by (serial, revision); returns (row, created)."""
-    for name in ("cap", "carried", "new_money"):
-        require_money(getattr(record, name), name)
-    fields = {k: getattr(record, k) for k in IssueLogRecord.__dataclass_fields__}
-    row = IssueLogRow(**fields, payload_hash=payload_hash(fields), status="open", created_at=now)
-    return insert_idempotent(session, row, {"serial": record.serial, "revision": record.revision}, "issue_log")
-
-
-def latest_issue_log(session: Session, serial: bytes) -> IssueLogRow | None:
-    """The highest revision of `serial`, or None."""
-    query = select(IssueLogRow).where(IssueLogRow.serial == serial).order_by(IssueLogRow.revision.desc()).limit(1)
-    return session.scalars(query).first()
-
-
-def close_issue_log(session: Session, serial: bytes) -> None:
-    """Mark every revision of `serial` closed (renewal with a new serial or after expiry)."""
-    session.execute(update(IssueLogRow).where(IssueLogRow.serial == serial).values(status="closed"))
-
-
-def mark_issue_log_anchored(session: Session, serial: bytes, revision: int, tx_hash: str) -> None:
-    """Remember the transaction that recorded the issue log on chain."""
-    get_row(session, IssueLogRow, (serial, revision), "issue_log").anchored_tx = tx_hash
-
-
-@dataclass(frozen=True)
-class Balance:
-    """A user's totals from the append-only balance entries; `available` is not yet allocated:
-    deposits minus allocations plus what releases returned (the chain's `allocated -= cap - spent`)."""
-
-    user_id: str
-    user_id_hash: bytes
-    deposited: int
-    allocated: int
-    carried: int
-    released: int = 0
-
-    @property
-    def available(self) -> int:
-        return self.deposited - self.allocated + self.released
-
-
-def append_balance_entry(
-    session: Session,
-    idempotency_key: str,
-    user_id: str,
-    kind: str,
-    amount: int,
-    now: int,
-    *,
-    serial: bytes | None = None,
-    reference: str | None = None,
-) -> tuple[UserBalanceEntry, bool]:
-    """Append one user balance entry (deposit / allocation / carry / release) exactly once per idempotency key."""
-    if kind not in BALANCE_KINDS:
-        raise ValueError(f"kind must be one of {BALANCE_KINDS}")
-    require_money(amount, "amount", positive=True)
-    digest = payload_hash({"user_id": user_id, "kind": kind, "amount": amount, "serial": serial, "ref": reference})
-    row = UserBalanceEntry(
-        idempotency_key=idempotency_key, user_id=user_id, kind=kind, amount=amount, serial=serial,
-        reference=reference, payload_hash=digest, created_at=now,
-    )
-    return insert_idempotent(session, row, {"idempotency_key": idempotency_key}, "balance_entry")
-
-
-def user_funds(session: Session, user_id: str) -> Balance:
-    """Sum a user's balance entries per kind."""
-    query = (
-        select(UserBalanceEntry.kind, func.sum(UserBalanceEntry.amount))
-        .where(UserBalanceEntry.user_id == user_id)
-        .group_by(UserBalanceEntry.kind)
-    )
-    sums = {kind: money(total) for kind, total in session.execute(query)}
-    return Balance(user_id, user_id_hash(user_id), sums.get("deposit", 0), sums.get("allocation", 0),
-                   sums.get("carry", 0), sums.get("release", 0))
-
-
-@dataclass(frozen=True)
-class ReceiveLogRecord:
-    """A verified receive log with its usage batch; `id` is the ReceiveLog EIP-712 digest."""
-
-    id: bytes
-    sp_address: str
-    payer: str
-    serial: bytes
-    first_seq: int
-    count: int
-    total: int
-    usage_batch_json: dict[str, Any]
-    device_sig: bytes
-    receiver_sig: bytes
-    received_at: int
-
-
-def upsert_receive_log_idempotent(session: Session, record: ReceiveLogRecord) -> tuple[ReceiveLogRow, bool]:
-    """Store a receive log once: identical replay returns (existing, False); same id, other payload raises
-    DuplicateMessage (fields: kind, key, stored_hash, got_hash)."""
-    require_money(record.total, "total", positive=True)
-    fields = {k: getattr(record, k) for k in ReceiveLogRecord.__dataclass_fields__}
-    row = ReceiveLogRow(**fields, payload_hash=payload_hash(fields), status="accepted")
-    return insert_idempotent(session, row, {"id": record.id}, "receive_log")
-
-
-def note_settled_policies(session: Session, batches: Iterable[dict[str, Any]], now: int) -> int:
-    """Add the policy ids of newly settled usage batches (their JSON) to `cc_settled_policies`; returns how many
-    were new. Called in the transaction that settles them, so the set never lags the receive logs."""
-    wanted = {bytes.fromhex(pid[2:]) for batch in batches for pid in batch["policyIds"]}
-    if not wanted:
-        return 0
-    known = set(session.scalars(select(SettledPolicyRow.policy_id).where(SettledPolicyRow.policy_id.in_(wanted))))
-    new = wanted - known
-    session.add_all(SettledPolicyRow(policy_id=pid, first_settled_at=now) for pid in sorted(new))
-    return len(new)
-
-
-_RECEIVE_FLOW = {"accepted": ("submitted", "rejected"), "submitted": ("settled", "accepted", "rejected")}
-_SETTLEMENT_FLOW = {"pending": ("sent", "failed"), "sent": ("confirmed", "failed")}
-
-
-def create_settlement(session: Session, receive_log_ids: Sequence[bytes], now: int) -> SettlementOutbox:
-    """Open an outbox row for one settle() transaction and mark its receive logs submitted."""
-    outbox = SettlementOutbox(status="pending", created_at=now, updated_at=now)
-    session.add(outbox)
-    session.flush()
-    for log_id in receive_log_ids:
-        row = get_row(session, ReceiveLogRow, log_id, "receive_log")
-        transition(row, "submitted", _RECEIVE_FLOW, "receive_log")
-        row.settlement_id = outbox.id
-    return outbox
-
-
-def update_settlement(
-    session: Session,
-    settlement_id: int,
-    status: str,
-    now: int,
-    *,
-    tx_hash: str | None = None,
-    nonce: int | None = None,
-    raw_tx: bytes | None = None,
-    error: str | None = None,
-) -> SettlementOutbox:
-    """Advance a settlement; confirmed settles its receive logs, failed returns them to `accepted` for retry."""
-    outbox = get_row(session, SettlementOutbox, settlement_id, "settlement")
-    transition(outbox, status, _SETTLEMENT_FLOW, "settlement")
-    for name, value in (("tx_hash", tx_hash), ("nonce", nonce), ("raw_tx", raw_tx), ("error", error)):
-        if value is not None:
-            setattr(outbox, name, value)
-    outbox.updated_at = now
-    if status in ("confirmed", "failed"):
-        logs = list(session.scalars(select(ReceiveLogRow).where(ReceiveLogRow.settlement_id == settlement_id)))
-        for row in logs:
-            transition(row, "settled" if status == "confirmed" else "accepted", _RECEIVE_FLOW, "receive_log")
-            if status == "failed":
-                row.settlement_id = None
-        if status == "confirmed":
-            note_settled_policies(session, (row.usage_batch_json for row in logs), now)
-    return outbox
-
-
-def reject_receive_log(session: Session, log_id: bytes, reason: str) -> ReceiveLogRow:
-    """Take a receive log out of settlement for good (e.g. it reverted alone with a named contract error)."""
-    row = get_row(session, ReceiveLogRow, log_id, "receive_log")
-    transition(row, "rejected", _RECEIVE_FLOW, "receive_log")
-    row.reject_reason = reason
-    row.settlement_id = None
-    return row
-
-
-_TRANSFER_FLOW = {"requested": ("sent_to_bank", "confirmed"), "sent_to_bank": ("confirmed",)}
-
-
-def record_transfer_request(
-    session: Session, request_id: bytes, payee: str, amount: int, now: int, *, tx_hash: str | None = None
-) -> tuple[TransferRequestRow, bool]:
-    """Store a transfer request (from the TransferRequested event) once; another payee/amount raises."""
-    require_money(amount, "amount", positive=True)
-    row = TransferRequestRow(
-        request_id=request_id, payee=payee, amount=amount, status="requested", tx_hash=tx_hash,
-        created_at=now, updated_at=now,
-    )
-    existing = session.get(TransferRequestRow, request_id)
-    if existing is None:
-        session.add(row)
-        session.flush()
-        return row, True
-    if (existing.payee, existing.amount) != (payee, amount):
-        raise DuplicateMessage(
-            f"transfer request 0x{request_id.hex()} exists with another payee or amount",
-            kind="transfer_request", key="0x" + request_id.hex(), stored_amount=existing.amount, got_amount=amount,
-        )
-    return existing, False
-
-
-def advance_transfer_request(
-    session: Session, request_id: bytes, status: str, now: int, *, bank_ref: bytes | None = None
-) -> TransferRequestRow:
-    """Move a transfer request to `sent_to_bank` or `confirmed` (which needs the bank's reference)."""
-    row = get_row(session, TransferRequestRow, request_id, "transfer_request")
-    if status == "confirmed":
-        if bank_ref is None:
-            raise ValueError("confirming a transfer request needs bank_ref")
-        if row.bank_ref is not None and row.bank_ref != bank_ref:
-            raise DuplicateMessage(
-                "transfer request already confirmed with another bank_ref",
-                kind="transfer_request", key="0x" + request_id.hex(), stored_ref=row.bank_ref, got_ref=bank_ref,
-            )
-        row.bank_ref = bank_ref
-    transition(row, status, _TRANSFER_FLOW, "transfer_request")
-    row.updated_at = now
-    return row
-
+from offchain.storage.columns import money
+from offchain.storage.session import get_row, session_scope, transition
 
 
 class CcStore:
@@ -545,6 +79,14 @@ class CcStore:
             _row, created = append_balance_entry(session, f"release:{to_hex(serial)}", user_id, "release", amount,
                                                  now, serial=serial, reference=tx_hash)
             return created
+
+    def released_serials(self, user_id: str) -> set[bytes]:
+        """The serials of this user whose release is already credited (a `release` entry): not checked again."""
+        with session_scope(self.engine) as session:
+            return {bytes(s) for s in session.scalars(
+                select(UserBalanceEntry.serial).where(UserBalanceEntry.user_id == user_id,
+                                                      UserBalanceEntry.kind == "release",
+                                                      UserBalanceEntry.serial.is_not(None)))}
 
     def balance(self, user_id: str) -> Balance:
         with session_scope(self.engine) as session:
@@ -684,14 +226,18 @@ class CcStore:
             return list(session.scalars(select(ReceiveLogRow).where(ReceiveLogRow.settlement_id == settlement_id)
                                         .order_by(ReceiveLogRow.serial, ReceiveLogRow.first_seq)))
 
-    def settled_policy_ids(self) -> list[bytes]:
+    def settled_policy_ids(self, *, since: int | None = None) -> list[bytes]:
         """Every policy id that appears in a settled receive log (candidates for transfer requests), in the order
-        they first settled: read from `cc_settled_policies`, one row per policy, whatever the history's length.
-        A reorg that un-settles a log leaves its policy here; the transfer worker skips policies with nothing
-        accrued, so a candidate too many costs one view call, never a transfer."""
+        they first settled: read from `cc_settled_policies`, one row per policy, whatever the history's length;
+        with `since`, only those a receive log settled for at or after it. A reorg that un-settles a log leaves
+        its policy here; the transfer worker skips policies with nothing accrued, so a candidate too many costs
+        one view call, never a transfer."""
+        query = select(SettledPolicyRow.policy_id)
+        if since is not None:
+            query = query.where(SettledPolicyRow.last_settled_at >= since)
         with session_scope(self.engine) as session:
-            return list(session.scalars(select(SettledPolicyRow.policy_id)
-                                        .order_by(SettledPolicyRow.first_settled_at, SettledPolicyRow.policy_id)))
+            return list(session.scalars(query.order_by(SettledPolicyRow.first_settled_at,
+                                                       SettledPolicyRow.policy_id)))
 
     def reject_receive_logs(self, reasons: dict[bytes, str]) -> None:
         with session_scope(self.engine) as session:
@@ -756,16 +302,55 @@ class CcStore:
     # transfer requests ----------------------------------------------------------------------------------------
     def record_transfer_requests(self, requests: Iterable[tuple[bytes, str, int, str]]) -> int:
         """Store (request_id, payee, amount, tx_hash) rows read from TransferRequested events; returns new count."""
-        now, created = self.now(), 0
+        return sum(1 for _id, outcome in self.mirror_transfer_requests(requests) if outcome == "created")
+
+    def mirror_transfer_requests(self, requests: Iterable[tuple[bytes, str, int, str]]) -> list[tuple[bytes, str]]:
+        """Mirror canonical (request_id, payee, amount, tx_hash) events (`mirror_transfer_request`), in one
+        transaction; returns (request_id, outcome) per event."""
+        now = self.now()
         with session_scope(self.engine) as session:
-            for request_id, payee, amount, tx_hash in requests:
-                created += record_transfer_request(session, request_id, payee, amount, now, tx_hash=tx_hash)[1]
-        return created
+            return [(request_id, mirror_transfer_request(session, request_id, payee, amount, tx_hash, now))
+                    for request_id, payee, amount, tx_hash in requests]
 
     def open_transfer_requests(self) -> list[TransferRequestRow]:
+        """Requests to deliver to the bank (neither confirmed nor void), oldest first."""
         with session_scope(self.engine) as session:
-            return list(session.scalars(select(TransferRequestRow).where(TransferRequestRow.status != "confirmed")
+            return list(session.scalars(select(TransferRequestRow)
+                                        .where(TransferRequestRow.status.in_(OPEN_TRANSFER_STATUSES))
                                         .order_by(TransferRequestRow.created_at)))
+
+    def transfer_requests_to_verify(self) -> list[TransferRequestRow]:
+        """Open requests whose transaction is not followed to finality yet, not final, or was ever reorged: their
+        id may be gone from the canonical chain. (A request whose transaction became final without a reorg is
+        known to be on chain.)"""
+        with session_scope(self.engine) as session:
+            trusted = select(ChainTxRow.tx_hash).where(ChainTxRow.state == "final", ChainTxRow.reorgs == 0)
+            return list(session.scalars(select(TransferRequestRow)
+                                        .where(TransferRequestRow.status.in_(OPEN_TRANSFER_STATUSES),
+                                               TransferRequestRow.tx_hash.is_not(None),
+                                               TransferRequestRow.tx_hash.not_in(trusted))
+                                        .order_by(TransferRequestRow.created_at)))
+
+    def void_transfer_requests(self, request_ids: Iterable[bytes]) -> int:
+        """Mark open requests `void` (their id is not on the canonical chain); returns how many changed."""
+        now, changed = self.now(), 0
+        with session_scope(self.engine) as session:
+            for request_id in request_ids:
+                row = get_row(session, TransferRequestRow, request_id, "transfer_request")
+                if row.status in OPEN_TRANSFER_STATUSES:
+                    transition(row, "void", TRANSFER_FLOW, "transfer_request")
+                    row.updated_at, changed = now, changed + 1
+        return changed
+
+    def transfer_request_txs_in_flight(self) -> list[str]:
+        """Transactions of open requests that are not final yet: one of them may still land (again) and request
+        the accruals, so the worker requests nothing new meanwhile."""
+        with session_scope(self.engine) as session:
+            final = select(ChainTxRow.tx_hash).where(ChainTxRow.state == "final")
+            return list(session.scalars(select(TransferRequestRow.tx_hash).distinct()
+                                        .where(TransferRequestRow.status.in_(OPEN_TRANSFER_STATUSES),
+                                               TransferRequestRow.tx_hash.is_not(None),
+                                               TransferRequestRow.tx_hash.not_in(final))))
 
     def mark_transfer_sent(self, request_id: bytes) -> None:
         with session_scope(self.engine) as session:
@@ -847,9 +432,4 @@ class CcStore:
             if outbox.status == "confirmed":
                 outbox.status, outbox.error, outbox.updated_at = "sent", why, self.now()
 
-
-__all__ = [
-    "CcStore", "Balance", "CcTable", "create_schema", "IssueLogRecord", "ReceiveLogRecord", "User", "Device",
-    "IssueLogRow", "UserBalanceEntry", "SettlementOutbox", "ReceiveLogRow", "TransferRequestRow", "IssueRequestRow",
-    "TransferReceiptRow", "ChainTxRow", "CHAIN_TX_STATES", "SettledPolicyRow", "note_settled_policies",
-]
+__all__ = ["CcStore"]

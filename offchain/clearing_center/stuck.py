@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from offchain.chain.protocols import ChainWriter
-from offchain.clearing_center.store import CcStore, SettlementOutbox
+from offchain.clearing_center.store import CcStore
+from offchain.clearing_center.tables import SettlementOutbox
 from offchain.storage.session import get_row, session_scope
 
 

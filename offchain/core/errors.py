@@ -692,6 +692,23 @@ nonce (fields: tx_hash, nonce, request_id, node_message): retry later, the pendi
         self.tx_hash = tx_hash
 
 
+class NotFinal(ChainError):
+    """A fact a decision rests on is on chain but not yet at the finality depth (fields: fact, subject, head,
+final_block, confirmations): retry later; nothing was refused for good and nothing was recorded."""
+
+    code = "not_final"
+    http_status = 503
+
+    def __init__(self, message: str, *, confirmations: int | None = None, fact: str | None = None,
+                 final_block: int | None = None, head: int | None = None, subject: Hex | None = None) -> None:
+        super().__init__(message)
+        self.confirmations = confirmations
+        self.fact = fact
+        self.final_block = final_block
+        self.head = head
+        self.subject = subject
+
+
 # --- bank -----------------------------------------------------------------------------------------------------
 class BankError(ClearhouseError):
     code = "bank_error"
@@ -898,6 +915,19 @@ class NotFound(ClearhouseError):
 
 
 # --- persistence ------------------------------------------------------------------------------------------------
+class StorageFull(ClearhouseError):
+    """The service's database could not grow: its disk (or quota) is full (fields: backend, detail). Nothing of
+the request was stored; retry once the operator has freed space."""
+
+    code = "storage_full"
+    http_status = 507
+
+    def __init__(self, message: str, *, backend: str | None = None, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.backend = backend
+        self.detail = detail
+
+
 class InvalidTransition(ClearhouseError):
     """A stored record was asked to move to a status it cannot reach from its current one (fields: kind,
 current, wanted)."""

@@ -63,6 +63,11 @@ class BaseServiceSettings(BaseSettings):
         None, ge=0,
         description="Blocks from the including block to the head (inclusive) before a transaction is final; unset: "
                     "the chain's policy (anvil 0, Clique max(floor(N/2)+1, 6), Besu QBFT 0).")
+    finality_wait_s: float = Field(
+        20.0, ge=0,
+        description="Device and SP: how long a decision on a chain fact that is included but not yet "
+                    "`confirmations` deep (a policy, a serial) waits for the depth before refusing with not_final "
+                    "(retry later). Keep it below the peers' HTTP timeout (30 s).")
     chain_id: int | None = Field(None, ge=1, description="If set, the node's chain id must equal it.")
     deployment_path: Path = Field(Path("deployments/local.json"), description="Deployment file of the contract.")
     database_url: str = Field("", description="SQLAlchemy URL; empty means sqlite:///var/<role>.db.")

@@ -1,9 +1,11 @@
 """The device client: the user's side around the SecureModule (issue logs from the CC, content from the SP).
 
 `use` is fully offline: it reads the downloaded container and wrapped key from local files and charges the
-wallet; only `request_issue_log`, `renew`, `catalog`, `download` and `upload` talk to the network (mTLS). The
-server certificate must be a CC's (issue logs) or an SP's (content, uploads; the receiver is its address), and
-every issue log is checked (CC certificate = TLS server, signature, role) before the secure module installs it.
+wallet; only `request_issue_log`, `renew`, `catalog`, `download`, `upload` (which keeps each SP's signed ack,
+fetched again from the SP when the answer was lost) and `skip_withheld` (a SkipRange with that ack, for a batch
+the SP never forwarded) talk to the network (mTLS). The server certificate must be a CC's (issue logs) or an
+SP's (content, uploads; the receiver is its address), and every issue log is checked (CC certificate = TLS
+server, signature, role) before the secure module installs it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +27,9 @@ from offchain.core.errors import (ClearhouseError, ContractReverted, DuplicateMe
 from offchain.transport.client import JsonTransport, SyncJsonClient
 from offchain.transport.wiring import deployment_domain, file_reader, require_path
 from offchain.core import messages
-from offchain.core.messages import BalanceStatement, Domain, IssueLog, Role
-from offchain.device.secure_module import SecureModule, WalletBalance, cc_verify_fn
+from offchain.clearing_center.skips import RELEASE_PATH, SKIP_PATH, WITHHOLD_WINDOW_S
+from offchain.core.messages import BalanceStatement, Domain, IssueLog, ReceiveLog, Role, UsageBatch
+from offchain.device.secure_module import KeptAck, SecureModule, WalletBalance, cc_verify_fn
 from offchain.core.settings import DeviceSettings
 from offchain.core.types import Clock, to_hex
 
@@ -50,6 +53,18 @@ class UploadResult:
     batches: int
     logs: int
     receive_log_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SkipResult:
+    """What `skip_withheld` did with the kept acks: ranges skipped on chain, ranges found settled (the SP
+    forwarded them after all), acks still waiting (window open, or behind an earlier range), and skipped
+    ranges whose batch the device then settled itself (released)."""
+
+    skipped: tuple[KeptAck, ...]
+    settled: tuple[KeptAck, ...]
+    waiting: tuple[KeptAck, ...]
+    released: tuple[KeptAck, ...] = ()  # skipped batches then settled from the device's copy: nothing held
 
 
 class DeviceClient:
@@ -88,7 +103,9 @@ class DeviceClient:
                    verifier=CertificateVerifier(ca.read_bytes(), file_reader(settings.crl_path), clock=clock),
                    domain=domain, cert_pem=cert.read_bytes(), user_id=user_id,
                    content_dir=settings.wallet_path.parent / "content",
-                   registered_policy_of=chain_policy_reader(settings.rpc_url, settings.deployment_path), clock=clock)
+                   registered_policy_of=chain_policy_reader(
+                       settings.chain_urls(), settings.deployment_path, confirmations=settings.confirmations,
+                       wait_s=settings.finality_wait_s), clock=clock)
 
     def close(self) -> None:
         self._sp.close()
@@ -267,20 +284,152 @@ class DeviceClient:
             except DuplicateMessage as exc:  # an earlier batch from these seqs reached the SP, its ack was lost
                 held = exc.fields.get("highest_received")
                 if not isinstance(held, int) or held < batch.first_seq:
-                    raise
-                self.module.mark_uploaded(batch.serial, min(held, last_seq))  # only this device signs its seqs
+                    raise  # no highest_received: another signer's copy of this batch, never this device's receipt
+                through, acks = self._recovered_acks(batch, sp)  # the SP's signed receipts of those seqs, again
+                self.module.mark_uploaded_with_acks(batch.serial, through, acks)
                 continue
             acked = int(ack["acked_through_seq"])
             if not batch.first_seq <= acked <= last_seq:  # marking more would drop logs the SP never received
                 raise SequenceError("the service provider acknowledged seqs outside the batch it was sent",
                                     serial=batch.serial, expected=last_seq, got=acked, first_seq=batch.first_seq)
-            self.module.mark_uploaded(batch.serial, acked)
+            self.module.mark_uploaded(batch.serial, acked, self._verified_ack(ack.get("receive_log"), batch, sp))
             batches, logs = batches + 1, logs + batch.count
             ids.append(ack["receive_log_id"])
         return UploadResult(batches, logs, tuple(ids))
 
+    def _recovered_acks(self, batch: UsageBatch, sp: MemberIdentity) -> tuple[int, list[KeptAck]]:
+        """The SP's signed receive logs of the batches this device uploaded earlier from `batch.first_seq` (GET
+        /v1/usage/acks, the TLS server's own answer for this device's own serial), each verified against the batch
+        this wallet's own logs form over the range the SP names (`_verified_ack`). Returns the last seq they cover
+        contiguously from `batch.first_seq` and the acks that cover it. Nothing is marked uploaded without a kept
+        ack: a range the SP names that this wallet did not sign, or no receipt of `batch.first_seq`, is
+        MalformedMessage; an SP that keeps nothing of this device's is NotFound."""
+        answer = self._sp.get(f"/v1/usage/acks?serial={to_hex(batch.serial)}&from_seq={batch.first_seq}")
+        items = answer.get("acks") if isinstance(answer, dict) else None
+        if not isinstance(items, list):
+            raise MalformedMessage("the service provider's receive logs answer carries no list", type="UsageAcks",
+                                   field="acks", reason="missing")
+        through, acks = batch.first_seq - 1, []
+        for item in sorted((i for i in items if isinstance(i, dict)), key=lambda i: _int_field(i, "first_seq")):
+            first_seq, count = _int_field(item, "first_seq"), _int_field(item, "count")
+            if first_seq + count - 1 <= through or first_seq > through + 1:
+                continue  # before what is covered already, or past a gap: proves nothing about these seqs
+            own = self.module.own_batch(batch.serial, first_seq, count)
+            if own is None or own.receiver != sp.eth_address:
+                raise MalformedMessage("the service provider names a range of seqs this device did not sign for it",
+                                       type="UsageAcks", field="count", value=count, reason="not this device's batch")
+            acks.append(self._verified_ack(item.get("receive_log"), own, sp))
+            through = first_seq + count - 1
+        if not acks:
+            raise MalformedMessage("the service provider says these seqs were received but returns no signed "
+                                   "receive log of them", type="UsageAcks", field="acks", value=batch.first_seq,
+                                   reason="missing")
+        return through, acks
+
+    def _verified_ack(self, envelope_json: Any, batch: UsageBatch, sp: MemberIdentity) -> KeptAck:
+        """The SP's signed ReceiveLog of `batch`: sealed by the TLS server's own certificate, about this very batch
+        and this device. Without it the device has no proof of the upload, so nothing is marked uploaded."""
+        if not isinstance(envelope_json, dict):
+            raise MalformedMessage("the service provider's ack carries no signed receive log", type="UsageAck",
+                                   field="receive_log", reason="missing")
+        envelope = Envelope.from_json(envelope_json)
+        receive_log, _sp = envelope.open(self._verifier, self.domain, Role.SERVICE_PROVIDER, peer=sp)
+        if not isinstance(receive_log, ReceiveLog):
+            raise MalformedMessage("the service provider acked with another log than a ReceiveLog", type="UsageAck",
+                                   field="receive_log", value=envelope.kind, reason="wrong message type")
+        if receive_log.usage_batch != batch.struct_hash() or receive_log.payer != self.module.eth_address:
+            raise MalformedMessage("the service provider's receive log is about another batch or device",
+                                   type="ReceiveLog", field="usageBatch", reason="ack mismatch",
+                                   value=to_hex(receive_log.usage_batch))
+        return KeptAck(serial=batch.serial, first_seq=batch.first_seq, count=batch.count, receiver=batch.receiver,
+                       total=batch.total, usage_batch=receive_log.usage_batch, received_at=receive_log.received_at,
+                       receive_log=envelope.to_json())
+
+    # --- withheld batches ---------------------------------------------------------------------------------------
+    def skip_withheld(self, now: int | None = None, *, release: bool = True) -> SkipResult:
+        """Send a SkipRange, with the SP's signed ack, for every kept ack whose withhold window has passed at
+        `now` (default: the device clock) and whose batch the chain has not settled, oldest first per serial;
+        with `release`, then send each skipped batch itself (`release_skipped`), so its fees are not held.
+
+        The CC answers `skipped` (the chain moved past the range), or refuses with a named error: a range the
+        chain settled already (SequenceError, expected > first seq: the SP forwarded it after all; the ack is
+        resolved), a range behind an earlier unsettled one (SequenceError, expected < first seq: this serial waits
+        until that one is due), a window still open by the chain's clock (ContractReverted WithholdWindowOpen).
+        Any other refusal propagates."""
+        now = int(self._clock()) if now is None else now
+        released = list(self.release_skipped()) if release else []  # skipped earlier, release not done then
+        skipped, settled, waiting = [], [], []
+        blocked: set[bytes] = set()
+        for ack in self.module.kept_acks("open"):
+            if ack.serial in blocked or ack.received_at + WITHHOLD_WINDOW_S > now:
+                blocked.add(ack.serial)  # later ranges of this serial wait behind this one
+                waiting.append(ack)
+                continue
+            outcome = self._send_skip(ack)
+            if outcome == "waiting":
+                blocked.add(ack.serial)
+                waiting.append(ack)
+                continue
+            self.module.resolve_ack(ack, outcome)
+            (skipped if outcome == "skipped" else settled).append(ack)
+        if release and skipped:
+            released += self.release_skipped()
+        return SkipResult(tuple(skipped), tuple(settled), tuple(waiting), tuple(released))
+
+    def release_skipped(self) -> tuple[KeptAck, ...]:
+        """Send the device's own copy of each skipped batch (rebuilt from its usage logs, with the SP's signed
+        ack): the CC settles it through the contract's release path, so its fees reach the policies' payees
+        instead of staying held. Returns the acks released (now in state `released`)."""
+        done = []
+        for ack in self.module.kept_acks("skipped"):
+            batch, signature = self.module.acked_batch(ack, self.domain)
+            answer = self._cc.post(RELEASE_PATH, {"usage_batch": batch.to_json(), "device_signature": to_hex(signature),
+                                                  "receive_log": ack.receive_log})
+            if answer.get("status") != "released":
+                raise MalformedMessage("the clearing center answered a release with an unknown status",
+                                       type="ReleaseAnswer", field="status", value=str(answer.get("status")),
+                                       reason="unknown status")
+            self.module.resolve_ack(ack, "released")
+            done.append(ack)
+        return tuple(done)
+
+    def _send_skip(self, ack: KeptAck) -> str:
+        """skipped, settled (the chain is past the range already) or waiting (an earlier range, or the chain's
+        clock, holds it back)."""
+        skip, signature = self.module.sign_skip(ack, self.domain)
+        envelope = Envelope(kind=skip.PRIMARY_TYPE, message=skip.to_json(), signature=to_hex(signature),
+                            certificate=self._cert_pem.decode())
+        try:
+            answer = self._cc.post(SKIP_PATH, {"skip_range": envelope.to_json(), "receive_log": ack.receive_log})
+        except SequenceError as exc:
+            if exc.fields.get("held_receive_log_id"):  # the SP forwarded it after all: it settles without a skip
+                return "waiting"
+            expected = exc.fields.get("expected")
+            if isinstance(expected, int) and expected > ack.first_seq:
+                return "settled"
+            if isinstance(expected, int) and expected < ack.first_seq:
+                return "waiting"
+            raise
+        except ContractReverted as exc:
+            if exc.fields.get("error_name") == "WithholdWindowOpen":
+                return "waiting"
+            raise
+        if answer.get("status") != "skipped":
+            raise MalformedMessage("the clearing center answered a skip with an unknown status", type="SkipAnswer",
+                                   field="status", value=str(answer.get("status")), reason="unknown status")
+        return "skipped"
+
     def balance(self) -> WalletBalance:
         return self.module.balance()
+
+
+def _int_field(item: dict[str, Any], name: str) -> int:
+    """A non-negative integer field of a peer's answer; MalformedMessage otherwise."""
+    value = item.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MalformedMessage(f"the service provider's receive logs answer has no valid {name}", type="UsageAcks",
+                               field=name, reason="not an unsigned integer")
+    return value
 
 
 def _header(headers: dict[str, str], name: str) -> str:
@@ -312,14 +461,19 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(temporary, path)
 
 
-def chain_policy_reader(rpc_url: str, deployment_path: Path) -> RegisteredPolicyOf:
-    """Read-only lookup of a policy's registered hash and owner; the device's own key never leaves its module."""
-    from web3 import Web3
-
+def chain_policy_reader(rpc_urls: str | Sequence[str], deployment_path: Path, *, confirmations: int | None = None,
+                        wait_s: float = 20.0) -> RegisteredPolicyOf:
+    """Read-only lookup of a policy's registered hash and owner, at the finality depth (`confirmations`, unset: the
+    chain's policy, detected on the first lookup; a registration not yet final waits up to `wait_s`, then
+    NotFinal), over `rpc_urls` in order with failover (one URL is a list of one). Building it needs no node: `use`
+    stays offline. The device's own key never leaves its module."""
     from offchain.chain import ClearhouseChain, Deployment
+    from offchain.chain.failover import connect
+    from offchain.transport.wiring import final_views_for
 
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 30}))
-    reader = ClearhouseChain(w3, Deployment.load(deployment_path), os.urandom(32))  # eth_call only: never signs
+    w3 = connect([rpc_urls] if isinstance(rpc_urls, str) else list(rpc_urls))
+    chain = ClearhouseChain(w3, Deployment.load(deployment_path), os.urandom(32))  # eth_call only: never signs
+    reader = final_views_for(chain, confirmations, wait_s=wait_s)
 
     def registered_policy_of(policy_id: bytes) -> RegisteredPolicy | None:
         try:
@@ -333,4 +487,4 @@ def chain_policy_reader(rpc_url: str, deployment_path: Path) -> RegisteredPolicy
     return registered_policy_of
 
 
-__all__ = ["DeviceClient", "RegisteredPolicy", "UploadResult", "chain_policy_reader"]
+__all__ = ["DeviceClient", "RegisteredPolicy", "SkipResult", "UploadResult", "chain_policy_reader"]

@@ -13,8 +13,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from offchain.device.client import UploadResult
-from offchain.device.secure_module import WalletBalance
+from offchain.device.client import SkipResult, UploadResult
+from offchain.device.secure_module import KeptAck, WalletBalance
 
 BALANCE_LABELS = {"serial": "serial", "cap": "cap (minor units)", "spent": "spent", "remaining": "remaining",
                   "next_seq": "next usage log seq", "expires_at": "expires at", "pending_count": "pending usage logs",
@@ -38,6 +38,17 @@ def balance_doc(balance: WalletBalance) -> dict[str, Any]:
 
 def upload_doc(result: UploadResult) -> dict[str, Any]:
     return {"batches": result.batches, "logs": result.logs, "receive_log_ids": list(result.receive_log_ids)}
+
+
+def ack_doc(ack: KeptAck) -> dict[str, Any]:
+    """One kept SP ack, without its envelope: serial, seqs, receiver, total, when the SP received the batch."""
+    return {"serial": _plain(ack.serial), "first_seq": ack.first_seq, "count": ack.count, "receiver": ack.receiver,
+            "total": ack.total, "received_at": ack.received_at, "state": ack.state}
+
+
+def skip_doc(result: SkipResult) -> dict[str, Any]:
+    return {"skipped": [ack_doc(a) for a in result.skipped], "released": [ack_doc(a) for a in result.released],
+            "settled": [ack_doc(a) for a in result.settled], "waiting": [ack_doc(a) for a in result.waiting]}
 
 
 def download_doc(path: Path, content_id: bytes, version: int) -> dict[str, Any]:
@@ -118,6 +129,20 @@ def render_upload(result: UploadResult, stream: IO[str] | None = None) -> None:
     _print_fields(_console(stream), "Uploaded to the service provider", rows)
 
 
+def render_skip(result: SkipResult, stream: IO[str] | None = None) -> None:
+    """One line per kept ack the run looked at: skipped on chain, found settled, or still waiting."""
+    def line(ack: KeptAck) -> str:
+        last = ack.first_seq + ack.count - 1
+        return f"{_plain(ack.serial)} seqs {ack.first_seq}..{last} ({ack.total}) from {ack.receiver}, " \
+               f"received {iso_utc(ack.received_at)}"
+
+    rows = [(label, "\n".join(line(a) for a in acks) or "-") for label, acks in (
+        ("skipped (SkipRange sent)", result.skipped), ("released (batch settled from this device)", result.released),
+        ("settled by its SP", result.settled),
+        ("waiting", result.waiting))]
+    _print_fields(_console(stream), "Batches acknowledged by a service provider and not settled", rows)
+
+
 def render_use(size: int, balance: WalletBalance, stream: IO[str] | None = None) -> None:
     _print_fields(_console(stream), f"Used {size} bytes; wallet", _balance_rows(balance))
 
@@ -127,5 +152,6 @@ def write_json(doc: Any, stream: IO[str]) -> None:
     stream.flush()
 
 
-__all__ = ["balance_doc", "upload_doc", "download_doc", "use_doc", "render_balance", "render_catalog",
-           "render_download", "render_upload", "render_use", "write_json", "iso_utc", "CATALOG_COLUMNS"]
+__all__ = ["balance_doc", "upload_doc", "download_doc", "use_doc", "ack_doc", "skip_doc", "render_balance",
+           "render_catalog", "render_download", "render_upload", "render_skip", "render_use", "write_json", "iso_utc",
+           "CATALOG_COLUMNS"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +52,7 @@ from offchain.core.messages import (
     BalanceStatement,
     Domain,
     IssueLog,
+    SkipRange,
     UsageBatch,
     UsageLog,
     address_from_public_key,
@@ -61,7 +62,7 @@ from offchain.core.messages import (
 )
 
 __all__ = ["KdfParams", "DeviceKeys", "device_keys_with_agreement", "create_keystore", "unlock_keystore",
-           "SecureModule", "Wallet", "LogRow",
+           "SecureModule", "Wallet", "LogRow", "KeptAck",
            "SignedLog", "WalletBalance", "cc_verify_fn"]
 
 KEYSTORE_FORMAT = "CHKS/1"
@@ -184,6 +185,12 @@ CREATE TABLE IF NOT EXISTS usage_logs (
     signature BLOB NOT NULL, uploaded INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (serial, seq));
 CREATE TABLE IF NOT EXISTS deployment (
     id INTEGER PRIMARY KEY CHECK (id = 1), chain_id INTEGER NOT NULL, contract TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sp_acks (
+    serial BLOB NOT NULL REFERENCES issue_logs (serial), first_seq INTEGER NOT NULL, count INTEGER NOT NULL,
+    receiver TEXT NOT NULL, total TEXT NOT NULL, usage_batch BLOB NOT NULL, received_at INTEGER NOT NULL,
+    receive_log_json TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'open' CHECK (state IN ('open', 'skipped', 'released', 'settled')),
+    PRIMARY KEY (serial, first_seq));
 """
 
 
@@ -200,6 +207,37 @@ class LogRow:
     next_seq: int
     state: str
     attested: BalanceStatement | None
+
+
+def _answers_statement(row: LogRow, issue_log: IssueLog) -> bool:
+    """`issue_log` (equal to the installed `row`'s) is an in-place renewal answering `row`'s attested statement:
+    the current log, attested at its present counters, carried exactly what the statement left."""
+    attested = row.attested
+    return (row.state == "current" and attested is not None and issue_log.previous_serial == issue_log.serial
+            and attested.spent == row.spent and attested.next_seq == row.next_seq
+            and issue_log.carried == row.cap - attested.spent)
+
+
+@dataclass(frozen=True)
+class KeptAck:
+    """An SP's signed ack of one uploaded batch (its ReceiveLog Envelope, verified on receipt) and what the
+    device signed in that batch: the proof that the SP received it, kept until the chain is past the batch.
+    `state`: open (the chain may not have settled it), skipped (the device's SkipRange moved the chain past it;
+    its fees are held), released (the device's copy of the batch then settled: fees credited, nothing held),
+    settled (the SP's batch itself settled)."""
+
+    serial: bytes
+    first_seq: int
+    count: int
+    receiver: str
+    total: int
+    usage_batch: bytes  # the batch's EIP-712 struct hash, which the ReceiveLog names
+    received_at: int
+    receive_log: dict[str, Any]  # Envelope JSON
+    state: str = "open"
+
+
+ACK_STATES = ("open", "skipped", "released", "settled")
 
 
 class SignedLog(NamedTuple):
@@ -329,6 +367,34 @@ class Wallet:
     def pending_count(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM usage_logs WHERE uploaded = 0").fetchone()[0]
 
+    def keep_ack(self, ack: KeptAck) -> None:
+        """The first ack of a (serial, first seq) stays: the same batch re-sent gets the same receipt."""
+        self._conn.execute(
+            "INSERT OR IGNORE INTO sp_acks (serial, first_seq, count, receiver, total, usage_batch, received_at,"
+            " receive_log_json) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (ack.serial, ack.first_seq, ack.count, ack.receiver, str(ack.total), ack.usage_batch, ack.received_at,
+             canonical_json(ack.receive_log).decode()))
+
+    def acks(self, state: str | None = None) -> list[KeptAck]:
+        sql = ("SELECT a.serial, a.first_seq, a.count, a.receiver, a.total, a.usage_batch, a.received_at,"
+               " a.receive_log_json, a.state FROM sp_acks a JOIN issue_logs i ON i.serial = a.serial")
+        args: tuple[Any, ...] = ()
+        if state is not None:
+            sql, args = sql + " WHERE a.state = ?", (state,)
+        rows = self._conn.execute(sql + " ORDER BY i.ord, a.first_seq", args).fetchall()
+        return [KeptAck(serial=r[0], first_seq=r[1], count=r[2], receiver=r[3], total=int(r[4]), usage_batch=r[5],
+                        received_at=r[6], receive_log=json.loads(r[7]), state=r[8]) for r in rows]
+
+    def set_ack_state(self, serial: bytes, first_seq: int, state: str) -> int:
+        return self._conn.execute("UPDATE sp_acks SET state = ? WHERE serial = ? AND first_seq = ?",
+                                  (state, serial, first_seq)).rowcount
+
+    def logs_between(self, serial: bytes, first_seq: int, count: int) -> list[SignedLog]:
+        rows = self._conn.execute(
+            "SELECT log_json, signature FROM usage_logs WHERE serial = ? AND seq >= ? AND seq < ? ORDER BY seq",
+            (serial, first_seq, first_seq + count)).fetchall()
+        return [SignedLog(UsageLog.from_json(json.loads(text)), signature) for text, signature in rows]
+
     def all_logs(self, serial: bytes) -> list[SignedLog]:
         rows = self._conn.execute("SELECT log_json, signature FROM usage_logs WHERE serial = ? ORDER BY seq",
                                   (serial,)).fetchall()
@@ -390,7 +456,11 @@ class SecureModule:
                                    serial=issue_log.serial, reason="device")
         with self._wallet.transaction():
             existing = self._wallet.get(issue_log.serial)
-            if existing is not None and existing.issue_log == issue_log:
+            if existing is not None and existing.issue_log == issue_log and _answers_statement(existing, issue_log):
+                # a top-up in place that re-signs the log the wallet holds (no new money, nothing spent since the
+                # last top-up, the same expiry) is still the pending statement's answer: it clears the statement
+                self._wallet.top_up(issue_log, cc_signature)
+            elif existing is not None and existing.issue_log == issue_log:
                 pass  # the same record again: idempotent no-op
             elif issue_log.previous_serial == ZERO32:
                 self._install_first(issue_log, cc_signature, existing)
@@ -521,10 +591,63 @@ class SecureModule:
         batch = UsageBatch.from_logs([item.log for item in run])
         return batch, sign(batch, domain, self._keys.eth_private_key), run
 
-    def mark_uploaded(self, serial: bytes, up_to_seq: int) -> int:
-        """Mark seqs <= up_to_seq of `serial` as acknowledged by the SP; returns how many rows changed."""
+    def mark_uploaded(self, serial: bytes, up_to_seq: int, ack: KeptAck | None = None) -> int:
+        """Mark seqs <= up_to_seq of `serial` as acknowledged by the SP, and keep its signed `ack` in the same
+        transaction (the proof a SkipRange needs later); returns how many rows changed."""
+        return self.mark_uploaded_with_acks(serial, up_to_seq, () if ack is None else (ack,))
+
+    def mark_uploaded_with_acks(self, serial: bytes, up_to_seq: int, acks: Sequence[KeptAck]) -> int:
+        """`mark_uploaded` keeping several signed acks (the SP's receipts of earlier batches, fetched again after
+        a lost answer) in the same transaction."""
         with self._wallet.transaction():
+            for ack in acks:
+                self._wallet.keep_ack(ack)
             return self._wallet.mark_uploaded(serial, up_to_seq)
+
+    def own_batch(self, serial: bytes, first_seq: int, count: int) -> UsageBatch | None:
+        """The batch this wallet's own signed usage logs form over seqs [first_seq, first_seq + count), or None
+        when it does not hold every one of them: what an SP's receive log of that range must name."""
+        if count < 1:
+            return None
+        logs = self._wallet.logs_between(serial, first_seq, count)
+        return UsageBatch.from_logs([item.log for item in logs]) if len(logs) == count else None
+
+    def kept_acks(self, state: str | None = "open") -> list[KeptAck]:
+        """The SPs' signed acks this wallet keeps (oldest serial first, then by first seq); None: all states."""
+        return self._wallet.acks(state)
+
+    def resolve_ack(self, ack: KeptAck, state: str) -> bool:
+        """Record that the chain is past `ack`'s batch: skipped (by this device's SkipRange), released or settled."""
+        if state not in ACK_STATES[1:]:
+            raise ValueError(f"an ack is resolved as skipped, released or settled, not {state!r}")
+        with self._wallet.transaction():
+            return self._wallet.set_ack_state(ack.serial, ack.first_seq, state) == 1
+
+    def acked_batch(self, ack: KeptAck, domain: Domain) -> tuple[UsageBatch, bytes]:
+        """The batch a kept ack names, rebuilt from this wallet's own usage logs and signed again: what the SP
+        received (same struct hash), for the release of a skipped range."""
+        _kept, batch = self._kept_batch(ack)
+        return batch, sign(batch, domain, self._keys.eth_private_key)
+
+    def _kept_batch(self, ack: KeptAck) -> tuple[KeptAck, UsageBatch]:
+        kept = {(a.serial, a.first_seq): a for a in self._wallet.acks()}.get((ack.serial, ack.first_seq))
+        if kept is None or kept.usage_batch != ack.usage_batch or kept.received_at != ack.received_at:
+            raise IssueLogRejected("no SP ack of this batch is kept in the wallet", serial=ack.serial,
+                                   reason="no kept ack")
+        logs = self._wallet.logs_between(kept.serial, kept.first_seq, kept.count)
+        own = UsageBatch.from_logs([item.log for item in logs]) if len(logs) == kept.count else None
+        if own is None or own.struct_hash() != kept.usage_batch or own.total != kept.total:
+            raise IssueLogRejected("the kept ack does not name a batch of this wallet's usage logs",
+                                   serial=ack.serial, reason="ack mismatch")
+        return kept, own
+
+    def sign_skip(self, ack: KeptAck, domain: Domain) -> tuple[SkipRange, bytes]:
+        """Sign a SkipRange for a batch an SP acknowledged (a kept ack, checked against this wallet's own usage
+        logs: the range's count and total are what this device signed, never a caller's numbers)."""
+        kept, _batch = self._kept_batch(ack)
+        skip = SkipRange(serial=kept.serial, first_seq=kept.first_seq, count=kept.count, receiver=kept.receiver,
+                         total=kept.total, usage_batch=kept.usage_batch, received_at=kept.received_at)
+        return skip, sign(skip, domain, self._keys.eth_private_key)
 
     def balance(self) -> WalletBalance:
         row = self._current()

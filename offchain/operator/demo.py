@@ -142,7 +142,9 @@ def web3_for(rpc_url: str) -> Web3:
     """A Web3 for the demo's own reads and writes, with the POA extraData middleware (Clique; harmless on anvil)."""
     from web3.middleware import ExtraDataToPOAMiddleware
 
-    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60}))
+    from offchain.chain.failover import http_provider
+
+    w3 = Web3(http_provider(rpc_url, timeout_s=60))  # asks the node for eth_chainId once
     w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
     return w3
 

@@ -2,6 +2,10 @@
 deployment's chain, the contract has code at the deployment's address, this member is registered on chain with
 the service's role and not revoked, and its account holds gas.
 
+The checks read the chain over every endpoint of the settings (`rpc_urls`, else `rpc_url`) through the same
+failover provider the service uses (offchain.chain.failover): a first node that is down is skipped, as it is
+once the service runs; the check fails only when no endpoint answers.
+
 Each check prints one progress line; the first failure raises `PreflightFailed` naming the check and what to do.
 Read-only: nothing here sends a transaction.
 """
@@ -51,34 +55,34 @@ def member_address(settings: Any) -> str:
 def preflight(settings: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S,
               echo: Callable[[str], None] = lambda _line: None) -> list[Check]:
     """Run every check in order; returns them (each also echoed), or raises PreflightFailed at the first failure."""
-    from web3 import Web3
-
     from offchain.chain import Deployment
+    from offchain.chain.failover import connect
 
     deployment = Deployment.load(settings.deployment_path)
-    w3 = Web3(Web3.HTTPProvider(settings.rpc_url, request_kwargs={"timeout": timeout_s}))
-    from web3.middleware import ExtraDataToPOAMiddleware
-
-    w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)  # Clique blocks carry a longer extraData
+    urls = settings.chain_urls() if hasattr(settings, "chain_urls") else [settings.rpc_url]
+    w3 = connect(urls, timeout_s=timeout_s)  # POA extraData middleware included (Clique)
     checks: list[Check] = []
 
     def passed(name: str, detail: str) -> None:
         checks.append(Check(name, detail))
         echo(f"ok  {name:<9} {detail}")
 
-    chain_id, head = _rpc(w3, settings.rpc_url, timeout_s)
-    passed("rpc", f"{settings.rpc_url} answers: chain id {chain_id}, head block {head}")
+    chain_id, head = _rpc(w3, urls, timeout_s)
+    rpc_url = w3.provider.current_url  # the endpoint that answered: every later read goes there first
+    skipped = urls[:urls.index(rpc_url)]
+    passed("rpc", f"{rpc_url} answers: chain id {chain_id}, head block {head}"
+                  + (f" ({', '.join(skipped)} did not answer)" if skipped else ""))
     expected_ids = {deployment.chain_id} | ({settings.chain_id} if settings.chain_id else set())
     if expected_ids != {chain_id}:
-        raise PreflightFailed(f"the node at {settings.rpc_url} is chain {chain_id}; the deployment file "
+        raise PreflightFailed(f"the node at {rpc_url} is chain {chain_id}; the deployment file "
                               f"{settings.deployment_path} is for chain {deployment.chain_id}",
-                              check="chain_id", rpc_url=settings.rpc_url,
+                              check="chain_id", rpc_url=rpc_url,
                               hint="point rpc_url at the deployment's network, or deployment_path at this one's")
     passed("chain_id", f"{chain_id} matches {settings.deployment_path}")
     address = w3.to_checksum_address(deployment.address)
     if not w3.eth.get_code(address):
         raise PreflightFailed(f"no contract code at {address} on chain {chain_id} (a restarted dev chain forgets "
-                              "its deployments)", check="contract_code", rpc_url=settings.rpc_url, address=address,
+                              "its deployments)", check="contract_code", rpc_url=rpc_url, address=address,
                               hint="deploy again (`ape run deploy` or `clearhouse demo`) and update deployment_path")
     passed("contract", f"code at {address}")
     account = member_address(settings)
@@ -87,25 +91,29 @@ def preflight(settings: Any, *, timeout_s: float = DEFAULT_TIMEOUT_S,
     balance = int(w3.eth.get_balance(account))
     if balance == 0:
         raise PreflightFailed(f"{settings.member_id}'s account {account} has no gas (balance 0 wei)",
-                              check="gas", rpc_url=settings.rpc_url, address=account,
+                              check="gas", rpc_url=rpc_url, address=account,
                               hint="fund it from the network's faucet or treasury; on a dev chain "
                                    "`clearhouse member add` funds new members")
     passed("gas", f"{balance / 10**18:.4f} ETH")
     return checks
 
 
-def _rpc(w3: Any, rpc_url: str, timeout_s: float) -> tuple[int, int]:
+def _rpc(w3: Any, urls: list[str], timeout_s: float) -> tuple[int, int]:
+    """Chain id and head over the failover provider: the first endpoint that answers; PreflightFailed if none."""
     import requests
 
     try:
         return int(w3.eth.chain_id), int(w3.eth.block_number)
     except Exception as exc:  # noqa: BLE001 - any transport failure is the same answer: the node is not usable
-        silent = isinstance(exc, (requests.exceptions.Timeout, TimeoutError))
+        # ChainUnreachable names each endpoint's failure: "<url>: ReadTimeout; <url>: ConnectionError"
+        silent = isinstance(exc, (requests.exceptions.Timeout, TimeoutError)) or (
+            "Timeout" in str(exc) and "ConnectionError" not in str(exc))
         reason = "did not answer" if silent else f"refused or failed ({type(exc).__name__})"
-        raise PreflightFailed(f"the chain node at {rpc_url} {reason} within {timeout_s:g} s: {exc}"[:400],
-                              check="rpc", rpc_url=rpc_url,
-                              hint="start the node or fix rpc_url (CLEARHOUSE_RPC_URL); "
-                                   "`clearhouse serve --chain-timeout-s` sets the wait") from None
+        where = f"the chain node at {urls[0]}" if len(urls) == 1 else f"none of the {len(urls)} chain nodes"
+        raise PreflightFailed(f"{where} {reason} within {timeout_s:g} s: {exc}"[:400],
+                              check="rpc", rpc_url=", ".join(urls),
+                              hint="start the node or fix rpc_url / rpc_urls (CLEARHOUSE_RPC_URL, "
+                                   "CLEARHOUSE_RPC_URLS); `clearhouse serve --chain-timeout-s` sets the wait") from None
 
 
 def _member(w3: Any, deployment: Any, account: str, settings: Any) -> None:
@@ -114,17 +122,18 @@ def _member(w3: Any, deployment: Any, account: str, settings: Any) -> None:
     expected = ROLE_OF[settings.ROLE_NAME]
     if int(role) == 0:
         raise PreflightFailed(f"{settings.member_id}'s account {account} is not registered on chain",
-                              check="member", rpc_url=settings.rpc_url, address=account,
+                              check="member", rpc_url=w3.provider.current_url, address=account,
                               hint="register it: `clearhouse member add <id> --role ...` (the authority's key)")
     if revoked or int(role) != int(expected):
         state = "revoked" if revoked else f"registered as {Role(int(role)).name.lower()}"
         raise PreflightFailed(f"{settings.member_id}'s account {account} is {state}; this service needs an active "
-                              f"{expected.name.lower()}", check="member", rpc_url=settings.rpc_url, address=account,
+                              f"{expected.name.lower()}", check="member", rpc_url=w3.provider.current_url,
+                              address=account,
                               hint="issue a new member (certificate and key) for this service")
     head_time = int(w3.eth.get_block("latest")["timestamp"])
     if int(valid_until) and int(valid_until) < head_time:
         raise PreflightFailed(f"{settings.member_id}'s on-chain registration expired at {valid_until}",
-                              check="member", rpc_url=settings.rpc_url, address=account,
+                              check="member", rpc_url=w3.provider.current_url, address=account,
                               hint="renew the member's certificate and registration")
 
 

@@ -54,6 +54,20 @@ class Transfer:
 
 
 @dataclass(frozen=True)
+class SeqRange:
+    """A run of one serial's sequence numbers the chain moved past: `settled` (UsageSettled, its policies
+    credited), `skipped` (RangeSkipped: charged to the cap, credited to no policy, its fees held for `receiver`)
+    or `released` (the UsageSettled of a skipped range's batch that arrived later: policies credited, cap not
+    charged again, held fees released)."""
+
+    first_seq: int
+    count: int
+    total: int
+    kind: str
+    receiver: str = ""
+
+
+@dataclass(frozen=True)
 class ChainFacts:
     deposits: dict[str, Deposit]
     allocated: dict[str, int]  # user id hash -> new money put into caps (issue caps + renewal new money)
@@ -65,6 +79,9 @@ class ChainFacts:
     request_shares: dict[str, int]  # expected payee amounts of all requests, from accruals and splits
     requests: dict[str, Transfer]
     confirmations: dict[str, Transfer]
+    seq_ranges: dict[str, tuple[SeqRange, ...]] = field(default_factory=dict)  # serial -> ranges, by first seq
+    issue_log_view: dict[str, tuple[int, int]] = field(default_factory=dict)  # serial -> issueLog() (spent, nextSeq)
+    held_view: dict[str, int] = field(default_factory=dict)  # receiver of a skipped range -> heldFees()
 
 
 @dataclass(frozen=True)
@@ -146,7 +163,15 @@ def chain_facts(index: AuditIndex) -> ChainFacts:
         _add(accruals, pid, amount)
         for payee, share in shares.items():
             _add(request_shares, payee, share)
+    seq_ranges = _seq_ranges(index)
+    serials = set(users_of_device) | set(seq_ranges)
+    at = index.last_block  # the views at the indexed head: settlement a running CC adds meanwhile is not counted
+    issue_log_view = {serial: _issue_log_counters(contract, serial, at) for serial in serials}
+    receivers = {r.receiver for ranges in seq_ranges.values() for r in ranges if r.kind == "skipped"}
+    held_view = {receiver: int(contract.functions.heldFees(receiver).call(block_identifier=at))
+                 for receiver in receivers}
     return ChainFacts(
+        seq_ranges=seq_ranges, issue_log_view=issue_log_view, held_view=held_view,
         deposits=deposits, allocated=allocated, funds_view=funds_view,  # type: ignore[arg-type]
         settled_batches={(e.args["serial"], int(e.args["firstSeq"])): int(e.args["total"])
                          for e in index.events("UsageSettled")},
@@ -157,6 +182,28 @@ def chain_facts(index: AuditIndex) -> ChainFacts:
         confirmations={e.args["requestId"]: Transfer(e.args["payee"], int(e.args["amount"]), e.args["bankRef"])
                        for e in index.events("TransferConfirmed")},
     )
+
+
+def _seq_ranges(index: AuditIndex) -> dict[str, tuple[SeqRange, ...]]:
+    """Per serial, every range the chain moved past, from UsageSettled, RangeSkipped and SkippedRangeReleased
+    (a UsageSettled in the same transaction as a release, at its first seq, is that release)."""
+    released = {(e.tx_hash, e.args["serial"], int(e.args["firstSeq"]))
+                for e in index.events("SkippedRangeReleased")}
+    ranges: dict[str, list[SeqRange]] = {}
+    for e in index.events("UsageSettled"):
+        key = (e.tx_hash, e.args["serial"], int(e.args["firstSeq"]))
+        ranges.setdefault(e.args["serial"], []).append(SeqRange(
+            int(e.args["firstSeq"]), int(e.args["count"]), int(e.args["total"]),
+            "released" if key in released else "settled", e.args["receiver"]))
+    for e in index.events("RangeSkipped"):
+        ranges.setdefault(e.args["serial"], []).append(SeqRange(
+            int(e.args["firstSeq"]), int(e.args["count"]), int(e.args["total"]), "skipped", e.args["receiver"]))
+    return {serial: tuple(sorted(found, key=lambda r: (r.first_seq, r.kind))) for serial, found in ranges.items()}
+
+
+def _issue_log_counters(contract: Any, serial: str, block: int) -> tuple[int, int]:
+    view = contract.functions.issueLog(bytes.fromhex(serial[2:])).call(block_identifier=block)
+    return int(view[3]), int(view[4])
 
 
 def _add(totals: dict[str, int], key: str, amount: int) -> None:
@@ -171,7 +218,7 @@ def _policy_counters(contract: Any, pid: str) -> tuple[int, int]:
 # --- reading the CC database and the bank ledger --------------------------------------------------------------------
 def cc_facts(database_url: str) -> CcFacts:
     """The CC's balance database, receive logs and transfer requests (read-only)."""
-    from offchain.clearing_center.store import ReceiveLogRow, TransferRequestRow, User, UserBalanceEntry
+    from offchain.clearing_center.tables import ReceiveLogRow, TransferRequestRow, User, UserBalanceEntry
     from offchain.storage import make_engine, session_scope
 
     engine = make_engine(database_url)
@@ -320,10 +367,15 @@ def compare_settlement(chain: ChainFacts, cc: CcFacts | None) -> list[Difference
                                     "requested for transfer", True, chain=settled - requested))
     if cc is None:
         return diffs
+    # a skipped range's batch settled later from the device's own copy: the CC never held its SP's receive log
+    released = {(serial, r.first_seq) for serial, ranges in chain.seq_ranges.items() for r in ranges
+                if r.kind == "released"}
     for key in sorted(set(chain.settled_batches) | set(cc.receive_logs)):
         total = chain.settled_batches.get(key)
         row = cc.receive_logs.get(key)
         label = f"batch {key[0]}#{key[1]}"
+        if total is not None and row is None and key in released:
+            continue
         if total is not None and row is None:
             diffs.append(Difference("settlement", label, f"{label} settled on chain but the CC has no receive log",
                                     chain=total))
@@ -336,6 +388,55 @@ def compare_settlement(chain: ChainFacts, cc: CcFacts | None) -> list[Difference
         elif row is not None and total is not None and row[0] != total:
             diffs.append(Difference("settlement", label, f"{label}: CC total differs from the settled total",
                                     chain=total, cc=row[0]))
+    return diffs
+
+
+def compare_sequences(chain: ChainFacts) -> list[Difference]:
+    """Per serial, the settled and skipped ranges tile [0, nextSeq) exactly and their totals are the issue log's
+    spent; a release matches a skipped range. A hole is a missing settlement, an overlap a double payment."""
+    diffs = []
+    for serial in sorted(set(chain.seq_ranges) | set(chain.issue_log_view)):
+        ranges = chain.seq_ranges.get(serial, ())
+        skipped = {(r.first_seq, r.count, r.total, r.receiver) for r in ranges if r.kind == "skipped"}
+        cursor, spent = 0, 0
+        for r in ranges:
+            if r.kind == "released":
+                if (r.first_seq, r.count, r.total, r.receiver) not in skipped:
+                    diffs.append(Difference("sequences", f"{serial}#{r.first_seq}", f"serial {serial}: a release "
+                                            f"at seq {r.first_seq} matches no skipped range", chain=r.total))
+                continue
+            if r.first_seq > cursor:
+                diffs.append(Difference("sequences", f"{serial}#{cursor}", f"serial {serial}: seqs {cursor}.."
+                                        f"{r.first_seq - 1} were neither settled nor skipped (missing settlement)"))
+            elif r.first_seq < cursor:
+                diffs.append(Difference("sequences", f"{serial}#{r.first_seq}", f"serial {serial}: seqs from "
+                                        f"{r.first_seq} moved past twice (double payment)", chain=r.total))
+            cursor, spent = max(cursor, r.first_seq + r.count), spent + r.total
+        view = chain.issue_log_view.get(serial)
+        if view is not None and view != (spent, cursor):
+            diffs.append(Difference("sequences", serial, f"serial {serial}: issueLog() says spent/nextSeq {view}, "
+                                    f"settled and skipped ranges sum to {(spent, cursor)}", chain=view[0]))
+    return diffs
+
+
+def compare_held_fees(chain: ChainFacts) -> list[Difference]:
+    """Per SP, skipped minus released equals heldFees(); what is still held is reported (in flight: it waits for
+    the SP's batch, charged to the user's cap, credited to no policy and paid to no one meanwhile)."""
+    held: dict[str, int] = {}
+    for ranges in chain.seq_ranges.values():
+        for r in ranges:
+            if r.kind in ("skipped", "released"):
+                _add(held, r.receiver, r.total if r.kind == "skipped" else -r.total)
+    diffs = []
+    for receiver in sorted(set(held) | set(chain.held_view)):
+        expected, view = held.get(receiver, 0), chain.held_view.get(receiver, 0)
+        if expected != view:
+            diffs.append(Difference("held_fees", receiver, f"SP {receiver}: skipped minus released ranges sum to "
+                                    f"{expected}, heldFees() says {view}", chain=view))
+        elif view:
+            diffs.append(Difference("held_fees", receiver, f"SP {receiver}: {view} held for ranges it acknowledged "
+                                    "and never forwarded (charged to the users' caps, credited to no policy until "
+                                    "its batches settle)", True, chain=view))
     return diffs
 
 
@@ -425,8 +526,9 @@ def reconcile(chain: ChainFacts, cc: CcFacts | None = None, bank: BankFacts | No
     """Every difference between the three views; `Report.clean` is False if any is unexplained."""
     now = int(time.time()) if now is None else now
     diffs = (compare_deposits(chain, cc, bank, now=now, grace_s=grace_s) + compare_caps(chain, cc)
-             + compare_settlement(chain, cc) + compare_requests(chain, cc) + compare_transfers(chain, bank)
-             + compare_books(bank))
+             + compare_settlement(chain, cc) + compare_sequences(chain) + compare_held_fees(chain)
+             + compare_requests(chain, cc) + compare_transfers(chain, bank) + compare_books(bank))
+    ranges = [r for found in chain.seq_ranges.values() for r in found]
     totals = {
         "deposited": sum(d.amount for d in chain.deposits.values()),
         "issued_new_money": sum(chain.allocated.values()),
@@ -434,6 +536,9 @@ def reconcile(chain: ChainFacts, cc: CcFacts | None = None, bank: BankFacts | No
         "requested": sum(r.amount for r in chain.requests.values()),
         "confirmed": sum(c.amount for c in chain.confirmations.values()),
         "bank_paid": sum(t.amount for t in bank.transfers.values()) if bank else 0,
+        "skipped": sum(r.total for r in ranges if r.kind == "skipped"),
+        "released": sum(r.total for r in ranges if r.kind == "released"),
+        "held_fees": sum(chain.held_view.values()),
     }
     return Report(differences=tuple(diffs), totals=totals)
 
@@ -525,5 +630,5 @@ def main_reconcile(*, rpc_url: str, deployment_path: Path, cc_db_url: str | None
     return 0 if report.clean else 1
 
 
-__all__ = ["Difference", "Report", "ChainFacts", "CcFacts", "BankFacts", "chain_facts", "cc_facts", "bank_facts",
-           "reconcile", "render", "main_reconcile", "ReconciliationFailed"]
+__all__ = ["Difference", "Report", "SeqRange", "ChainFacts", "CcFacts", "BankFacts", "chain_facts", "cc_facts", "bank_facts",
+           "compare_sequences", "compare_held_fees", "reconcile", "render", "main_reconcile", "ReconciliationFailed"]

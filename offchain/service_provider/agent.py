@@ -29,13 +29,15 @@ from offchain.core.messages import Domain, ReceiveLog, UsageBatch, UsageLog
 from offchain.core.types import Clock, Role, to_hex
 from offchain.service_provider import store as sp_store
 from offchain.service_provider.container_files import ContainerFiles
-from offchain.service_provider.bodies import CatalogItemOut, UsageAck, UsageUploadBody, request_hex
+from offchain.service_provider.bodies import (CatalogItemOut, KeptReceiveLog, UsageAck, UsageAcksResponse,
+                                              UsageUploadBody, request_hex)
 from offchain.service_provider.forwarder import Rejection
 from offchain.trust import container as containers
 from offchain.trust.agreement import verify_attestation
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 
 STATUS_REJECTED_MAX = 100
+USAGE_ACKS_MAX = 256  # receive logs per `usage_acks` answer; the device asks again from where it stopped
 PolicyHashLookup = Callable[[bytes], bytes | None]  # policy id -> on-chain policyHash (None: unknown policy)
 SerialOwnerLookup = Callable[[bytes], str | None]  # serial -> its device on chain (None: not on chain)
 PolicyOwnerLookup = Callable[[bytes], str | None]  # policy id -> its content id's on-chain owner (None: unknown)
@@ -283,7 +285,8 @@ class ServiceProvider:
                                        serial=batch.serial, first_seq=batch.first_seq, kind="UsageBatch",
                                        highest_received=None)
             if existing is not None:
-                return UsageAck(receive_log_id=existing.receive_log_json["id"], acked_through_seq=last_seq)
+                return UsageAck(receive_log_id=existing.receive_log_json["id"], acked_through_seq=last_seq,
+                                receive_log=existing.receive_log_json["envelope"])
             self._check_continuity(session, batch, upload.device.eth_address)
             envelope = Envelope.seal(ReceiveLog(usage_batch=batch.struct_hash(), payer=upload.device.eth_address,
                                                 received_at=now), self.domain, self._private_key, self._cert_pem)
@@ -296,7 +299,27 @@ class ServiceProvider:
                 device_sig=upload.batch_signature, receive_log_json={"id": receive_id, "envelope": envelope.to_json()},
                 receiver_sig=envelope.signature_bytes(), status="pending", payload_hash=payload,
                 created_at=now, updated_at=now))
-        return UsageAck(receive_log_id=receive_id, acked_through_seq=last_seq)
+        return UsageAck(receive_log_id=receive_id, acked_through_seq=last_seq, receive_log=envelope.to_json())
+
+    def usage_acks(self, serial: bytes, from_seq: int, peer: MemberIdentity) -> UsageAcksResponse:
+        """The signed receive logs of the batches the TLS peer itself uploaded for `serial` holding a seq >=
+        `from_seq` (at most USAGE_ACKS_MAX, by first seq): how a device whose ack was lost (its re-formed batch was
+        answered DuplicateMessage) gets its proof back. Only the serial's own device asks (IdentityMismatch, as
+        for uploads), and only its own rows answer: a copy of its batch under another signer is never its receipt.
+        NotFound when this device uploaded nothing from `from_seq` (or the serial is not on chain)."""
+        owner = None if self._serial_owner_lookup is None else self._serial_owner_lookup(serial)
+        if owner is None and self._serial_owner_lookup is not None:
+            raise NotFound("no issue log with this serial is recorded on chain", serial=serial, seq=from_seq)
+        if owner is not None and owner != peer.eth_address:
+            raise IdentityMismatch("receive logs of a serial issued to another device", serial=serial,
+                                   expected=owner, got=peer.eth_address)
+        with storage.session_scope(self.engine) as session:
+            rows = sp_store.device_batches_from(session, peer.eth_address, serial, from_seq, USAGE_ACKS_MAX)
+        if not rows:
+            raise NotFound("this device uploaded no usage batch of this serial from this seq", serial=serial,
+                           seq=from_seq, device=peer.eth_address)
+        return UsageAcksResponse(acks=[KeptReceiveLog(first_seq=first, count=count, receive_log_id=log["id"],
+                                                      receive_log=log["envelope"]) for first, count, log in rows])
 
     def _check_continuity(self, session: Session, batch: UsageBatch, uploader: str) -> None:
         """Contiguous, non-overlapping batches per (device, serial): rows another device stored for this serial

@@ -20,7 +20,8 @@ from aiohttp import web
 
 from offchain import storage
 from offchain.chain.protocols import ChainReader
-from offchain.core.errors import ContractReverted
+from offchain.chain.views import FinalViews
+from offchain.core.errors import ContractReverted, InvalidRequest
 from offchain.core.settings import ServiceProviderSettings, configure_logging
 from offchain.core.settings import load_settings as _load_settings
 from offchain.core.types import Clock, Role, to_hex
@@ -29,12 +30,13 @@ from offchain.service_provider import store as sp_store
 from offchain.service_provider.agent import (PolicyHashLookup, PolicyOwnerLookup, SerialOwnerLookup, ServiceProvider,
                                              check_usage_signatures, upload_signature_args, verified_upload)
 from offchain.service_provider.bodies import (CatalogResponse, DownloadBody, DownloadResponse, PublishBody,
-                                              PublishResponse, UsageAck, UsageUploadBody, request_b64, request_hex)
+                                              PublishResponse, UsageAck, UsageAcksResponse, UsageUploadBody,
+                                              request_b64, request_hex)
 from offchain.service_provider.container_files import CHUNK, ContainerFiles
 from offchain.service_provider.forwarder import Forwarder
 from offchain.transport.client import JsonClient
 from offchain.transport.server import Route, add_routes, new_app, serve_app
-from offchain.transport.wiring import connect_chain, deployment_domain, member_verifier, require_path
+from offchain.transport.wiring import connect_chain, deployment_domain, final_views, member_verifier, require_path
 from offchain.trust.certs import MemberIdentity
 
 CONTENT_KEY_HEADER = "X-Clearhouse-Content-Key"
@@ -85,6 +87,11 @@ def routes(provider: ServiceProvider, verify_pool: Executor | None = None) -> li
             verify_pool, check_usage_signatures, *upload_signature_args(body, provider.domain, device))
         return await asyncio.to_thread(provider.accept_usage, verified_upload(checked, device, body.certificate))
 
+    async def usage_acks(request: web.Request, peer: MemberIdentity, _body: None) -> UsageAcksResponse:
+        serial = request_hex(request.query.get("serial", ""), "serial")
+        from_seq = _query_seq(request.query.get("from_seq", "0"))
+        return await asyncio.to_thread(provider.usage_acks, serial, from_seq, peer)
+
     async def status(_request: web.Request, _peer: MemberIdentity, _body: None) -> dict[str, Any]:
         return {"address": provider.address, "batches": await asyncio.to_thread(provider.forwarding_status),
                 "rejected": await asyncio.to_thread(provider.rejected_batches)}
@@ -104,9 +111,20 @@ def routes(provider: ServiceProvider, verify_pool: Executor | None = None) -> li
               "Download a container with its key wrapped to the calling device"),
         Route("POST", "/v1/usage", usage, (Role.DEVICE,), UsageUploadBody, UsageAck,
               "Upload signed usage logs (persisted before the answer)"),
+        Route("GET", "/v1/usage/acks", usage_acks, (Role.DEVICE,), None, UsageAcksResponse,
+              "The SP's signed receive logs of the calling device's own batches of ?serial= holding a seq >= "
+              "?from_seq= (a device whose ack was lost gets its proof back; another device's serial: "
+              "IdentityMismatch)"),
         Route("GET", "/v1/status", status, (), None, None,
               "Forwarding status (any member): batch counts per status and the batches the CC rejected"),
     ]
+
+
+def _query_seq(text: str) -> int:
+    """A non-negative uint64 query parameter; InvalidRequest otherwise."""
+    if not text.isdigit() or int(text) >= 2**64:
+        raise InvalidRequest("from_seq is not a sequence number", model="from_seq", errors="not a uint64")
+    return int(text)
 
 
 def load_settings(config_path: Path | None = None, **overrides: Any) -> ServiceProviderSettings:
@@ -119,21 +137,22 @@ def build_app(settings: ServiceProviderSettings, *, chain: ChainReader | None = 
     from offchain.trust import tls
     chain = chain if chain is not None else connect_chain(settings)
     ca_path = require_path(settings.ca_path, "ca_path")
-    verifier = member_verifier(settings, chain, clock)
+    views = final_views(settings, chain)  # every chain fact the SP decides on, read at the finality depth
+    verifier = member_verifier(settings, views, clock)
     engine = storage.make_engine(settings.database_url)
     sp_store.create_schema(engine)
     provider = ServiceProvider(
         engine=engine, domain=deployment_domain(settings.deployment_path),
         private_key=settings.eth_signing_key(), cert_pem=require_path(settings.cert_path, "cert_path").read_bytes(),
         verifier=verifier, catalog_key=settings.catalog_key_bytes(), clock=clock,
-        policy_hash_lookup=_policy_hash_lookup(chain), serial_owner_lookup=_serial_owner_lookup(chain),
-        policy_owner_lookup=_policy_owner_lookup(chain),
+        policy_hash_lookup=_policy_hash_lookup(views), serial_owner_lookup=_serial_owner_lookup(views),
+        policy_owner_lookup=_policy_owner_lookup(views),
         container_files=ContainerFiles(settings.container_dir_path(), settings.max_container_bytes))
     client = JsonClient(settings.cc_url, tls.client_ssl_context(settings.cert_path, settings.key_path, ca_path))
     forwarder = Forwarder(provider, client, batch_max=settings.forward_batch_max,
                           interval_s=settings.forward_interval_s)
     verify_pool = usage_verify_pool(settings.usage_verify_processes)
-    app = new_app(provider=provider, forwarder=forwarder)
+    app = new_app(provider=provider, forwarder=forwarder, chain=chain)  # /livez names the node its client uses
     add_routes(app, routes(provider, verify_pool), lambda request: tls.peer_identity(request, verifier),
                title="Clearhouse service provider")
     app.cleanup_ctx.append(_background(forwarder, client, verify_pool))
@@ -160,7 +179,7 @@ def _background(forwarder: Forwarder, client: JsonClient, verify_pool: Executor)
     return context
 
 
-def _policy_hash_lookup(chain: ChainReader) -> PolicyHashLookup:
+def _policy_hash_lookup(chain: ChainReader | FinalViews) -> PolicyHashLookup:
     def lookup(policy_id: bytes) -> bytes | None:
         try:
             view = chain.policy(policy_id)
@@ -173,7 +192,7 @@ def _policy_hash_lookup(chain: ChainReader) -> PolicyHashLookup:
     return lookup
 
 
-def _policy_owner_lookup(chain: ChainReader) -> PolicyOwnerLookup:
+def _policy_owner_lookup(chain: ChainReader | FinalViews) -> PolicyOwnerLookup:
     def lookup(policy_id: bytes) -> str | None:
         try:
             owner = chain.policy(policy_id).provider
@@ -186,9 +205,9 @@ def _policy_owner_lookup(chain: ChainReader) -> PolicyOwnerLookup:
     return lookup
 
 
-def _serial_owner_lookup(chain: ChainReader) -> SerialOwnerLookup:
+def _serial_owner_lookup(chain: ChainReader | FinalViews) -> SerialOwnerLookup:
     def lookup(serial: bytes) -> str | None:
-        view = chain.issue_log(serial)
+        view = chain.issue_log(serial)  # FinalViews: included but not final is NotFinal (retry later)
         return view.device if view.exists else None  # not on chain: the CC refuses it when forwarded
 
     return lookup

@@ -65,6 +65,22 @@ class UsageUploadBody(BaseModel):
 class UsageAck(BaseModel):
     receive_log_id: str
     acked_through_seq: int
+    receive_log: dict[str, Any] | None = None  # the SP-signed ReceiveLog Envelope: the device keeps it as its proof
+
+
+class KeptReceiveLog(BaseModel):
+    """One batch the calling device uploaded earlier: its range and the SP's signed ReceiveLog Envelope of it."""
+
+    first_seq: int
+    count: int
+    receive_log_id: str
+    receive_log: dict[str, Any]
+
+
+class UsageAcksResponse(BaseModel):
+    """`GET /v1/usage/acks`: the SP's receive logs of the caller's own batches of one serial, by first seq."""
+
+    acks: list[KeptReceiveLog]
 
 
 def request_hex(value: str, name: str) -> bytes:
@@ -84,4 +100,4 @@ def request_b64(value: str, name: str) -> bytes:
 
 
 __all__ = ["PublishBody", "PublishResponse", "CatalogItemOut", "CatalogResponse", "DownloadBody", "DownloadResponse",
-           "SignedLog", "UsageUploadBody", "UsageAck", "request_hex", "request_b64"]
+           "SignedLog", "UsageUploadBody", "UsageAck", "KeptReceiveLog", "UsageAcksResponse", "request_hex", "request_b64"]

@@ -15,7 +15,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (BigInteger, CheckConstraint, Engine, Integer, LargeBinary, String, Text, UniqueConstraint,
-                        insert, select)
+                        func, insert, select, update)
 from sqlalchemy.orm import Mapped, Session, defer, mapped_column
 from sqlalchemy.types import JSON
 
@@ -191,6 +191,19 @@ def latest_usage_log(session: Session, device: str, serial: bytes) -> int | None
     return None if row is None else int(row[0])
 
 
+def device_batches_from(session: Session, device: str, serial: bytes, from_seq: int,
+                        limit: int) -> list[tuple[int, int, dict[str, Any]]]:
+    """(first seq, count, receive log) of the batches `device` uploaded for `serial` that hold a seq >= `from_seq`,
+    by first seq, at most `limit`: only this device's own rows (another signer's never answer it). Any status:
+    a receipt stays a receipt whatever the CC did with the batch."""
+    rows = session.execute(select(SpBatch.first_seq, SpBatch.count, SpBatch.receive_log_json)
+                           .where(SpBatch.device == device, SpBatch.serial == serial,
+                                  SpBatch.first_seq + SpBatch.count > from_seq,
+                                  SpBatch.receive_log_json.is_not(None))
+                           .order_by(SpBatch.first_seq).limit(limit))
+    return [(int(first), int(count), receive_log) for first, count, receive_log in rows]
+
+
 def store_upload(session: Session, log_rows: Sequence[dict[str, Any]], batch: SpBatch) -> None:
     """The logs of one upload (one bulk INSERT) and its batch row, in the caller's transaction."""
     if log_rows:
@@ -205,12 +218,17 @@ def open_batches(session: Session, limit: int) -> list[SpBatch]:
 
 
 def ack_batches(session: Session, receive_log_ids: Sequence[str], now: int) -> int:
-    """Mark `acked` the open batches whose receive log id the CC accepted; returns how many."""
+    """Mark `acked` the open batches whose receive log id the CC accepted; returns how many. Reads only the id
+    and receive log of the open batches (never their usage batches, kilobytes each), then updates by key."""
     wanted = set(receive_log_ids)
-    rows = session.scalars(select(SpBatch).where(SpBatch.status.in_(OPEN_BATCH_STATUSES))).all()
-    done = [r for r in rows if r.receive_log_json["id"] in wanted]
-    for row in done:
-        row.status, row.updated_at = "acked", now
+    if not wanted:
+        return 0
+    open_rows = session.execute(select(SpBatch.id, SpBatch.receive_log_json)
+                                .where(SpBatch.status.in_(OPEN_BATCH_STATUSES)))
+    done = [bytes(batch_id) for batch_id, receive_log in open_rows if (receive_log or {}).get("id") in wanted]
+    if done:
+        session.execute(update(SpBatch).where(SpBatch.id.in_(done), SpBatch.status.in_(OPEN_BATCH_STATUSES))
+                        .values(status="acked", updated_at=now))
     return len(done)
 
 
@@ -222,9 +240,9 @@ def reject_batch(session: Session, batch_id: bytes, error: str, message: str, no
 
 
 def batch_status_counts(session: Session) -> dict[str, int]:
-    """How many batches are in each status (every status listed, zero included)."""
-    statuses = session.scalars(select(SpBatch.status)).all()
-    return {status: statuses.count(status) for status in SP_BATCH_STATUSES}
+    """How many batches are in each status (every status listed, zero included): one GROUP BY, not a row each."""
+    counts = dict(session.execute(select(SpBatch.status, func.count()).group_by(SpBatch.status)).all())
+    return {status: int(counts.get(status, 0)) for status in SP_BATCH_STATUSES}
 
 
 def rejected_batches(session: Session, limit: int) -> list[SpBatch]:

@@ -1,6 +1,6 @@
 """Storage machinery shared by the roles: engine, transactions, idempotent inserts and the Money column.
 
-The tables themselves belong to the roles (`clearing_center/store.py`, `service_provider/store.py`,
+The tables themselves belong to the roles (`clearing_center/tables.py`, `service_provider/store.py`,
 `bank/store.py`).
 """
 

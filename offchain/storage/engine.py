@@ -68,7 +68,7 @@ def _sqlite_engine(url: str, database: str | None, echo: bool) -> Engine:
 def create_schema(engine: Engine, *metadatas: MetaData) -> None:
     """Create the tables of `metadatas` in a fresh database, stamped at the migrations' head (idempotent).
 
-    A role passes its own MetaData (e.g. `offchain.clearing_center.store.create_schema` passes `CcTable.metadata`),
+    A role passes its own MetaData (e.g. `offchain.clearing_center.tables.create_schema` passes `CcTable.metadata`),
     so nothing has to be imported for its side effect of registering tables."""
     if not metadatas:
         raise ValueError("create_schema needs the MetaData of at least one role's tables")

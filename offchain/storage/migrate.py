@@ -44,7 +44,7 @@ class RoleSchema:
 
 
 ROLES: dict[str, RoleSchema] = {schema.role: schema for schema in (
-    RoleSchema("clearing_center", "cc", "offchain.clearing_center.store:CcTable"),
+    RoleSchema("clearing_center", "cc", "offchain.clearing_center.tables:CcTable"),
     RoleSchema("service_provider", "sp", "offchain.service_provider.store:SpTable"),
     RoleSchema("bank", "bank", "offchain.bank.store:BankTable"),
 )}
@@ -64,6 +64,22 @@ class SchemaOutdated(ClearhouseError):
         self.current = current
         self.expected = expected
         self.command = command
+
+
+class UnknownRevision(ClearhouseError):
+    """A migration target Alembic cannot reach from the database's revision: a name no script has, or a relative
+    step (`-1`, `+2`) past the base or the head. Nothing was changed."""
+
+    code = "unknown_revision"
+    http_status = 400
+
+    def __init__(self, message: str, *, role: str | None = None, revision: str | None = None,
+                 current: str | None = None, head: str | None = None) -> None:
+        super().__init__(message)
+        self.role = role
+        self.revision = revision
+        self.current = current
+        self.head = head
 
 
 def role_for(metadata: MetaData) -> RoleSchema | None:
@@ -121,9 +137,18 @@ def ensure_current(engine: Engine, schema: RoleSchema, *, config_hint: str = "FI
 
 
 @contextmanager
-def _connection(engine: Engine) -> Iterator[Connection]:
-    with engine.connect() as connection:
-        yield connection
+def _connection(engine: Engine, schema: RoleSchema, revision: str) -> Iterator[Connection]:
+    """A connection for one Alembic command towards `revision`; Alembic's refusal of the target becomes
+    `UnknownRevision` naming the database's revision and the code's head."""
+    from alembic.util.exc import CommandError
+
+    found = current(engine, schema)
+    try:
+        with engine.connect() as connection:
+            yield connection
+    except CommandError as exc:
+        raise UnknownRevision(f"the {schema.role} database at {found or 'base'} cannot move to {revision!r}: {exc}",
+                              role=schema.role, revision=revision, current=found, head=head(schema)) from exc
 
 
 def upgrade(engine: Engine, schema: RoleSchema, revision: str = "head") -> tuple[str | None, str | None]:
@@ -135,7 +160,7 @@ def upgrade(engine: Engine, schema: RoleSchema, revision: str = "head") -> tuple
     if before is None and _has_role_tables(engine, schema):
         stamp(engine, schema, baseline(schema))
         before = baseline(schema)
-    with _connection(engine) as connection:
+    with _connection(engine, schema, revision) as connection:
         command.upgrade(alembic_config(schema, connection), revision)
     return before, current(engine, schema)
 
@@ -144,7 +169,7 @@ def downgrade(engine: Engine, schema: RoleSchema, revision: str) -> tuple[str | 
     from alembic import command
 
     before = current(engine, schema)
-    with _connection(engine) as connection:
+    with _connection(engine, schema, revision) as connection:
         command.downgrade(alembic_config(schema, connection), revision)
     return before, current(engine, schema)
 
@@ -152,7 +177,7 @@ def downgrade(engine: Engine, schema: RoleSchema, revision: str) -> tuple[str | 
 def stamp(engine: Engine, schema: RoleSchema, revision: str) -> None:
     from alembic import command
 
-    with _connection(engine) as connection:
+    with _connection(engine, schema, revision) as connection:
         command.stamp(alembic_config(schema, connection), revision)
 
 
@@ -197,7 +222,7 @@ def new_revision(schema: RoleSchema, message: str, *, rev_id: str | None = None)
         engine = make_engine(f"sqlite:///{scratch}/scratch.db")
         if ScriptDirectory.from_config(alembic_config(schema)).get_current_head() is not None:
             upgrade(engine, schema)
-        with _connection(engine) as connection:
+        with _connection(engine, schema, "head") as connection:
             scripts = command.revision(alembic_config(schema, connection), message=message, autogenerate=True,
                                        rev_id=rev_id)
         engine.dispose()
@@ -249,5 +274,5 @@ def _run(context: Any, connection: Connection, schema: RoleSchema) -> None:
             connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
-__all__ = ["RoleSchema", "ROLES", "BY_CLI_NAME", "SchemaOutdated", "role_for", "ensure_current", "upgrade",
-           "downgrade", "stamp", "current", "head", "baseline", "revisions", "drift", "new_revision", "run_env"]
+__all__ = ["RoleSchema", "ROLES", "BY_CLI_NAME", "SchemaOutdated", "UnknownRevision", "role_for", "ensure_current",
+           "upgrade", "downgrade", "stamp", "current", "head", "baseline", "revisions", "drift", "new_revision", "run_env"]

@@ -5,6 +5,10 @@ probe or a Prometheus scraper without one cannot reach it. Rather than weaken th
 certificate per route (one forgotten check would open a route to anonymous callers), the ops documents are served
 on a separate plain-HTTP listener (`metrics_host`, default 127.0.0.1, and `metrics_port`). It serves nothing but
 these read-only documents: no key, no ledger row, no member data beyond counts.
+
+Both documents say which chain node the service uses (`rpc`: the endpoint its chain client talks to now, the
+configured endpoints in order, the failover switches so far), read from the service's own provider without a
+network call; `clearhouse network status --consortium DIR` shows it per service.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,20 +91,40 @@ def _route_label(request: web.Request) -> str:
 
 
 # --- health ----------------------------------------------------------------------------------------------------------
+def rpc_endpoint(w3: Any) -> dict[str, Any]:
+    """Which node `w3` talks to: {"current", "endpoints", "switches"} (failover provider or a plain HTTP one)."""
+    provider = getattr(w3, "provider", None)
+    if hasattr(provider, "current_url"):  # offchain.chain.failover.FailoverHTTPProvider
+        return {"current": provider.current_url, "endpoints": list(provider.rpc_urls),
+                "switches": int(getattr(provider, "switches", 0))}
+    url = str(getattr(provider, "endpoint_uri", "") or "")
+    return {"current": url, "endpoints": [url] if url else [], "switches": 0}
+
+
 class HealthProbe:
-    """Readiness checks: the chain answers (head, age, code at the deployment address) and the database is writable."""
+    """Readiness checks: the chain answers (head, age, code at the deployment address) and the database is writable.
 
-    def __init__(self, rpc_url: str, contract_address: str | None, engine: Engine, *,
-                 timeout_s: float = PROBE_TIMEOUT_S, clock: Callable[[], float] = time.time) -> None:
-        from web3 import Web3
+    `rpc_urls`: the service's endpoints (one URL or several, read through the failover provider with a short
+    timeout). `service_w3`: the Web3 of the service's chain client, whose current node `rpc` reports."""
 
-        from web3.middleware import ExtraDataToPOAMiddleware
+    def __init__(self, rpc_urls: str | Sequence[str], contract_address: str | None, engine: Engine, *,
+                 timeout_s: float = PROBE_TIMEOUT_S, clock: Callable[[], float] = time.time,
+                 service_w3: Any = None) -> None:
+        from offchain.chain.failover import connect
 
-        self.w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": timeout_s}))
-        self.w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)  # Clique: a longer extraData
+        urls = [rpc_urls] if isinstance(rpc_urls, str) else list(rpc_urls)
+        self.w3 = connect(urls, timeout_s=timeout_s)  # with the POA middleware (Clique: a longer extraData)
+        self.service_w3 = service_w3
         self.contract_address = contract_address
         self.engine = engine
         self.clock = clock
+
+    def rpc(self) -> dict[str, Any]:
+        """The node the service's chain client uses now; `source` says "probe" when the service's Web3 is not
+        known and the probe's own (same endpoints, same order) is reported instead."""
+        if self.service_w3 is not None:
+            return {**rpc_endpoint(self.service_w3), "source": "service"}
+        return {**rpc_endpoint(self.w3), "source": "probe"}
 
     def chain(self) -> dict[str, Any]:
         try:
@@ -132,7 +156,7 @@ class HealthProbe:
         checks = {"chain": self.chain(), "database": self.database()}
         ready = all(check["ok"] for check in checks.values())
         return {"status": "ok" if ready else "unavailable", "live": True, "ready": ready, **identity,
-                "checks": checks}
+                "rpc": self.rpc(), "checks": checks}
 
 
 class _ScrapeCollector:
@@ -148,6 +172,15 @@ class _ScrapeCollector:
     def collect(self) -> Iterator[Metric]:
         chain = self.probe.chain()
         yield _gauge("clearhouse_chain_up", "1 when the chain node answered the last scrape.", float(chain["ok"]))
+        rpc = self.probe.rpc()
+        endpoint = GaugeMetricFamily("clearhouse_chain_rpc_endpoint",
+                                     "1 for the chain node the service's client uses now.", labels=["url"])
+        endpoint.add_metric([rpc["current"]], 1.0)
+        yield endpoint
+        switches = CounterMetricFamily("clearhouse_chain_rpc_switches",
+                                       "RPC failover switches of the service's chain client since start.")
+        switches.add_metric([], float(rpc["switches"]))
+        yield switches
         if "head" in chain:
             yield _gauge("clearhouse_chain_head_block", "Latest block number the node reports.", chain["head"])
             yield _gauge("clearhouse_chain_head_age_seconds",
@@ -225,6 +258,16 @@ def _is_transport_error(exc: BaseException) -> bool:
 
 
 # --- the ops listener ------------------------------------------------------------------------------------------------
+SERVICE_AGENT_KEYS = ("clearing_center", "bank", "provider")  # what each role's build_app stores its agent under
+
+
+def service_web3(app: web.Application) -> Any:
+    """The Web3 of the service's chain client: `app["chain"].w3` when the app stores its client, else its agent's
+    `chain.w3`; None when neither is known (a test app, or an agent that keeps no chain client)."""
+    candidates = [app.get("chain")] + [getattr(app.get(key), "chain", None) for key in SERVICE_AGENT_KEYS]
+    return next((c.w3 for c in candidates if getattr(c, "w3", None) is not None), None)
+
+
 def ops_app(metrics: ServiceMetrics, probe: HealthProbe, identity: dict[str, str]) -> web.Application:
     """The plain-HTTP application: GET /healthz (readiness, 503 when not ready), /livez, /metrics."""
 
@@ -233,8 +276,8 @@ def ops_app(metrics: ServiceMetrics, probe: HealthProbe, identity: dict[str, str
         return web.Response(text=json.dumps(report), content_type="application/json",
                             status=200 if report["ready"] else 503)
 
-    async def livez(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "live": True, **identity})
+    async def livez(_request: web.Request) -> web.Response:  # no network call: answers while the chain is down
+        return web.json_response({"status": "ok", "live": True, **identity, "rpc": probe.rpc()})
 
     async def scrape(_request: web.Request) -> web.Response:
         body = await asyncio.to_thread(metrics.render)
@@ -257,7 +300,9 @@ async def start_ops_listener(settings: Any, app: web.Application, counts: Counts
     from offchain.transport.wiring import deployment_domain
 
     engine = make_engine(settings.database_url)
-    probe = HealthProbe(settings.rpc_url, deployment_domain(settings.deployment_path).verifying_contract, engine)
+    urls = settings.chain_urls() if hasattr(settings, "chain_urls") else [settings.rpc_url]
+    probe = HealthProbe(urls, deployment_domain(settings.deployment_path).verifying_contract, engine,
+                        service_w3=service_web3(app))
     metrics = app.get(METRICS_KEY) or ServiceMetrics()
     metrics.watch(probe, engine, counts)
     runner = web.AppRunner(ops_app(metrics, probe, {"role": settings.ROLE_NAME, "member_id": settings.member_id}),
@@ -277,4 +322,4 @@ async def start_ops_listener(settings: Any, app: web.Application, counts: Counts
 
 
 __all__ = ["LoopBackoff", "Sample", "Counts", "ServiceMetrics", "HealthProbe", "request_metrics", "status_samples", "ops_app",
-           "start_ops_listener", "METRICS_KEY"]
+           "start_ops_listener", "METRICS_KEY", "rpc_endpoint", "service_web3"]

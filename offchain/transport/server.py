@@ -8,6 +8,7 @@ role, parses the body and maps every `ClearhouseError` to `{"error", "message", 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import ssl
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from offchain.core.errors import ClearhouseError, InvalidRequest, WrongRole
+from offchain.core.errors import ClearhouseError, InvalidRequest, StorageFull, WrongRole
 from offchain.core.messages import Role
 from offchain.transport.wiring import require_path
 
@@ -63,10 +64,36 @@ async def error_middleware(request: web.Request, handler: Callable[[web.Request]
         code = "not_found" if exc.status == 404 else "http_error"
         return web.json_response({"error": code, "message": exc.reason, "fields": {"path": request.path}},
                                  status=exc.status)
-    except Exception:  # the HTTP edge: log the detail, never leak it
+    except Exception as exc:  # the HTTP edge: log the detail, never leak it
+        full = storage_full(exc)
+        if full is not None:  # a full disk is the operator's to fix, and named as such (HTTP 507)
+            log.error("storage full on %s %s: %s", request.method, request.path, full.detail)
+            return error_response(full)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response({"error": "internal_error", "message": "internal error; see the service log",
                                   "fields": {}}, status=500)
+
+
+def storage_full(exc: BaseException) -> StorageFull | None:
+    """`StorageFull` when `exc` (or what it wraps: SQLAlchemy's `.orig`, a cause or context) says the database or
+    its disk cannot grow: SQLite's SQLITE_FULL, PostgreSQL's SQLSTATE 53100 (disk_full), ENOSPC/EDQUOT; else None."""
+    pending: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if id(current) in seen or len(seen) > 16:
+            continue
+        seen.add(id(current))
+        text = str(current)[:300]
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return StorageFull("the service's disk is full", backend="filesystem", detail=text)
+        if "database or disk is full" in text:
+            return StorageFull("the service's database is full (SQLITE_FULL)", backend="sqlite", detail=text)
+        if "53100" in (str(getattr(current, "pgcode", "")), str(getattr(current, "sqlstate", ""))):
+            return StorageFull("the service's database is full (disk_full)", backend="postgresql", detail=text)
+        pending.extend(e for e in (getattr(current, "orig", None), current.__cause__, current.__context__)
+                       if isinstance(e, BaseException))
+    return None
 
 
 def parse_model(model: type[BaseModel], payload: Any) -> BaseModel:
@@ -243,6 +270,6 @@ def serve_app(settings: Any, app: web.Application, *, counts: Any = None) -> Non
 
 
 __all__ = [
-    "Route", "add_routes", "new_app", "error_middleware", "error_response", "parse_body", "parse_model",
+    "Route", "add_routes", "new_app", "error_middleware", "error_response", "parse_body", "parse_model", "storage_full",
     "check_role", "openapi_document", "run_app", "serve_app", "ServiceModule",
 ]

@@ -61,7 +61,9 @@ def chain_web3(settings: Any) -> Any:
         w3 = connect(urls)
         _log.info("chain: rpc failover over %d endpoints, using %s", len(urls), w3.provider.current_url)
         return w3
-    w3 = Web3(Web3.HTTPProvider(urls[0], request_kwargs={"timeout": 60}))
+    from offchain.chain.failover import http_provider
+
+    w3 = Web3(http_provider(urls[0], timeout_s=60))
     w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
     _log.info("chain: using %s", urls[0])
     return w3
@@ -101,6 +103,23 @@ def finality_tracker_for(w3: Any, confirmations: int | None) -> Any:
     return FinalityTracker(Web3Reader(w3), policy)
 
 
+def final_views(settings: Any, chain: Any) -> Any:
+    """The device's or SP's `FinalViews` over `chain`: `final_views_for` with its `confirmations` and
+    `finality_wait_s` settings."""
+    return final_views_for(chain, getattr(settings, "confirmations", None),
+                           wait_s=getattr(settings, "finality_wait_s", 0.0))
+
+
+def final_views_for(chain: Any, confirmations: int | None, *, wait_s: float = 0.0) -> Any:
+    """`chain`'s views at the finality depth (offchain.chain.views.FinalViews). The depth is the chain's policy
+    with `confirmations` as override, detected on the first read (`finality_tracker_for`, which also refuses a
+    Clique depth below the quorum), so building it needs no node."""
+    from offchain.chain.views import FinalViews
+
+    return FinalViews(chain, lambda: finality_tracker_for(chain.w3, confirmations).policy.confirmations,
+                      wait_s=wait_s)
+
+
 def member_verifier(settings: Any, chain: ChainReader, clock: Clock) -> CertificateVerifier:
     """The certificate verifier every service uses for peers and signers: our CA, the current CRL, and the
     member's on-chain status (a member revoked on chain only is refused too)."""
@@ -111,4 +130,4 @@ def member_verifier(settings: Any, chain: ChainReader, clock: Clock) -> Certific
 
 
 __all__ = ["deployment_domain", "file_reader", "require_path", "chain_web3", "connect_chain", "finality_tracker",
-           "finality_tracker_for", "member_verifier"]
+           "finality_tracker_for", "final_views", "final_views_for", "member_verifier"]

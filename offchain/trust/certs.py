@@ -7,6 +7,7 @@ it is given: no system trust store, no intermediates, no AIA fetching.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import threading
 import time
@@ -98,6 +99,18 @@ class CertificateVerifier:
     def root(self) -> x509.Certificate:
         """The trust anchor (what the CA's non-certificate attestations are verified against)."""
         return self._root
+
+    def for_one_request(self) -> CertificateVerifier:
+        """This verifier for the messages of one request: the same root, CRL source, clock and path cache, but
+        each member's on-chain status is read once, by the first check that needs it, and reused by the rest of
+        the request (a CC intake request carries many items signed by the same SP and devices). Every other step
+        runs on every call. A revocation mined while the request runs counts from the next request on, as for
+        the TLS peer, whose status is checked once per request; a read that fails is not kept. Use one per
+        request and drop it: nothing here expires."""
+        scoped = copy.copy(self)  # shares _path_ok and its lock on purpose
+        if self._chain_status is not None:
+            scoped._chain_status = _status_once(self._chain_status)
+        return scoped
 
     def verify(self, cert_pem: bytes | str, expected_role: Role | None = None) -> MemberIdentity:
         """Full check of a member certificate; returns its identity or raises a CertificateError subclass."""
@@ -192,6 +205,19 @@ class CertificateVerifier:
         if crl.issuer != self._root.subject or not crl.is_signature_valid(public_key):  # type: ignore[arg-type]
             raise CrlUnavailable("the CRL is not signed by the Clearhouse root", reason="bad_signature")
         return crl
+
+
+def _status_once(status: ChainStatus) -> ChainStatus:
+    """`status`, asked at most once per (address, role); a read that raises is not kept (the next ask reads)."""
+    answers: dict[tuple[str, Role], bool] = {}
+
+    def once(address: str, role: Role) -> bool:
+        key = (address, Role(role))
+        if key not in answers:
+            answers[key] = status(address, role)
+        return answers[key]
+
+    return once
 
 
 def _cn(cert: x509.Certificate) -> str:

@@ -26,7 +26,7 @@ from hypothesis import event, note
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from chainkit import ViewReader, World
+from chainkit import FastClient, PristineChain, RawRpc, ViewReader, World
 from offchain.core.errors import ContractReverted
 
 OPEN = 2**48 - 1  # IssueLogs.OPEN: the seqLimit of an open log
@@ -129,18 +129,21 @@ def _report_progress() -> None:
 class ClearhouseMachine(RuleBasedStateMachine):
     """Bound to the session chain by `TestClearhouseInvariants._bind` (pytest fixtures) before it runs."""
 
-    new_env = None  # tests/conftest.py fresh_chain_env: a ChainEnv on a Clearhouse deployed just now
+    new_env = None  # a PristineChain (chainkit.py): the chain right after a Clearhouse was deployed
 
     # -- set-up ---------------------------------------------------------------------------------------------
     @initialize()
     def setup(self) -> None:
-        # A new deployment per example instead of evm_revert: nothing of an earlier example (a replayed
-        # transaction with the same hash, a nonce, a receipt) can reach this one.
+        # The chain reverted to the snapshot taken right after the deployment, with new clients: no nonce, sent
+        # transaction or receipt of an earlier example is remembered; a deposit left over would fail below.
         self.env = env = type(self).new_env()
         self.world = World(env)
-        for device, user in DEVICE_USERS.items():  # the copy above must match the deployment's registrations
-            assert bytes(self.world.c("bank").call("deviceUser", self.world.addr(device))) == user, device
-        self.views = ViewReader(str(env.w3.provider.endpoint_uri), env.deployment.address, env.deployment.abi)
+        self.views = ViewReader(env.rpc.url, env.deployment.address, env.deployment.abi)
+        users = self.views.read([("deviceUser", (self.world.addr(d),)) for d in DEVICE_USERS]
+                                + [("userFunds", (u,)) for u in USERS])
+        for (device, user), (on_chain,) in zip(DEVICE_USERS.items(), users):
+            assert bytes(on_chain) == user, device  # the copy above must match the deployment's registrations
+        assert users[len(DEVICE_USERS):] == [(0, 0)] * len(USERS), "an earlier example's deposits are on chain"
         self.logs: dict[bytes, LogModel] = {}
         self.policies: dict[bytes, PolicyModel] = {}
         self.requests: dict[bytes, RequestModel] = {}
@@ -152,6 +155,8 @@ class ClearhouseMachine(RuleBasedStateMachine):
         self.steps = 0
         self._new_policy(37, [(self.world.addr("content_provider"), 7000), (self.world.addr("payee2"), 3000)])
         self._new_policy(23, [(self.world.addr("payee2"), 10_000)])
+        # three payees: the only split where a later payee's part depends on the bps left (Split.parts)
+        self._new_policy(41, [(self.world.addr(n), b) for n, b in zip(PAYEE_NAMES, (5_000, 2_000, 3_000))])
         self._issue("device", 1_500, funded=True)
 
     def teardown(self) -> None:
@@ -610,10 +615,37 @@ class TestClearhouseInvariants(ClearhouseMachine.TestCase):
 
     @pytest.fixture(autouse=True)
     def _bind(self, fresh_chain_env):  # noqa: ANN001 - tests/conftest.py
-        ClearhouseMachine.new_env = staticmethod(fresh_chain_env)
+        # one deployment the conftest way; each example starts from the chain right after it (chainkit.py)
+        ClearhouseMachine.new_env = staticmethod(PristineChain(fresh_chain_env()))
         _OUTCOMES.clear()
         yield
         path = os.environ.get("CLEARHOUSE_HYPOTHESIS_OUTCOMES")
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(json.dumps(dict(sorted(_OUTCOMES.items())), indent=2) + "\n")
+
+
+def test_fast_client_reverts_and_writes_like_the_client(chain_env) -> None:  # noqa: ANN001 - tests/conftest.py
+    """The machine's fast path (chainkit.FastClient: fixed gas, the revert replayed at the parent block) raises
+    the same named error with the same arguments as ClearhouseChain (which decodes it from eth_estimateGas), and
+    what it writes is on chain: the positive control after the refusal."""
+    rpc = RawRpc(str(chain_env.w3.provider.endpoint_uri))
+    fast = {name: FastClient(chain_env.w3, chain_env.deployment, chain_env.actors[name].key, rpc)
+            for name in ("clearing_center", "bank")}
+    slow = chain_env.client("clearing_center")
+    user, device = DEVICE_USERS["device"], chain_env.actors["device"].address
+    serial, expires_at = keccak(text="fast-client-serial"), chain_env.timestamp() + 86_400
+    funds = slow.user_funds(user)
+    cap = funds.deposited - funds.allocated + 7
+    refusals = []
+    for client in (slow, fast["clearing_center"]):
+        with pytest.raises(ContractReverted) as info:
+            client.issue(serial, device, user, cap, expires_at)
+        refusals.append((info.value.error_name, info.value.error_args))
+    assert refusals[0] == ("InsufficientDeposits", {"userIdHash": user, "available": cap - 7, "wanted": cap})
+    assert refusals[1] == refusals[0]
+    receipt = fast["bank"].record_deposit(keccak(text="fast-client-deposit"), user, 7, keccak(text="ref"))
+    assert int(receipt["status"], 16) == 1
+    fast["clearing_center"].issue(serial, device, user, cap, expires_at)
+    log = slow.issue_log(serial)
+    assert (log.device, log.user_id_hash, log.cap, log.expires_at) == (device, user, cap, expires_at)

@@ -20,7 +20,8 @@ from web3.exceptions import TransactionNotFound
 from offchain.chain import ClearhouseChain, deploy
 from offchain.chain.devnode import AnvilProcess
 from offchain.clearing_center.settlement import SettlementWorker
-from offchain.clearing_center.store import CcStore, SettlementOutbox
+from offchain.clearing_center.store import CcStore
+from offchain.clearing_center.tables import SettlementOutbox
 from offchain.core.messages import Role, keccak
 from offchain.storage import make_engine, session_scope
 

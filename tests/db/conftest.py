@@ -12,11 +12,11 @@ import pytest
 from sqlalchemy import Engine
 
 from offchain.bank import store as bank_store
-from offchain.clearing_center import store as cc_store
+from offchain.clearing_center import tables as cc_tables
 from offchain.service_provider import store as sp_store
 from offchain.storage import create_schema, make_engine
 
-ROLE_METADATA = (cc_store.CcTable.metadata, sp_store.SpTable.metadata, bank_store.BankTable.metadata)
+ROLE_METADATA = (cc_tables.CcTable.metadata, sp_store.SpTable.metadata, bank_store.BankTable.metadata)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The clearing center's repository functions (offchain/clearing_center/store.py) on SQLite and PostgreSQL:
+"""The clearing center's repository functions (offchain/clearing_center/records.py) on SQLite and PostgreSQL:
 idempotent upserts, status flows, the user balance database and the Money column; plus storage's payload hash
 and engine settings."""
 
@@ -9,8 +9,9 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from offchain import storage
-from offchain.clearing_center import store as cc
-from offchain.clearing_center.store import IssueLogRecord, ReceiveLogRecord
+from offchain.clearing_center import records as cc
+from offchain.clearing_center.records import IssueLogRecord, ReceiveLogRecord
+from offchain.clearing_center.tables import Device, ReceiveLogRow, SettlementOutbox, TransferRequestRow
 from offchain.storage import session_scope
 from offchain.core.errors import DuplicateMessage, InvalidAmount, InvalidTransition, NotFound
 
@@ -27,10 +28,10 @@ def receive_log(log_id: bytes = b"\x01" * 32, *, total: int = 30, first_seq: int
     )
 
 
-def accepted(session: Session) -> list[cc.ReceiveLogRow]:
+def accepted(session: Session) -> list[ReceiveLogRow]:
     """Accepted receive logs in the CC's settlement order (an independent read, not the store's own query)."""
-    query = select(cc.ReceiveLogRow).where(cc.ReceiveLogRow.status == "accepted")
-    return list(session.scalars(query.order_by(cc.ReceiveLogRow.serial, cc.ReceiveLogRow.first_seq)))
+    query = select(ReceiveLogRow).where(ReceiveLogRow.status == "accepted")
+    return list(session.scalars(query.order_by(ReceiveLogRow.serial, ReceiveLogRow.first_seq)))
 
 
 def test_receive_log_upsert_identical_replay_returns_existing(engine: Engine) -> None:
@@ -49,7 +50,7 @@ def test_receive_log_upsert_same_id_different_payload_raises(engine: Engine) -> 
         cc.upsert_receive_log_idempotent(session, receive_log(total=31))
     assert info.value.kind == "receive_log" and info.value.stored_hash != info.value.got_hash
     with session_scope(engine) as session:
-        assert session.get(cc.ReceiveLogRow, b"\x01" * 32).total == 30
+        assert session.get(ReceiveLogRow, b"\x01" * 32).total == 30
 
 
 def test_settlement_confirmed_settles_its_receive_logs(engine: Engine) -> None:
@@ -65,7 +66,7 @@ def test_settlement_confirmed_settles_its_receive_logs(engine: Engine) -> None:
         cc.update_settlement(session, outbox.id, "sent", 2, tx_hash="0x" + "ab" * 32, nonce=7, raw_tx=b"\x02")
         cc.update_settlement(session, outbox.id, "confirmed", 3)
     with session_scope(engine) as session:
-        assert {session.get(cc.ReceiveLogRow, i).status for i in ids} == {"settled"}
+        assert {session.get(ReceiveLogRow, i).status for i in ids} == {"settled"}
         with pytest.raises(InvalidTransition) as info:
             cc.update_settlement(session, outbox.id, "pending", 4)
         assert (info.value.current, info.value.wanted) == ("confirmed", "pending")
@@ -79,7 +80,7 @@ def test_settlement_failed_returns_receive_logs_for_retry(engine: Engine) -> Non
     with session_scope(engine) as session:
         [row] = accepted(session)
         assert row.settlement_id is None
-        assert session.get(cc.SettlementOutbox, outbox.id).error == "CapExceeded"
+        assert session.get(SettlementOutbox, outbox.id).error == "CapExceeded"
         cc.reject_receive_log(session, row.id, "CapExceeded alone")
         assert accepted(session) == []
 
@@ -95,7 +96,7 @@ def test_transfer_request_flow_and_conflicting_replay(engine: Engine) -> None:
         cc.advance_transfer_request(session, request_id, "confirmed", 4, bank_ref=b"\x09" * 32)
         with pytest.raises(DuplicateMessage):
             cc.advance_transfer_request(session, request_id, "confirmed", 5, bank_ref=b"\x0a" * 32)
-        assert session.get(cc.TransferRequestRow, request_id).status == "confirmed"
+        assert session.get(TransferRequestRow, request_id).status == "confirmed"
         with pytest.raises(NotFound):
             cc.advance_transfer_request(session, b"\x00" * 32, "confirmed", 5, bank_ref=b"\x0a" * 32)
 
@@ -114,7 +115,7 @@ def test_user_balance_entries_sum_and_are_idempotent(engine: Engine) -> None:
             cc.append_balance_entry(session, "deposit:2", "alice", "deposit", 0, 5)
         funds = cc.user_funds(session, "alice")
         assert (funds.deposited, funds.allocated, funds.carried, funds.available) == (1_000, 300, 50, 700)
-        assert session.get(cc.Device, DEVICE).user_id == "alice"
+        assert session.get(Device, DEVICE).user_id == "alice"
         with pytest.raises(DuplicateMessage):
             cc.add_device(session, DEVICE, "device-1", "bob", 6)
 

@@ -64,7 +64,7 @@ class Pipeline:
             try:
                 index.sync()
                 reconcile_all(self.consortium, index, Console(width=160, file=open("/dev/null", "w")))
-            finally:  # the start checks read rpc_url (the first node): every node back first
+            finally:  # every node back first, so the next test starts from a whole network
                 self.net.restore()
                 start_services(self.consortium, self.processes)
 
@@ -118,7 +118,18 @@ def issue_and_download(line: Pipeline, device_id: str) -> Any:
     device.request_issue_log(amount)
     for spec in CONTENTS:
         device.download(line.state.published[spec.name].content_id, 1)
+    wait_issue_log_final(line, device.balance().serial)
     return device
+
+
+def wait_issue_log_final(line: Pipeline, serial: bytes) -> None:
+    """Until the serial is on chain at the finality depth (6): the SP accepts usage only of a final serial
+    (not_final before), so a test that stalls or splits the chain right after issuing must wait for it first."""
+    from offchain.chain import ClearhouseChain, Deployment
+    from offchain.transport.wiring import final_views_for
+
+    chain = ClearhouseChain(connect(line.urls()), Deployment.load(line.consortium.deployment_path), b"\x01" * 32)
+    assert final_views_for(chain, None, wait_s=WAIT_S).issue_log(serial).exists
 
 
 def use_and_upload(line: Pipeline, device: Any, names: tuple[str, ...]) -> None:
@@ -185,7 +196,7 @@ def test_partition_reorg_undoes_a_settlement_the_cc_repairs_it_once(line: Pipeli
 
         _wait_for("the CC's settle transaction in the losing side's pool", settle_tx_in_losers_pool, WAIT_S,
                   "see cc.log")
-        seal(net, losers)  # the losing side seals it (at most two blocks, then it stalls)
+        net.start_sealing(losers)  # the losing side seals it (at most two blocks, then it stalls)
         try:
             _wait_for("the settlement included on the losing side",
                       lambda: _next_seq_at(line, ORDER[0], serial) >= 1, WAIT_S, "see cc.log")
@@ -195,7 +206,7 @@ def test_partition_reorg_undoes_a_settlement_the_cc_repairs_it_once(line: Pipeli
                                  f"losers {losers}; pools {pools}") from exc
         _wait_for("the CC to record the settlement as included", lambda: bool(line.cc_rows(
             "SELECT 1 FROM cc_chain_txs WHERE kind = 'settlement' AND state = 'included'")), WAIT_S, "see cc.log")
-        seal(net, winners)
+        net.start_sealing(winners)
         net.heal(prefer=winners)  # the losers are rewound: their blocks (and the settlement in them) are undone
     finally:
         device.close()
@@ -211,24 +222,13 @@ def hold_sealing_and_pick_sides(net: CliqueNetwork, *, with_node: int) -> tuple[
     """Stop sealing everywhere, then split 2-2 so that each side holds exactly one of the last two sealers: each
     side may then seal at least one block (a Clique signer waits floor(N/2) blocks after its own), so the losing
     side can include the CC's transaction and the winning side can outgrow the fork point."""
-    for i in range(len(net.nodes)):
-        rpc(net.nodes[i].rpc_url, "miner_stop")
-        net._stopped_mining.add(i)
-    net.wait_stalled(quiet_periods=3)  # a seal already in flight when sealing stopped still lands: let it
-    _wait_for("every node on one head", lambda: len({net.head(i)[1] for i in range(4)}) == 1, WAIT_S, "geth.log")
-    head = net.head(0)[0]
+    head = net.hold_sealing(timeout_s=WAIT_S)[0]
     by_signer = {n.signer: n.index for n in net.nodes}
     recent = {by_signer[to_checksum(rpc(net.nodes[0].rpc_url, "clique_getSigner", [hex(b)]))] for b in (head, head - 1)}
     others = [i for i in range(4) if i != with_node]
     partner = next(i for i in others if (i in recent) != (with_node in recent))
     losers = sorted([with_node, partner])
     return losers, [i for i in range(4) if i not in losers]
-
-
-def seal(net: CliqueNetwork, nodes: list[int]) -> None:
-    for i in nodes:
-        rpc(net.nodes[i].rpc_url, "miner_start")
-        net._stopped_mining.discard(i)
 
 
 def to_checksum(address: str) -> str:

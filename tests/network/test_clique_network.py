@@ -138,6 +138,60 @@ def test_partition_two_against_two_reorgs_the_losing_side(network: CliqueNetwork
         int(rpc(network.rpc_urls[3], "eth_getTransactionCount", [sender, "pending"]), 16)
 
 
+def test_hold_sealing_brings_nodes_on_two_forks_to_one_head(network: CliqueNetwork) -> None:
+    """Nodes that hold different heads when sealing stops (here: two sides of a partition, each sealing alone)
+    never settle it themselves, because nobody seals the block that would decide: hold_sealing rewinds the nodes
+    off the highest head, re-peers them and returns the one head all four hold, with sealing still stopped."""
+    sides = ([0, 1], [2, 3])
+    for _attempt in range(3):
+        network.partition(sides)
+        network.wait_stalled(quiet_periods=3, timeout_s=60)
+        before = {i: network.head(i) for i in range(4)}
+        if len(set(before.values())) > 1:
+            break
+        network.heal()  # neither side sealed after the split: try again
+    else:
+        pytest.fail("no 2-2 partition of three left the sides on different heads")
+    try:
+        number, block_hash = network.hold_sealing(timeout_s=90)
+        assert {network.head(i) for i in range(4)} == {(number, block_hash)}
+        assert number == max(n for n, _hash in before.values())  # the highest head is the one kept
+        assert all(network.peer_count(i) == 3 for i in range(4))
+        network.wait_stalled(quiet_periods=3, timeout_s=60)
+        assert network.head(0) == (number, block_hash)  # nobody sealed meanwhile
+    finally:
+        network.restore()
+
+
+def test_hold_sealing_brings_back_a_node_behind_its_connected_peers(network: CliqueNetwork) -> None:
+    """A node that falls behind while its peers stay connected (here: rewound three blocks) does not sync again on
+    its own: geth syncs from a peer only when the difficulty it recorded for that peer (at the handshake, or from
+    a rare full-block broadcast) beats its own. hold_sealing drops and re-dials it, and it syncs the others' head.
+    (The CI failure this covers: a tie left one pair of connected nodes on another head, and the rewound pair
+    never caught up.)"""
+    network.wait_blocks(5)  # every handshake is older than the block the node is rewound to
+    number, block_hash = network.hold_sealing(timeout_s=90)
+    try:
+        rpc(network.nodes[3].rpc_url, "debug_setHead", [hex(number - 3)])
+        assert network.head(3)[0] == number - 3 and network.peer_count(3) == 3  # behind, yet connected
+        assert network.hold_sealing(timeout_s=60) == (number, block_hash)
+        assert {network.head(i) for i in range(4)} == {(number, block_hash)}
+    finally:
+        network.restore()
+
+
+def test_wait_ready_dials_a_missing_peer_again(network: CliqueNetwork) -> None:
+    """A node cut off from the others (as after a static dial that failed and backs off) is dialled again by
+    wait_ready, which then sees every node peered with every other."""
+    network.partition([[0, 1, 2], [3]])
+    assert network.peer_count(3) == 0  # positive control: nothing re-dials across the split by itself
+    try:
+        network.wait_ready(timeout_s=90)
+        assert all(network.peer_count(i) == 3 for i in range(4))
+    finally:
+        network.restore()
+
+
 def test_failover_moves_off_a_stopped_node(network: CliqueNetwork) -> None:
     w3 = connect(network.rpc_urls)
     first = w3.provider.current_url

@@ -47,8 +47,11 @@ def _signed_transfer(w3: Web3, nonce_offset: int = 0) -> tuple[str, bytes]:
 
 
 def _send(w3: Web3) -> str:
+    """Send a transfer and return once anvil has mined it (automine answers before the block is sealed: under
+    load a check right after the send can still find it pending)."""
     tx_hash, raw = _signed_transfer(w3)
     w3.eth.send_raw_transaction(raw)
+    w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.05)  # type: ignore[arg-type]
     return tx_hash
 
 
@@ -95,6 +98,7 @@ def test_reorg_that_reincludes_elsewhere_is_reorged_with_the_new_block(w3: Web3)
     tracker = FinalityTracker(Web3Reader(w3), FinalityPolicy(kind="anvil", confirmations=5))
     tx_hash, raw = _signed_transfer(w3)
     w3.eth.send_raw_transaction(raw)
+    w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.05)  # type: ignore[arg-type]
     seen = tracker.check(tx_hash)
     _mine(w3, 2)
     # the same signed bytes, one block later on the new branch (what an outbox re-broadcast leads to)

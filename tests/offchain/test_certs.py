@@ -16,8 +16,9 @@ from cryptography.x509.oid import NameOID
 
 from offchain.trust.ca import CertificateAuthority
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
-from offchain.core.errors import (CertificateExpired, CertificateNotYetValid, CertificateRevoked, CrlUnavailable,
-                             IdentityMismatch, MalformedMessage, SignatureError, UntrustedCertificate, WrongRole)
+from offchain.core.errors import (CertificateExpired, CertificateNotYetValid, CertificateRevoked, ChainUnreachable,
+                             CrlUnavailable, IdentityMismatch, MalformedMessage, SignatureError, UntrustedCertificate,
+                             WrongRole)
 from offchain.core.messages import Domain, ReceiveLog, Role, TransferRequest
 
 DOMAIN = Domain(chain_id=31337, verifying_contract="0x" + "11" * 20)
@@ -136,6 +137,53 @@ def test_verify_chain_status_false_is_revoked_on_chain(authority: CertificateAut
         verifier.verify(device.cert_pem)
     assert info.value.source == "chain"
     assert asked == [(device.address, Role.DEVICE)]
+
+
+def test_for_one_request_asks_each_members_chain_status_once(authority: CertificateAuthority,
+                                                              member: Callable[..., Any]) -> None:
+    device, sp = member(Role.DEVICE, "device-1"), member(Role.SERVICE_PROVIDER, "sp-1")
+    asked: list[tuple[str, Role]] = []
+
+    def chain_status(address: str, role: Role) -> bool:
+        asked.append((address, role))
+        return True
+
+    verifier = CertificateVerifier(authority.root_pem, authority.crl_pem, chain_status=chain_status)
+    request = verifier.for_one_request()
+    for pem in (device.cert_pem, sp.cert_pem, device.cert_pem, sp.cert_pem, device.cert_pem):
+        request.verify(pem)
+    assert asked == [(device.address, Role.DEVICE), (sp.address, Role.SERVICE_PROVIDER)]
+    verifier.verify(device.cert_pem)  # the verifier it came from keeps asking every time
+    verifier.for_one_request().verify(device.cert_pem)  # and so does the next request's
+    assert asked[2:] == [(device.address, Role.DEVICE)] * 2
+
+
+def test_for_one_request_keeps_no_failed_read_and_checks_the_crl_every_time(authority: CertificateAuthority,
+                                                                          member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE, "device-1")
+    answers: list[bool | Exception] = [ChainUnreachable("isActive: node error", function="isActive"), True]
+
+    def chain_status(address: str, role: Role) -> bool:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    request = CertificateVerifier(authority.root_pem, authority.crl_pem, chain_status=chain_status).for_one_request()
+    with pytest.raises(ChainUnreachable):
+        request.verify(device.cert_pem)
+    assert request.verify(device.cert_pem).eth_address == device.address  # read again, not the failure kept
+    assert answers == []
+    authority.revoke("device-1")
+    with pytest.raises(CertificateRevoked) as info:  # only the on-chain status is kept, never the CRL's answer
+        request.verify(device.cert_pem)
+    assert info.value.source == "crl"
+
+
+def test_for_one_request_without_chain_status_verifies_as_before(verifier: CertificateVerifier,
+                                                                 member: Callable[..., Any]) -> None:
+    device = member(Role.DEVICE, "device-1")
+    assert verifier.for_one_request().verify(device.cert_pem) == verifier.verify(device.cert_pem)
 
 
 def test_verify_wrong_role(verifier: CertificateVerifier, member: Callable[..., Any]) -> None:

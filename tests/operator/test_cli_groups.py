@@ -173,6 +173,12 @@ def test_db_upgrade_current_check_downgrade_on_sqlite(tmp_path: Path) -> None:
     down = run("db", "downgrade", "cc", "base", "--config", str(config))
     assert down.exit_code == 0 and down.stdout == f"clearing_center: {head} -> base\n"
     assert run("db", "current", *args).stdout == f"clearing_center: database none, code {head}\n"
+    past_base = run("db", "downgrade", "cc", "-1", "--config", str(config))  # already at base: a named refusal
+    assert past_base.exit_code == 1 and past_base.stderr.startswith("error [unknown_revision]: "), past_base.stderr
+    assert "revision: -1" in past_base.stderr and f"head: {head}" in past_base.stderr
+    no_such = run("db", "upgrade", *args, "--revision", "cc_9999")
+    assert no_such.exit_code == 1 and "error [unknown_revision]" in no_such.stderr and "cc_9999" in no_such.stderr
+    assert run("db", "current", *args).stdout == f"clearing_center: database none, code {head}\n"  # nothing moved
 
 
 def test_db_check_refuses_a_database_behind_the_code(tmp_path: Path) -> None:

@@ -13,8 +13,9 @@ from offchain.operator.audit import index as audit
 from offchain.operator import reconcile
 from offchain.bank import store as bank_store
 from offchain.bank.ledger import Ledger
-from offchain.clearing_center import store as cc_store
-from offchain.clearing_center.store import ReceiveLogRow, add_user, append_balance_entry, record_transfer_request
+from offchain.clearing_center import tables as cc_tables
+from offchain.clearing_center.records import add_user, append_balance_entry, record_transfer_request
+from offchain.clearing_center.tables import ReceiveLogRow
 from offchain.storage import make_engine, session_scope
 from offchain.core.messages import keccak
 
@@ -52,7 +53,7 @@ def _mirror_bank(index: audit.AuditIndex, url: str, *, pay_unconfirmed: bool = F
 def _mirror_cc(index: audit.AuditIndex, url: str) -> None:
     """A CC database that credited every deposit, allocated every cap and recorded every batch and request."""
     engine = make_engine(url)
-    cc_store.create_schema(engine)
+    cc_tables.create_schema(engine)
     users = {keccak(name.encode()).hex(): name for name in ("alice", "bob")}
     with session_scope(engine) as session:
         for name in users.values():

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, select, text
 
-from offchain.clearing_center.store import CcStore, ReceiveLogRecord, ReceiveLogRow
+from offchain.clearing_center.records import ReceiveLogRecord
+from offchain.clearing_center.store import CcStore
+from offchain.clearing_center.tables import ReceiveLogRow
 from offchain.clearing_center.transfers import TransferWorker
 from offchain.core.messages import UsageBatch, UsageLog, keccak
 from offchain.operator.bench.history import fill_settled_history
@@ -151,3 +153,46 @@ def test_transfer_round_reads_no_policy_before_the_interval_without_threshold(en
     assert worker.due_policies() == [] and chain.calls == []
     worker.threshold_minor = 5  # positive control: a threshold makes every round look
     assert worker.due_policies() == [P1] and chain.calls == [P1]
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_transfer_round_views_only_policies_settled_since_its_last_look_and_those_accruing(
+        engine: Engine) -> None:
+    from offchain.clearing_center.transfers import SETTLED_RECHECK_S
+
+    later = 10 * SETTLED_RECHECK_S
+    clock = Clock(2_000)
+    store = CcStore(engine, clock=clock)
+    store.create_schema()
+    settle(store, receive_record(1, 0, [P1]), receive_record(2, 0, [P2]), receive_record(3, 0, [P3]))
+    chain = AccruedChain({P1: 0, P2: 5, P3: 0, P4: 40})
+    worker = TransferWorker(store, chain, verifier=None, private_key=b"", cert_pem=b"",  # type: ignore[arg-type]
+                            interval_s=1e9, threshold_minor=10, clock=clock, finality=object())  # type: ignore[arg-type]
+    clock.now += later
+    assert worker.due_policies() == [] and sorted(chain.calls) == sorted([P1, P2, P3])  # first look: every one
+
+    clock.now += later
+    chain.calls.clear()
+    settle(store, receive_record(4, 0, [P4]))
+    assert worker.due_policies() == [P4]  # at the threshold
+    assert sorted(chain.calls) == sorted([P2, P4])  # P2 accruing below the threshold; P1, P3 settled nothing since
+
+    clock.now += later
+    chain.calls.clear()
+    chain.accrued.update({P1: 20, P2: 12})  # receive logs of P1 (seen empty before) and P2 settled since
+    settle(store, receive_record(1, 1, [P1]), receive_record(2, 1, [P2]))
+    assert sorted(worker.due_policies()) == sorted([P1, P2, P4]) and sorted(chain.calls) == sorted([P1, P2, P4])
+
+    clock.now += later
+    chain.calls.clear()
+    chain.accrued.update({P1: 0, P2: 0, P4: 0})  # requested by another round meanwhile
+    assert worker.due_policies() == [] and sorted(chain.calls) == sorted([P1, P2, P4])
+    chain.calls.clear()
+    assert worker.due_policies() == [] and chain.calls == []  # nothing accruing, nothing settled since: no view

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -203,3 +204,12 @@ def flow(services: Services, w3: Web3) -> Flow:
     for name in ("bank", "cc", "sp"):
         services.start(name)
     return Flow(services, w3)
+
+
+@pytest.fixture
+def silent_node() -> Iterator[str]:
+    """A TCP port that accepts connections (the kernel's backlog) and never answers a byte: a node that hangs."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"

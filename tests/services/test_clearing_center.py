@@ -19,10 +19,11 @@ import pytest
 from aiohttp import web
 
 from offchain import storage
-from offchain.clearing_center import store as cc_store
+from offchain.clearing_center.records import ReceiveLogRecord
 from offchain.core import messages
 from offchain.trust.ca import CertificateAuthority, MemberCredentials
 from offchain.clearing_center.store import CcStore
+from offchain.clearing_center.tables import CcTable
 from offchain.core.types import user_id_hash
 from offchain.trust.certs import CertificateVerifier, Envelope, MemberIdentity
 from offchain.chain import ClearhouseChain
@@ -123,7 +124,7 @@ def world(chain_env: Any, tmp_path: Path, db_url: str) -> Iterator[CcWorld]:
     """The CC on SQLite and on PostgreSQL (the `db_url` parameters); tables are dropped afterwards."""
     made = make_world(chain_env, tmp_path, db_url)
     yield made
-    cc_store.CcTable.metadata.drop_all(made.store.engine)
+    CcTable.metadata.drop_all(made.store.engine)
     made.store.engine.dispose()
 
 
@@ -353,7 +354,7 @@ def test_receive_log_same_twice_same_answer_other_payload_duplicate(world: CcWor
     assert len(first["accepted"]) == 1 and first["rejected"] == []
     assert world.receive(item) == first
     row = world.store.receive_log(bytes.fromhex(first["accepted"][0][2:]))
-    tampered = cc_store.ReceiveLogRecord(row.id, row.sp_address, row.payer, row.serial, row.first_seq, row.count,
+    tampered = ReceiveLogRecord(row.id, row.sp_address, row.payer, row.serial, row.first_seq, row.count,
                                    row.total + 1, row.usage_batch_json, row.device_sig, row.receiver_sig,
                                    row.received_at)
     with pytest.raises(DuplicateMessage):

@@ -12,9 +12,10 @@ from test_clearing_center import PRICE, USERS, CcWorld, SimulatedCrash, crash_be
 from offchain.chain import SettlementItem
 from offchain.clearing_center.agent import RenewBody
 from offchain.clearing_center.settlement import SettlementWorker
-from offchain.clearing_center.store import CcStore, user_id_hash
+from offchain.clearing_center.store import CcStore
 from offchain.core.errors import NotFound
 from offchain.core.messages import Role, UsageBatch, keccak
+from offchain.core.types import user_id_hash
 from offchain.trust.certs import Envelope
 
 

@@ -5,8 +5,6 @@ the contract has code, the member is active with the service's role, and it has 
 from __future__ import annotations
 
 import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +23,6 @@ def settings_with(consortium: Consortium, tmp_path: Path, name: str, **changes: 
     path = tmp_path / f"{name}-changed.json"
     path.write_text(json.dumps(data))
     return path
-
-
-@pytest.fixture
-def silent_node() -> Iterator[str]:
-    """A TCP port that accepts connections (the kernel's backlog) and never answers a byte."""
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(8)
-        yield f"http://127.0.0.1:{server.getsockname()[1]}"
 
 
 def test_every_check_passes_for_a_provisioned_member(consortium: Consortium) -> None:

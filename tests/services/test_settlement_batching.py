@@ -80,3 +80,52 @@ def test_small_gas_budget_splits_run_and_settles_each_log_once(world: CcWorld) -
     on_chain = chain.issue_log(log.serial)
     assert (on_chain.next_seq, on_chain.spent) == (batches * logs_per_batch, batches * logs_per_batch * PRICE)
     assert world.store.settlement_counts() == {"settled": batches}
+
+
+def test_selection_full_when_a_limit_leaves_a_contiguous_log() -> None:
+    rows = [fake_row(seq, 100) for seq in range(0, 300, 100)]
+    assert select_contiguous(rows, {SERIAL: 0}, max_items=2).full
+    budget = GAS_PER_SETTLE_TX + 2 * estimated_item_gas(100, 1) + 1
+    assert select_contiguous(rows, {SERIAL: 0}, max_items=64, gas_budget=budget).full
+    assert not select_contiguous(rows, {SERIAL: 0}, max_items=64).full  # every contiguous log is in it
+    gap = [fake_row(0, 100), fake_row(200, 100)]  # the second waits for seqs 100..199: no limit held it back
+    assert not select_contiguous(gap, {SERIAL: 0}, max_items=64).full
+
+
+class ArrivingWorker(SettlementWorker):
+    """Admits `arrivals` (one per transaction sent) while the tick runs, as the CC's intake does concurrently."""
+
+    def __init__(self, world: CcWorld, arrivals: list[Any], **kwargs: Any) -> None:
+        super().__init__(world.store, world.env.client("clearing_center"), **kwargs)
+        self.world, self.arrivals, self.sent = world, arrivals, 0
+
+    def _send(self, items: list[Any], report: Any, gas: int | None = None) -> None:
+        super()._send(items, report, gas)
+        self.sent += 1
+        if self.arrivals:
+            assert len(self.world.receive(self.arrivals.pop(0))["accepted"]) == 1
+
+
+def test_receive_logs_arriving_during_tick_share_next_tick_transaction(world: CcWorld) -> None:
+    world.deposit("alice", 10_000)
+    log, _ = world.issue("r1", amount=5_000)
+    first, *later = [world.receive_item(*world.batch(log.serial, 2 * i, 2)) for i in range(4)]
+    assert len(world.receive(first)["accepted"]) == 1
+    worker = ArrivingWorker(world, list(later), max_items=64)
+
+    assert worker.tick().settled == 1  # its transaction took every contiguous log: the tick ends
+    assert (worker.sent, world.store.settlement_counts()) == (1, {"settled": 1, "accepted": 1})
+    worker.arrivals = []
+    answer = world.receive(*later[1:])
+    assert len(answer["accepted"]) == 2, answer
+    assert worker.tick().settled == 3  # the two that arrived since and the one before: one transaction
+    assert worker.sent == 2 and world.env.client("clearing_center").issue_log(log.serial).next_seq == 8
+
+
+def test_tick_continues_while_a_limit_leaves_logs_behind(world: CcWorld) -> None:
+    world.deposit("alice", 10_000)
+    log, _ = world.issue("r1", amount=5_000)
+    items = [world.receive_item(*world.batch(log.serial, 2 * i, 2)) for i in range(3)]
+    assert len(world.receive(*items)["accepted"]) == 3
+    worker = ArrivingWorker(world, [], max_items=1)
+    assert worker.tick().settled == 3 and worker.sent == 3  # each transaction was full: the tick went on

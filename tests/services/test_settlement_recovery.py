@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 from test_clearing_center import PRICE, CcWorld, make_world
 
-from offchain.clearing_center.store import SettlementOutbox
+from offchain.clearing_center.tables import SettlementOutbox
 from offchain.storage import session_scope
 from offchain.clearing_center.settlement import CRASH_ENV, SettlementWorker
 
@@ -109,7 +109,7 @@ def test_unknown_transaction_whose_logs_settled_is_marked_settled_not_resent(wor
         twin = session.scalars(select(SettlementOutbox)).first()
         twin.status, twin.tx_hash = "sent", "0x" + "ab" * 32
     with session_scope(world.store.engine) as session:
-        from offchain.clearing_center.store import ReceiveLogRow
+        from offchain.clearing_center.tables import ReceiveLogRow
 
         for row in session.scalars(select(ReceiveLogRow).where(ReceiveLogRow.settlement_id == twin.id)):
             row.status = "submitted"

@@ -20,7 +20,7 @@ from test_clearing_center import CcWorld, make_world, manual_mining
 from offchain.chain.codec import SettlementItem
 from offchain.clearing_center.agent import derive_serial
 from offchain.clearing_center.settlement import SettlementWorker, settlement_item
-from offchain.clearing_center.store import ReceiveLogRow, SettlementOutbox
+from offchain.clearing_center.tables import ReceiveLogRow, SettlementOutbox
 from offchain.core import messages
 from offchain.core.messages import IssueLog, ReceiveLog
 from offchain.core.types import from_hex

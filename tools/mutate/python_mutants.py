@@ -72,6 +72,10 @@ TARGETS = (
            ("tests/offchain/test_messages.py", "tests/offchain/test_fast_path.py"),
            functions=r"^(_check_\w+|check_signature_rules|recover\w*|verify\w*|_parse_hex|_from_json_value|"
                      r"__post_init__|from_logs|logs)$"),
+    Target("offchain/clearing_center/agent.py", ("tests/network/test_release_finality.py",),
+           functions=r"^(credit_releases|_release_final)$"),
+    Target("offchain/chain/views.py", ("tests/offchain/test_final_views.py",),
+           functions=r"^(final_block|confirmations|policy|issue_log|is_active|_decide|read)$"),
     Target("offchain/core/split.py",
            ("tests/offchain/test_split_shares.py", "tests/contracts/test_money_paths.py",
             "tests/operator/test_reconcile.py")),

@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy import Engine, insert
 
-from offchain.clearing_center.store import CcStore, ReceiveLogRow, SettledPolicyRow
+from offchain.clearing_center.store import CcStore
+from offchain.clearing_center.tables import ReceiveLogRow, SettledPolicyRow
 from offchain.core.messages import UsageBatch, keccak, policy_id
 
 HISTORY_SP = "0x" + "5e" * 20  # the receiver of the history's batches (an SP long gone)
@@ -125,7 +126,8 @@ def fill_settled_history(engine: Engine, logs: int, *, policies: Sequence[bytes]
         if chunk:
             connection.execute(insert(ReceiveLogRow), chunk)
             receive_logs += len(chunk)
-        connection.execute(insert(SettledPolicyRow), [{"policy_id": pid, "first_settled_at": now - 86_400}
+        connection.execute(insert(SettledPolicyRow), [{"policy_id": pid, "first_settled_at": now - 86_400,
+                                                       "last_settled_at": now - 86_400}
                                                       for pid in dict.fromkeys(policies)])
     return History(logs=logs, receive_logs=receive_logs, serials=serials, policies=tuple(dict.fromkeys(policies)))
 

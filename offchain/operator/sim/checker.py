@@ -27,7 +27,7 @@ INVARIANTS = (
     "settled_at_most_once", "settled_logs_signed_by_device", "acknowledged_logs_settled", "serial_totals_agree",
     "caps_within_deposits", "no_stranded_allocation", "transfers_confirmed_once", "bank_paid_once",
     "books_balance", "deposits_recorded_once", "nothing_left_open", "no_device_frozen", "duplicates_identical",
-    "reconcile_clean",
+    "storage_full_named", "reconcile_clean",
 )
 
 
@@ -40,18 +40,24 @@ class Violation:
         return f"{self.invariant}: {self.detail}"
 
 
+Source = Path | str  # a SQLite file, or a PostgreSQL URL (postgresql[+psycopg2]://...)
+
+
 @dataclass
 class World:
     """Where everything of one consortium lives, and what the workload asked for (the checker's oracle)."""
 
     rpc_url: str
     deployment_path: Path
-    cc_db: Path
-    sp_db: Path
-    bank_db: Path
+    cc_db: Source  # the services' databases: SQLite files, or PostgreSQL URLs (`clearhouse sim --db postgres`)
+    sp_db: Source
+    bank_db: Source
     wallets: dict[str, tuple[str, Path]]  # device member id -> (eth address, wallet.db)
     deposits: dict[str, tuple[str, int]] = field(default_factory=dict)  # deposit id string -> (user, amount)
     dup_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    # the fault proxy's events in order: (link, "answer <5xx>", "<request> -> <error code>") and the disk fills'
+    # windows as ("fault", "open disk fill" | "close disk fill", service)
+    proxy_events: list[tuple[str, str, str]] = field(default_factory=list)
     reconcile: tuple[int, str] | None = None  # (exit code, output) of `clearhouse reconcile`
 
 
@@ -68,6 +74,14 @@ class RawChain:
         self.abi = data["contracts"]["Clearhouse"]["abi"]
         self.events = {self._signature(e): e for e in self.abi if e.get("type") == "event"}
         self.functions = {e["name"]: e for e in self.abi if e.get("type") == "function"}
+        self.block = "latest"  # every read at this block (`pin`): logs and views of one and the same state
+
+    def pin(self) -> int:
+        """Read every later log and view at the current head, not at whatever `latest` is by then: a block mined
+        between reading the logs and the views would otherwise show the views' state without the logs' events."""
+        head = int(self.rpc("eth_blockNumber", []), 16)
+        self.block = hex(head)
+        return head
 
     def rpc(self, method: str, params: list[Any]) -> Any:
         body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode()
@@ -90,7 +104,7 @@ class RawChain:
     def logs(self) -> list[dict[str, Any]]:
         """Every event of the contract since its deployment, decoded: {"event", "tx", "block", **args}."""
         raw = self.rpc("eth_getLogs", [{"address": self.address, "fromBlock": hex(self.deploy_block),
-                                        "toBlock": "latest"}])
+                                        "toBlock": self.block}])
         decoded = []
         for entry in raw:
             topics = [bytes.fromhex(t[2:]) for t in entry["topics"]]
@@ -113,7 +127,7 @@ class RawChain:
         types = [self._type(i) for i in function["inputs"]]
         selector = keccak(text=f"{name}({','.join(types)})")[:4]
         data = "0x" + (selector + abi_encode(types, list(args))).hex()
-        result = self.rpc("eth_call", [{"to": self.address, "data": data}, "latest"])
+        result = self.rpc("eth_call", [{"to": self.address, "data": data}, self.block])
         return tuple(abi_decode([self._type(o) for o in function["outputs"]], bytes.fromhex(result[2:])))
 
     def settle_items(self, tx_hash: str) -> list[tuple[Any, ...]]:
@@ -144,9 +158,55 @@ def entry_fees(entries: bytes) -> list[int]:
     return [int.from_bytes(entries[i + 1:i + 12], "big") for i in range(0, len(entries), ENTRY_SIZE)]
 
 
+REFUSAL_STATUSES = ("502", "503", "504", "507")  # the service could not do the work (chain, peer or disk out)
+
+
+# per-item refusals in a batch answer ({"accepted": [ids], "rejected": [{"index", "error", ...}]}): not done now
+ITEM_REFUSALS = frozenset({"chain_unreachable", "chain_error", "service_unavailable", "storage_full",
+                           "transport_error", "tls_handshake_failed", "crl_unavailable", "remote_error"})
+
+
+def _items_refused(mismatch: dict[str, Any]) -> bool:
+    """Two batch answers that differ only in items one of them refused for now: the same final rejections,
+    the same number of items, and what one accepted beyond the other is what the other refused for now."""
+    first, second = mismatch.get("first_json"), mismatch.get("second_json")
+    sides = []
+    for body in (first, second):
+        if not isinstance(body, dict) or not isinstance(body.get("accepted"), list) \
+                or not isinstance(body.get("rejected"), list):
+            return False
+        rejected = [r for r in body["rejected"] if isinstance(r, dict)]
+        refusals = [r for r in rejected if r.get("error") in ITEM_REFUSALS]
+        final = sorted((r.get("index"), r.get("error")) for r in rejected if r.get("error") not in ITEM_REFUSALS)
+        sides.append((set(body["accepted"]), len(refusals), final))
+    (a1, n1, f1), (a2, n2, f2) = sides
+    if f1 != f2 or len(a1) + n1 != len(a2) + n2:
+        return False
+    big, small = ((a1, n1), (a2, n2)) if len(a1) >= len(a2) else ((a2, n2), (a1, n1))
+    return small[0] <= big[0] and len(big[0] - small[0]) == small[1] - big[1]
+
+
+def _refused(mismatch: dict[str, Any]) -> bool:
+    """One of the two answers is a named refusal: the service could not do the work then (502/503/504/507 with
+    a Clearhouse error code), so that request was not done and the other answer is the one that stands."""
+    for side in ("first", "second"):
+        line = str(mismatch.get(side, "")).split()
+        if len(line) >= 2 and line[1] in REFUSAL_STATUSES and mismatch.get(f"{side}_error"):
+            return True
+    return False
+
+
 # --- raw database access -------------------------------------------------------------------------------------------
-def rows(path: Path, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-    """Read-only plain SQL; a missing database or table reads as no rows (a service that never wrote)."""
+def is_postgres(source: Source) -> bool:
+    return str(source).startswith(("postgresql://", "postgresql+psycopg2://", "postgres://"))
+
+
+def rows(path: Source, sql: str, params: Iterable[Any] = ()) -> list[Any]:
+    """Read-only plain SQL on a SQLite file (sqlite3) or a PostgreSQL database (psycopg2, the driver only; the
+    SQL has no parameters' placeholders, so it is the same text on both); a missing database or table reads as
+    no rows (a service that never wrote). Rows are read by column name."""
+    if is_postgres(path):
+        return _pg_rows(str(path), sql, tuple(params))
     if not Path(path).exists():
         return []
     connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
@@ -159,6 +219,36 @@ def rows(path: Path, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         raise
     finally:
         connection.close()
+
+
+def _pg_rows(url: str, sql: str, params: tuple[Any, ...]) -> list[Any]:
+    import psycopg2
+    import psycopg2.errors
+    import psycopg2.extras
+
+    dsn = "postgresql://" + url.split("://", 1)[1]
+    try:
+        connection = psycopg2.connect(dsn, connect_timeout=30)
+    except psycopg2.OperationalError as exc:
+        if "does not exist" in str(exc):
+            return []
+        raise
+    try:
+        connection.set_session(readonly=True, autocommit=True)
+        with connection.cursor(cursor_factory=psycopg2.extras.DictCursor) as cursor:
+            try:
+                cursor.execute(sql, params or None)
+            except psycopg2.errors.UndefinedTable:
+                return []
+            return list(cursor.fetchall())
+    finally:
+        connection.close()
+
+
+def count(source: Source, sql: str) -> int:
+    """`SELECT COUNT(*) ...` on either backend; a missing database or table counts 0."""
+    found = rows(source, sql)
+    return int(found[0][0]) if found else 0
 
 
 def as_bytes(value: Any) -> bytes:
@@ -178,7 +268,10 @@ class Checker:
 
     def __init__(self, world: World, chain: RawChain | None = None) -> None:
         self.world = world
-        self.chain = chain or RawChain(world.rpc_url, world.deployment_path)
+        if chain is None:
+            chain = RawChain(world.rpc_url, world.deployment_path)
+            chain.pin()  # every event and view the checker compares is of one block
+        self.chain = chain
         self.events = self.chain.logs()
         self.violations: list[Violation] = []
 
@@ -348,7 +441,7 @@ class Checker:
     OPEN = (("cc_db", "cc_issue_requests", "status = 'planned'"),
             ("cc_db", "settlement_outbox", "status IN ('pending', 'sent')"),
             ("cc_db", "receive_logs", "status IN ('accepted', 'submitted', 'rejected')"),
-            ("cc_db", "transfer_requests", "status <> 'confirmed'"),
+            ("cc_db", "transfer_requests", "status IN ('requested', 'sent_to_bank')"),  # void: reorged out, never due
             ("sp_db", "sp_batches", "status <> 'acked'"))
 
     def check_nothing_left_open(self) -> None:
@@ -370,8 +463,31 @@ class Checker:
                           "no renewal installed (renewal pending)")
 
     def check_duplicates_identical(self) -> None:
+        """Both answers byte for byte (but Date/Server), unless one of them is a named refusal (`_refused`): a
+        duplicate answered `storage_full` while the first was accepted, or `chain_unreachable` twice with another
+        cause of the outage in the message, did nothing twice. Anything else that differs (200 then 409, two
+        different results, an opaque 500) is a violation; that nothing was done twice is the other invariants'."""
         for mismatch in self.world.dup_mismatches:
-            self.fail("duplicates_identical", json.dumps(mismatch)[:400])
+            if _refused(mismatch) or _items_refused(mismatch):
+                continue
+            self.fail("duplicates_identical", json.dumps(mismatch)[:600])
+
+    def check_storage_full_named(self) -> None:
+        """While a service's disk is full it answers a named error (storage_full, or another named one), never
+        an opaque internal_error or a body that is no Clearhouse error."""
+        full: set[str] = set()
+        for link, what, detail in self.world.proxy_events:
+            if link == "fault":
+                if what == "open disk fill":
+                    full.add(detail)
+                elif what == "close disk fill":
+                    full.discard(detail)
+                continue
+            server = link.rsplit("->", 1)[-1]
+            code = detail.rsplit(" -> ", 1)[-1] if " -> " in detail else ""
+            if what.startswith("answer ") and server in full and code in ("", "internal_error"):
+                self.fail("storage_full_named", f"{link} answered {what.removeprefix('answer ')} "
+                          f"{code or '(no Clearhouse error)'} while {server}'s disk was full: {detail[:200]}")
 
     def check_reconcile_clean(self) -> None:
         if self.world.reconcile is not None and self.world.reconcile[0] != 0:
@@ -383,4 +499,5 @@ def check(world: World) -> list[Violation]:
     return Checker(world).run()
 
 
-__all__ = ["World", "Violation", "Checker", "RawChain", "check", "INVARIANTS"]
+__all__ = ["World", "Violation", "Checker", "RawChain", "check", "INVARIANTS", "rows", "count", "is_postgres",
+           "Source"]

@@ -35,6 +35,7 @@ DUP_TARGETS = (("bank->cc", "/v1/deposits/notify"), ("sp->cc", "/v1/receive-logs
                ("alice-phone->sp", "/v1/usage"), ("bob-tablet->sp", "/v1/usage"),
                ("alice-phone->cc", "/v1/issue-logs"), ("bob-tablet->cc", "/v1/issue-logs"))
 CONTENTS = ("song", "article")
+DISK_MODES = ("fill", "fill", "lock")
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,8 @@ def make_fault(rng: random.Random, kind: str, steps: int, network: str = "anvil"
         modes = ("refuse", "cut", "delay") if link in CHAIN_LINKS else LINK_MODES
         return Fault(kind, link, start, end, rng.choice(modes))
     if kind == "disk":
-        return Fault(kind, rng.choice(SERVICES), start, end, "lock")
+        # fill: the service's filesystem is full (SQLITE_FULL); lock: another process holds its SQLite lock
+        return Fault(kind, rng.choice(SERVICES), start, end, rng.choice(DISK_MODES))
     if kind == "dup":
         link, path = rng.choice(DUP_TARGETS)
         return Fault(kind, link, start, start, path)

@@ -10,6 +10,7 @@ here; this is its user-space stand-in. Not a general proxy: no pipelining, no up
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import threading
 from collections.abc import Callable
@@ -39,6 +40,7 @@ class LinkStats:
     refused_periods: int = 0
     duplicated: int = 0
     dup_mismatches: list[dict[str, Any]] = field(default_factory=list)
+    server_errors: list[dict[str, Any]] = field(default_factory=list)  # every 5xx answer: request, status, code
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,7 @@ class Link:
                 if upstream is None:
                     upstream = await self._connect()
                 answer = await self._exchange(upstream, request)
+                self._note_server_error(request, answer)
                 if mode == "dup":
                     upstream = await self._duplicate(upstream, request, answer)
                 if mode == "cut":
@@ -204,6 +207,19 @@ class Link:
             for w in (writer, upstream[1] if upstream else None):
                 if w is not None:
                     w.close()
+
+    def _note_server_error(self, request: Message, answer: Message) -> None:
+        """A 5xx answer is kept with the error code of its JSON body (`internal_error`, `storage_full`, ...)."""
+        parts = answer.start_line.split(" ")
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+        if status < 500:
+            return
+        try:
+            code = str(json.loads(answer.body).get("error", ""))
+        except (ValueError, AttributeError):
+            code = ""
+        self.stats.server_errors.append({"request": request.start_line, "status": status, "error": code})
+        self.on_event(self.name, f"answer {status}", f"{request.start_line} -> {code}")
 
     async def _hold(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Black hole: swallow whatever arrives and never answer, until the client or a heal closes it."""
@@ -243,12 +259,29 @@ class Link:
             self.stats.dup_mismatches.append({"request": request.start_line, "first": first.start_line,
                                               "second": second.start_line, "first_body": first.body[:300].decode(
                                                   "utf-8", "replace"),
-                                              "second_body": second.body[:300].decode("utf-8", "replace")})
+                                              "second_body": second.body[:300].decode("utf-8", "replace"),
+                                              "first_error": _error_code(first), "second_error": _error_code(second),
+                                              "first_json": _json_body(first), "second_json": _json_body(second)})
         self.on_event(self.name, "dup", request.start_line)
         if request.closes or first.closes:
             upstream[1].close()
             upstream = await self._connect()
         return upstream
+
+
+def _json_body(answer: Message) -> Any:
+    """An answer's JSON body (None if it is not JSON)."""
+    try:
+        return json.loads(answer.body)
+    except ValueError:
+        return None
+
+
+def _error_code(answer: Message) -> str | None:
+    """The Clearhouse error code of an answer's JSON body (`{"error": ...}`), if it has one."""
+    body = _json_body(answer)
+    code = body.get("error") if isinstance(body, dict) else None
+    return code if isinstance(code, str) else None
 
 
 class FaultProxy:

@@ -9,6 +9,7 @@ unencrypted keys under the workdir). Everything it starts, it stops.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -16,13 +17,16 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from offchain.operator.sim import zygote
 from offchain.operator.sim.checker import Violation, World, check
-from offchain.operator.sim.plan import CHAIN_LINKS, DEVICES, NETWORK_FAULT_KINDS, USERS, Fault, Plan, make_plan
+from offchain.operator.sim.plan import (CHAIN_LINKS, DEVICES, NETWORK_FAULT_KINDS, USERS, Fault, Plan, make_plan,
+                                        parse_seeds)
 from offchain.operator.sim.proxy import FaultProxy, LinkTls
 from offchain.operator.sim.workload import CONTENT_PRICES, Timeline, Workload, open_device, open_work
 
@@ -31,6 +35,9 @@ PASSPHRASE = "clearhouse-sim"
 READY_TIMEOUT_S = 40.0
 SERVICES = ("cc", "sp", "bank")
 POLL_S = 0.3
+# The workers' rounds in the sim (provisioning's are settle 0.5 s, transfer 2 s, forward 1 s): a seed's payouts
+# and forwards then land within a second of the heal instead of waiting out a 2 s transfer round.
+WORKER_INTERVALS = {"cc": {"settle_interval_s": 0.5, "transfer_interval_s": 0.5}, "sp": {"forward_interval_s": 0.5}}
 
 
 @dataclass
@@ -48,17 +55,56 @@ class SeedResult:
         return not self.violations
 
 
+# --- ports ---------------------------------------------------------------------------------------------------------
+_handed_out: set[int] = set()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def sim_port() -> int:
+    """A free listening port below the kernel's ephemeral range (Linux: 32768-60999). A port from the ephemeral
+    range (what binding port 0 returns) can be taken by any process's outgoing connection between the pick and
+    the service's bind, or while a killed service, a stopped anvil or a refusing proxy link is down: with seeds
+    side by side that made about one seed in twelve fail to start. Ports below it are only ever taken by
+    listeners; this process never hands one out twice. Falls back to port 0's answer if there is no such range."""
+    import random
+    import socket
+
+    low = _ephemeral_low()
+    if low > 12_000:
+        rng = random.SystemRandom()
+        for _ in range(500):
+            port = rng.randrange(10_000, low)
+            if port in _handed_out:
+                continue
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
+    from offchain.operator.provision import free_port
+
+    return free_port()
+
+
 # --- processes -----------------------------------------------------------------------------------------------------
 class Node:
     """anvil on a fixed port with `--state`: a graceful stop dumps the chain (not the mempool), start loads it."""
 
     def __init__(self, workdir: Path, port: int) -> None:
-        from offchain.chain import anvil_binary
+        from offchain.chain import anvil_binary, anvil_storage_args
 
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.state = workdir / "anvil-state.json"
         self.args = [anvil_binary(), "--port", str(port), "--hardfork", "paris", "--silent", "--state",
-                     str(self.state)]
+                     str(self.state), *anvil_storage_args(workdir / "anvil-spill")]
         self.log = workdir / "anvil.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -104,16 +150,24 @@ class Services:
         self.paused: set[str] = set()
 
     def start(self, name: str, env: dict[str, str] | None = None, wait: bool = True) -> None:
-        with open(self.workdir / f"{name}.log", "ab") as log:
-            command = [sys.executable, "-m", "offchain.cli", "serve", name, "--config", str(self.settings[name])]
-            self.running[name] = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                                                  start_new_session=True)
+        """A new `clearhouse serve <name>` process (forked from the run's template, `sim/zygote.py`)."""
+        self.running[name] = zygote.spawn(["serve", name, "--config", str(self.settings[name])],
+                                          log_path=self.workdir / f"{name}.log", cwd=ROOT, env=env)
         if wait:
-            _wait(lambda: self.probe(name) or self.running[name].poll() is not None, READY_TIMEOUT_S, name)
-            if self.running[name].poll() is not None:  # a service that cannot start is the harness's failure
-                tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-600:]
-                raise RuntimeError(f"the {name} service exited with {self.running[name].returncode}: {tail}")
+            self.wait_ready(name)
+
+    def wait_ready(self, name: str) -> None:
+        _wait(lambda: self.probe(name) or self.running[name].poll() is not None, READY_TIMEOUT_S, name)
+        if self.running[name].poll() is not None:  # a service that cannot start is the harness's failure
+            tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-600:]
+            raise RuntimeError(f"the {name} service exited with {self.running[name].returncode}: {tail}")
+
+    def start_all(self) -> None:
+        """CC, SP and bank started together (none needs another to start), then each waited for."""
+        for name in SERVICES:
+            self.start(name, wait=False)
+        for name in SERVICES:
+            self.wait_ready(name)
 
     def alive(self, name: str) -> bool:
         return name in self.running and self.running[name].poll() is None
@@ -167,35 +221,184 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> None:
     raise TimeoutError(f"{what} did not come up within {timeout_s:.0f} s")
 
 
+# --- the services' disks -------------------------------------------------------------------------------------------
+DISK_BYTES = 8 * 1024 * 1024  # each service's database filesystem; a seed's database stays far below it
+_can_mount: bool | None = None
+
+
+class Disk:
+    """A small size-limited filesystem (tmpfs) holding one service's database directory, so that the `disk fill`
+    fault fills the very filesystem the service writes to: SQLite answers SQLITE_FULL ("database or disk is
+    full"), as on a real full disk. Needs the right to mount (root here); without it `available()` is False and
+    the fault falls back to the lock. `unmount` keeps the files: they are copied out first and put back."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.mounted = False
+        self.ballast = path / "ballast.fill"
+
+    @staticmethod
+    def available() -> bool:
+        global _can_mount
+        if _can_mount is None:
+            probe = Path(tempfile.mkdtemp(prefix="clearhouse-sim-mount-"))
+            _can_mount = _mount(probe, 64 * 1024)
+            if _can_mount:
+                _umount(probe)
+            probe.rmdir()
+        return _can_mount
+
+    def mount(self) -> bool:
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.mounted = _mount(self.path, DISK_BYTES)
+        return self.mounted
+
+    def fill(self) -> int:
+        """Write a ballast file until the filesystem refuses (ENOSPC); the bytes written."""
+        fd = os.open(self.ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        written, chunk = 0, b"\0" * (1 << 20)
+        try:
+            while chunk:
+                try:
+                    written += os.write(fd, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    chunk = chunk[: len(chunk) // 2] if len(chunk) > 512 else b""
+        finally:
+            os.close(fd)
+        return written
+
+    def free(self) -> None:
+        self.ballast.unlink(missing_ok=True)
+
+    def free_bytes(self) -> int:
+        stat = os.statvfs(self.path)
+        return stat.f_bavail * stat.f_frsize
+
+    def unmount(self) -> None:
+        if not self.mounted:
+            return
+        self.free()
+        keep = Path(tempfile.mkdtemp(prefix="clearhouse-sim-disk-"))
+        try:
+            shutil.copytree(self.path, keep / "files", symlinks=True)
+            _umount(self.path)
+            self.mounted = False
+            shutil.copytree(keep / "files", self.path, symlinks=True, dirs_exist_ok=True)
+        finally:
+            shutil.rmtree(keep, ignore_errors=True)
+
+
+def _mount(path: Path, size_bytes: int) -> bool:
+    if not sys.platform.startswith("linux") or shutil.which("mount") is None:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes},mode=0700", "tmpfs", str(path)],
+                          capture_output=True, timeout=30)
+    return done.returncode == 0
+
+
+def _umount(path: Path) -> None:
+    subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+
+
+def unmount_under(root: Path) -> None:
+    """Unmount what a crashed earlier run left mounted under `root` (before its folder is removed)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return
+    prefix = str(root.resolve()) + "/"
+    for line in mounts:
+        parts = line.split()
+        if len(parts) > 1 and parts[1].startswith(prefix):
+            _umount(Path(parts[1]))
+
+
+# --- PostgreSQL (`--db postgres`) ----------------------------------------------------------------------------------
+class PgDatabases:
+    """One fresh database per service and seed on the PostgreSQL server at `admin_url` (created empty, the
+    services migrate it at start), dropped again when the seed passes; a failing seed keeps them and names them
+    in `databases.json`. The `disk lock` fault takes an ACCESS EXCLUSIVE lock on every table of one of them."""
+
+    def __init__(self, admin_url: str, seed: int) -> None:
+        self.admin_url = admin_url
+        self.prefix = f"clearhouse_sim_{seed}_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
+        self.urls: dict[str, str] = {}
+
+    def _connect(self, database: str | None = None) -> Any:
+        import psycopg2
+
+        base = "postgresql://" + self.admin_url.split("://", 1)[1]
+        if database is not None:
+            base = base.rsplit("/", 1)[0] + "/" + database
+        connection = psycopg2.connect(base, connect_timeout=30)
+        return connection
+
+    def create(self, name: str) -> str:
+        database = f"{self.prefix}_{name}"
+        connection = self._connect()
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(f'CREATE DATABASE "{database}"')
+        finally:
+            connection.close()
+        url = self.admin_url.rsplit("/", 1)[0] + "/" + database
+        self.urls[name] = url if "+psycopg2" in url else url.replace("postgresql://", "postgresql+psycopg2://", 1)
+        return self.urls[name]
+
+    def lock(self, name: str) -> Any:
+        connection = self._connect(self.urls[name].rsplit("/", 1)[1])
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            tables = [row[0] for row in cursor.fetchall()]
+            if tables:
+                cursor.execute("LOCK TABLE " + ", ".join(f'"{t}"' for t in tables) + " IN ACCESS EXCLUSIVE MODE")
+        return connection  # the transaction stays open: rollback() and close() release the lock
+
+    def drop_all(self) -> None:
+        connection = self._connect()
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                for url in self.urls.values():
+                    cursor.execute(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+        finally:
+            connection.close()
+
+
 # --- one consortium ------------------------------------------------------------------------------------------------
 class Consortium:
     """Everything one seed runs: node, proxy, services, devices; `close` stops all of it."""
 
-    def __init__(self, workdir: Path, network: str = "anvil", seed: int = 0) -> None:
-        from offchain.operator.provision import free_port
-
+    def __init__(self, workdir: Path, network: str = "anvil", seed: int = 0, pg_url: str | None = None) -> None:
         self.workdir = workdir
         self.network = network
+        self.seed = seed
+        self.pg = PgDatabases(pg_url, seed) if pg_url else None  # `--db postgres`: one fresh database per service
         self.node: Any
         if network == "clique":  # four geth signer nodes in the seed's folder (offchain/operator/sim/clique.py)
             from offchain.operator.sim.clique import CliqueNode
 
             self.node = CliqueNode(workdir, seed)
         else:
-            self.node = Node(workdir, free_port())
+            self.node = Node(workdir, sim_port())
         self.proxy = FaultProxy()
         self.services: Services | None = None
         self.devices: dict[str, Any] = {}
-        self.locks: dict[str, sqlite3.Connection] = {}
+        self.locks: dict[str, Any] = {}  # service -> the connection holding its database locked (disk lock)
+        self.disks: dict[str, Disk] = {}  # service -> the tmpfs its database lives on (when mounting is possible)
         self.consortium: Any = None
 
     def setup(self) -> None:
         self.node.start()
         self.consortium = self._provision()
+        self._place_ports()
+        self._place_databases()
         self._route_through_proxy()
         self.services = Services(self.workdir, self.consortium.settings_paths, self._answers)
-        for name in SERVICES:
-            self.services.start(name)
+        self.services.start_all()
 
     def _provision(self) -> Any:
         from eth_account import Account
@@ -222,6 +425,40 @@ class Consortium:
                          rpc_url=self.node.url, passphrase=PASSPHRASE, fast_kdf=True, fund=fund,
                          rpc_urls=self.node.rpc_urls if clique else ())
 
+    def _place_ports(self) -> None:
+        """Each service's listening and ops ports from `sim_port` (provisioning picks them in the ephemeral range)."""
+        for name in SERVICES:
+            path = self.consortium.settings_paths[name]
+            data = json.loads(path.read_text())
+            data["port"] = sim_port()
+            if "metrics_port" in data:
+                data["metrics_port"] = sim_port()
+                self.consortium.metrics_urls[name] = f"http://127.0.0.1:{data['metrics_port']}"
+            self.consortium.urls[name] = f"https://127.0.0.1:{data['port']}"
+            path.write_text(json.dumps(data, indent=2))
+
+    def _place_databases(self) -> None:
+        """Each service's database on its own small filesystem (`Disk`), when this machine lets us mount one; or,
+        with `--db postgres`, in a database of its own created for this seed on the given server."""
+        if self.pg is not None:
+            for name in SERVICES:
+                path = self.consortium.settings_paths[name]
+                data = json.loads(path.read_text())
+                data["database_url"] = self.pg.create(name)
+                path.write_text(json.dumps(data, indent=2))
+            return
+        if not Disk.available():
+            return
+        for name in SERVICES:
+            disk = Disk(self.workdir / f"disk-{name}")
+            if not disk.mount():
+                continue
+            self.disks[name] = disk
+            path = self.consortium.settings_paths[name]
+            data = json.loads(path.read_text())
+            data["database_url"] = f"sqlite:///{disk.path / 'service.db'}"
+            path.write_text(json.dumps(data, indent=2))
+
     def _tls(self, client: str, server: str) -> LinkTls:
         from offchain.trust import tls
 
@@ -241,18 +478,19 @@ class Consortium:
             path = self.consortium.settings_paths[owner]
             data = json.loads(path.read_text())
             for key, (link, client, server) in fields.items():
-                self.proxy.add(link, ("127.0.0.1", port_of[server]), tls=self._tls(client, server))
+                self.proxy.add(link, ("127.0.0.1", port_of[server]), port=sim_port(), tls=self._tls(client, server))
                 data[key] = self.proxy.url(link)
+            data.update(WORKER_INTERVALS.get(owner, {}))
             if owner in SERVICES:
                 link = f"{owner}->chain"
                 if self.network == "clique":  # its own node through the proxy first, every other node after it
                     own = self.node.port_for(owner)
-                    self.proxy.add(link, ("127.0.0.1", own))
+                    self.proxy.add(link, ("127.0.0.1", own), port=sim_port())
                     data["rpc_url"] = self.proxy.url(link, "http")
                     data["rpc_urls"] = [data["rpc_url"], *(u for u in self.node.rpc_urls
                                                            if int(u.rsplit(":", 1)[1]) != own)]
                 else:
-                    self.proxy.add(link, ("127.0.0.1", self.node.port))
+                    self.proxy.add(link, ("127.0.0.1", self.node.port), port=sim_port())
                     data["rpc_url"] = self.proxy.url(link, "http")
             path.write_text(json.dumps(data, indent=2))
 
@@ -297,7 +535,12 @@ class Consortium:
                 client.download(content_id, version)
             self.devices[device] = client
 
-    def db(self, name: str) -> Path:
+    def db(self, name: str) -> Any:
+        """Where the checker reads service `name`: its SQLite file, or its PostgreSQL URL."""
+        if self.pg is not None:
+            return self.pg.urls[name]
+        if name in self.disks:
+            return self.disks[name].path / "service.db"
         return self.consortium.member(name).directory / "service.db"
 
     def wallets(self) -> dict[str, tuple[str, Path]]:
@@ -316,6 +559,8 @@ class Consortium:
             self.services.stop_all()
         self.proxy.close()
         self.node.stop()
+        for disk in self.disks.values():
+            disk.unmount()
 
 
 def _web3(url: str) -> Any:
@@ -360,13 +605,25 @@ class Injector:
             w.node.start()
         elif fault.kind == "link":
             w.proxy.set_mode(fault.target, fault.mode, delay_s=0.5)
-        elif fault.kind == "disk":
-            connection = sqlite3.connect(w.db(fault.target), timeout=1, isolation_level=None)
-            connection.execute("BEGIN EXCLUSIVE")
-            w.locks[fault.target] = connection
+        elif fault.kind == "disk" and fault.mode == "fill" and fault.target in w.disks:
+            disk = w.disks[fault.target]
+            written = disk.fill()
+            note = f"filled with {written} bytes, {disk.free_bytes()} bytes free"
+            w.proxy.events.append(("fault", "open disk fill", fault.target))
+        elif fault.kind == "disk":  # a lock (or a fill where no size-limited filesystem could be mounted)
+            if fault.mode == "fill":
+                note = ("a shared PostgreSQL server's disk is not the sim's to fill: locked instead" if w.pg else
+                        "no size-limited filesystem could be mounted here: locked instead")
+            if w.pg is not None:
+                w.locks[fault.target] = w.pg.lock(fault.target)
+            else:
+                connection = sqlite3.connect(w.db(fault.target), timeout=1, isolation_level=None)
+                connection.execute("BEGIN EXCLUSIVE")
+                w.locks[fault.target] = connection
         elif fault.kind == "dup":
             w.proxy.once(fault.target, "dup", fault.mode)
-        self.timeline.add("fault", f"open {fault}", **({"chain": note} if note else {}))
+        key = "chain" if fault.kind in NETWORK_FAULT_KINDS else "detail"
+        self.timeline.add("fault", f"open {fault}", **({key: note} if note else {}))
         if fault.end != fault.start:
             self.open.append(fault)
 
@@ -393,8 +650,11 @@ class Injector:
         elif fault.kind == "disk":
             connection = w.locks.pop(fault.target, None)
             if connection is not None:
-                connection.rollback() if connection.in_transaction else None
+                connection.rollback()
                 connection.close()
+            elif fault.target in w.disks:
+                w.disks[fault.target].free()
+                w.proxy.events.append(("fault", "close disk fill", fault.target))
         self.timeline.add("fault", f"close {fault}", **({"chain": note} if note else {}))
         if fault in self.open:
             self.open.remove(fault)
@@ -413,15 +673,16 @@ class Injector:
 
 
 # --- one seed ------------------------------------------------------------------------------------------------------
-def run_seed(plan: Plan, workdir: Path, *, quiesce_s: float = 90.0, keep: bool = False,
+def run_seed(plan: Plan, workdir: Path, *, quiesce_s: float = 90.0, keep: bool = False, pg_url: str | None = None,
              echo: Any = print) -> SeedResult:
     started = time.monotonic()
     if workdir.exists():
+        unmount_under(workdir)
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     (workdir / "plan.txt").write_text(plan.describe() + "\n")
     timeline = Timeline()
-    world = Consortium(workdir, plan.network, plan.seed)
+    world = Consortium(workdir, plan.network, plan.seed, pg_url=pg_url)
     violations: list[Violation] = []
     quiescent, notes = False, []
     try:
@@ -457,6 +718,10 @@ def run_seed(plan: Plan, workdir: Path, *, quiesce_s: float = 90.0, keep: bool =
     (workdir / "result.json").write_text(json.dumps({"seed": plan.seed, "ok": result.ok, "quiescent": quiescent,
                                                      "notes": notes, "violations": [str(v) for v in violations]},
                                                     indent=1))
+    if world.pg is not None:
+        (workdir / "databases.json").write_text(json.dumps(world.pg.urls, indent=1))
+        if result.ok and not keep:
+            world.pg.drop_all()
     if result.ok and not keep:
         shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -473,27 +738,20 @@ def _quiesce(world: Consortium, workload: Workload, timeline: Timeline, budget_s
         if world.network == "clique":  # included is not enough: the CC follows each transaction to its depth
             work["cc transactions not final"] = _count_sql(
                 world.db("cc"), "SELECT COUNT(*) FROM cc_chain_txs WHERE state IN ('pending', 'included', 'reorged')")
-        accrued = _accrued(world)
-        if not failures and not any(work.values()) and accrued == 0:
+        work.update(_chain_open(world))
+        if not failures and not any(work.values()):
             timeline.add("quiescent", "nothing in flight")
             return True, []
-        last = failures + [f"{k}: {v}" for k, v in work.items() if v] + ([f"accrued on chain: {accrued}"]
-                                                                           if accrued else [])
+        last = failures + [f"{k}: {v}" for k, v in work.items() if v]
         time.sleep(POLL_S)
     timeline.add("quiescent", "budget exhausted", "failed", left=last)
     return False, last
 
 
-def _count_sql(path: Path, sql: str) -> int:
-    if not path.exists():
-        return 0
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        return int(connection.execute(sql).fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        connection.close()
+def _count_sql(source: Any, sql: str) -> int:
+    from offchain.operator.sim.workload import _count
+
+    return _count(source, sql)
 
 
 def _wait_final(world: Consortium, timeline: Timeline) -> None:
@@ -509,73 +767,182 @@ def _wait_final(world: Consortium, timeline: Timeline) -> None:
     timeline.add("final", f"last event in block {last}, every node at {head} (depth {depth}) on one chain")
 
 
-def _accrued(world: Consortium) -> int:
+def _chain_open(world: Consortium) -> dict[str, int]:
+    """What the chain still shows in flight: fees settled but not yet requested for transfer, and transfer
+    requests without their confirmation (the CC records its rows only once the request is final, so an empty
+    transfer table alone does not mean that every payout is done)."""
     from offchain.operator.sim.checker import RawChain
 
     chain = RawChain(world.node.url, world.consortium.deployment_path)
-    total = 0
+    chain.pin()  # the logs and the policies' views of one block (a requestTransfers mined between: accrued 0, no event)
+    accrued, requested, confirmed = 0, set(), set()
     for event in chain.logs():
         if event["event"] == "PolicyRegistered":
             policy = chain.call("policy", bytes(event["policyId"]))
-            total += int(policy[5]) - int(policy[6])
-    return total
+            accrued += int(policy[5]) - int(policy[6])
+        elif event["event"] == "TransferRequested":
+            requested.add(bytes(event["requestId"]))
+        elif event["event"] == "TransferConfirmed":
+            confirmed.add(bytes(event["requestId"]))
+    return {"accrued on chain": accrued, "transfers requested on chain, not confirmed": len(requested - confirmed)}
 
 
 def _check(world: Consortium, workload: Workload) -> list[Violation]:
     c = world.consortium
-    reconcile = subprocess.run(
-        [sys.executable, "-m", "offchain.cli", "reconcile", "--rpc", world.node.url, "--deployment",
-         str(c.deployment_path), "--cc-config", str(c.settings_paths["cc"]), "--bank-config",
-         str(c.settings_paths["bank"])], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    (world.workdir / "reconcile.txt").write_text(reconcile.stdout + reconcile.stderr)
+    report = world.workdir / "reconcile.txt"
+    report.unlink(missing_ok=True)
+    code = zygote.run(["reconcile", "--rpc", world.node.url, "--deployment", str(c.deployment_path), "--cc-config",
+                       str(c.settings_paths["cc"]), "--bank-config", str(c.settings_paths["bank"])],
+                      log_path=report, cwd=ROOT, timeout_s=120)
+    output = report.read_text(errors="replace")
     dup = [m for link in world.proxy.stats().values() for m in link.dup_mismatches]
     dup_count = sum(link.duplicated for link in world.proxy.stats().values())
     world_view = World(rpc_url=world.node.url, deployment_path=c.deployment_path, cc_db=world.db("cc"),
                        sp_db=world.db("sp"), bank_db=world.db("bank"), wallets=world.wallets(),
-                       deposits=dict(workload.deposits), dup_mismatches=dup,
-                       reconcile=(reconcile.returncode, reconcile.stdout + reconcile.stderr))
+                       deposits=dict(workload.deposits), dup_mismatches=dup, proxy_events=list(world.proxy.events),
+                       reconcile=(code, output))
     (world.workdir / "proxy.json").write_text(json.dumps({"duplicated": dup_count, "events": world.proxy.events},
                                                          indent=1))
     return check(world_view)
 
 
 # --- the command ---------------------------------------------------------------------------------------------------
-def replay_command(seed: int, faults: tuple[str, ...], network: str = "anvil", steps: int = 24) -> str:
+def replay_command(seed: int, faults: tuple[str, ...], network: str = "anvil", steps: int = 24,
+                   pg_url: str | None = None) -> str:
     on = f" --network {network}" if network != "anvil" else ""
     length = f" --steps {steps}" if steps != 24 else ""
-    return f"clearhouse sim{on} --seeds {seed} --faults {','.join(faults) or 'none'}{length} --keep"
+    db = f" --db postgres --pg-url {pg_url}" if pg_url else ""
+    return f"clearhouse sim{on}{db} --seeds {seed} --faults {','.join(faults) or 'none'}{length} --keep"
+
+
+def fault_counts(plans: list[Plan]) -> dict[str, int]:
+    """Faults per kind over `plans` (the disk fault split into `disk fill` and `disk lock`)."""
+    counts: dict[str, int] = {}
+    for plan in plans:
+        for fault in plan.faults:
+            kind = f"disk {fault.mode}" if fault.kind == "disk" else fault.kind
+            counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def main_sim(seeds: list[int], faults: tuple[str, ...], *, budget_s: float | None = None,
              workdir: Path | None = None, keep: bool = False, steps: int = 24, quiesce_s: float = 90.0,
-             network: str = "anvil", echo: Any = print) -> int:
+             network: str = "anvil", pg_url: str | None = None, echo: Any = print) -> int:
     """Run every seed (until `budget_s` is spent); 0 when no seed broke an invariant, 1 otherwise."""
     base = workdir or ROOT / "var" / "sim"
     started = time.monotonic()
     results: list[SeedResult] = []
+    plans: list[Plan] = []
     for seed in seeds:
         if budget_s is not None and results and time.monotonic() - started > budget_s:
             echo(f"budget of {budget_s:.0f} s spent: stopping before seed {seed}")
             break
         plan = make_plan(seed, faults, steps=steps, network=network)
+        plans.append(plan)
         echo(plan.describe().splitlines()[0] + "".join("\n  " + str(f) for f in plan.faults))
-        result = run_seed(plan, base / f"seed-{seed}", quiesce_s=quiesce_s, keep=keep, echo=echo)
+        result = run_seed(plan, base / f"seed-{seed}", quiesce_s=quiesce_s, keep=keep, pg_url=pg_url, echo=echo)
         results.append(result)
         status = "ok" if result.ok else f"FAILED ({len(result.violations)} violations)"
         echo(f"seed {seed}: {status} in {result.duration_s:.1f} s")
         for violation in result.violations[:20]:
             echo(f"    {violation}")
         if not result.ok:
-            echo(f"    kept {result.workdir}; replay: {replay_command(seed, faults, network, steps)}")
+            echo(f"    kept {result.workdir}; replay: {replay_command(seed, faults, network, steps, pg_url)}")
     broken = [r for r in results if not r.ok]
-    summary = {"network": network, "seeds": len(results), "faults_injected": sum(r.faults for r in results),
+    summary = {"network": network, "db": "postgres" if pg_url else "sqlite", "seeds": len(results),
+               "first_seed": results[0].seed if results else None, "last_seed": results[-1].seed if results else None,
+               "seeds_run": seed_ranges([r.seed for r in results]),
+               "faults_injected": sum(r.faults for r in results), "faults_by_kind": fault_counts(plans[:len(results)]),
+               "disk_fill": "tmpfs" if Disk.available() and not pg_url else "lock (fallback)",
                "seeds_failed": [r.seed for r in broken],
                "invariants_broken": sorted({v.invariant for r in broken for v in r.violations}),
-               "duration_s": round(time.monotonic() - started, 1)}
+               "duration_s": round(time.monotonic() - started, 1),
+               "s_per_seed": round((time.monotonic() - started) / max(1, len(results)), 1)}
     base.mkdir(parents=True, exist_ok=True)
     (base / "last-run.json").write_text(json.dumps(summary, indent=1))
     echo(json.dumps(summary))
     return 1 if broken else 0
 
 
-__all__ = ["main_sim", "run_seed", "SeedResult", "replay_command"]
+def seed_ranges(seeds: list[int]) -> str:
+    """`[1, 2, 3, 7, 9, 10]` -> `1-3,7,9-10` (the `--seeds` syntax)."""
+    parts: list[str] = []
+    ordered = sorted(set(seeds))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        parts.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
+        i = j + 1
+    return ",".join(parts)
+
+
+def merge_summaries(summaries: list[dict[str, Any]], duration_s: float) -> dict[str, Any]:
+    """One summary for the jobs of a `--jobs N` run (each job's own `last-run.json`)."""
+    seeds = [s for summary in summaries if summary["seeds_run"] for s in parse_seeds(summary["seeds_run"])]
+    kinds: dict[str, int] = {}
+    for summary in summaries:
+        for kind, n in summary["faults_by_kind"].items():
+            kinds[kind] = kinds.get(kind, 0) + n
+    first = summaries[0] if summaries else {}
+    return {"network": first.get("network"), "db": first.get("db"), "jobs": len(summaries), "seeds": len(seeds),
+            "first_seed": min(seeds, default=None), "last_seed": max(seeds, default=None),
+            "seeds_run": seed_ranges(seeds), "faults_injected": sum(s["faults_injected"] for s in summaries),
+            "faults_by_kind": dict(sorted(kinds.items())), "disk_fill": first.get("disk_fill"),
+            "seeds_failed": sorted(s for summary in summaries for s in summary["seeds_failed"]),
+            "invariants_broken": sorted({i for summary in summaries for i in summary["invariants_broken"]}),
+            "duration_s": round(duration_s, 1), "s_per_seed": round(duration_s / max(1, len(seeds)), 1),
+            "s_per_seed_per_job": [s["s_per_seed"] for s in summaries]}
+
+
+def main_sim_jobs(seeds: list[int], faults: tuple[str, ...], *, jobs: int, budget_s: float | None = None,
+                  workdir: Path | None = None, keep: bool = False, steps: int = 24, network: str = "anvil",
+                  pg_url: str | None = None, echo: Any = print) -> int:
+    """`--jobs N`: N `clearhouse sim` processes side by side, each its own seeds (every N-th: with a budget the
+    run still covers the first seeds), its own folder `job-K/`, fork server and consortia; their output is
+    echoed with `[job K]`, their summaries merged into `last-run.json`. Seeds share no process, chain or file."""
+    import threading
+
+    base = workdir or ROOT / "var" / "sim"
+    base.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    running: list[tuple[int, subprocess.Popen[str], threading.Thread]] = []
+    for k in range(jobs):
+        share = seeds[k::jobs]
+        if not share:
+            continue
+        argv = [sys.executable, "-m", "offchain.cli", "sim", "--seeds", ",".join(map(str, share)),
+                "--faults", ",".join(faults) or "none", "--network", network, "--steps", str(steps),
+                "--workdir", str(base / f"job-{k}")]
+        argv += ["--budget-s", str(budget_s)] if budget_s is not None else []
+        argv += ["--keep"] if keep else []
+        argv += ["--db", "postgres", "--pg-url", pg_url] if pg_url else []
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+
+        def relay(k: int = k, process: subprocess.Popen[str] = process) -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                echo(f"[job {k}] {line.rstrip()}")
+
+        thread = threading.Thread(target=relay, daemon=True)
+        thread.start()
+        running.append((k, process, thread))
+    summaries = []
+    for k, process, thread in running:
+        process.wait()
+        thread.join()
+        path = base / f"job-{k}" / "last-run.json"
+        if path.exists():
+            summaries.append(json.loads(path.read_text()))
+        else:
+            echo(f"[job {k}] exited with {process.returncode} without a summary")
+    summary = merge_summaries(summaries, time.monotonic() - started)
+    (base / "last-run.json").write_text(json.dumps(summary, indent=1))
+    echo(json.dumps(summary))
+    failed = len(summaries) < len(running) or any(p.returncode not in (0, 1) for _k, p, _t in running)
+    return 1 if summary["seeds_failed"] or failed else 0
+
+
+__all__ = ["main_sim", "main_sim_jobs", "run_seed", "SeedResult", "replay_command", "fault_counts", "Disk",
+           "PgDatabases", "seed_ranges", "merge_summaries"]

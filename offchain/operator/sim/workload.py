@@ -8,7 +8,6 @@ own pending request), then the runner waits for quiescence. No wall-clock decisi
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,13 +52,16 @@ def open_device(settings_path: Path, passphrase: str, user_id: str) -> Any:
                         verifier=CertificateVerifier(Path(ca).read_bytes(), file_reader(settings.crl_path)),
                         domain=deployment_domain(settings.deployment_path), cert_pem=Path(cert).read_bytes(),
                         user_id=user_id, content_dir=settings.wallet_path.parent / "content",
-                        registered_policy_of=chain_policy_reader(settings.rpc_url, settings.deployment_path))
+                        registered_policy_of=chain_policy_reader(settings.chain_urls(), settings.deployment_path,
+                                                                 confirmations=settings.confirmations,
+                                                                 wait_s=settings.finality_wait_s))
 
 
 class Workload:
     """Runs one plan's steps against a started consortium; `drain` finishes what faults left half done."""
 
-    def __init__(self, plan: Plan, *, bank: JsonTransport, devices: dict[str, DeviceClient], contents: dict[str, tuple[bytes, int]],
+    def __init__(self, plan: Plan, *, bank: JsonTransport, devices: dict[str, DeviceClient],
+                 contents: dict[str, tuple[bytes, int]],
                  timeline: Timeline) -> None:
         self.plan = plan
         self.bank = bank  # the bank operator's connection to the bank
@@ -173,26 +175,26 @@ def _finish_pending(device: Any) -> str:
 
 
 # --- quiescence: read the databases and wallets with plain SQL ------------------------------------------------------
-def _count(path: Path, sql: str) -> int:
-    if not Path(path).exists():
-        return 0
-    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+def _count(source: Any, sql: str) -> int:
+    """A count on a SQLite file or a PostgreSQL URL (the checker's reader); a missing database or table counts 0,
+    an unreadable one (locked, unreachable) counts 1: not known to be quiescent yet."""
+    from offchain.operator.sim.checker import count
+
     try:
-        return int(connection.execute(sql).fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
-    finally:
-        connection.close()
+        return count(source, sql)
+    except Exception:  # noqa: BLE001 - e.g. "database is locked": ask again at the next poll
+        return 1
 
 
-def open_work(cc_db: Path, sp_db: Path, wallets: list[Path]) -> dict[str, int]:
+def open_work(cc_db: Any, sp_db: Any, wallets: list[Path]) -> dict[str, int]:
     """Rows still in flight; the system is quiescent when all are zero (and the chain has nothing accrued)."""
     work = {
         "cc planned requests": _count(cc_db, "SELECT COUNT(*) FROM cc_issue_requests WHERE status = 'planned'"),
         "cc receive logs in flight": _count(cc_db, "SELECT COUNT(*) FROM receive_logs "
                                                    "WHERE status IN ('accepted', 'submitted')"),
         "cc outbox open": _count(cc_db, "SELECT COUNT(*) FROM settlement_outbox WHERE status IN ('pending', 'sent')"),
-        "cc transfers open": _count(cc_db, "SELECT COUNT(*) FROM transfer_requests WHERE status <> 'confirmed'"),
+        "cc transfers open": _count(cc_db, "SELECT COUNT(*) FROM transfer_requests"
+                                           " WHERE status IN ('requested', 'sent_to_bank')"),
         "sp batches open": _count(sp_db, "SELECT COUNT(*) FROM sp_batches WHERE status IN ('pending', 'forwarded')"),
     }
     work["wallet logs not uploaded"] = sum(_count(w, "SELECT COUNT(*) FROM usage_logs WHERE uploaded = 0")

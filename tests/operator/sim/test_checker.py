@@ -150,8 +150,67 @@ def test_forged_settlement_and_frozen_device_and_dup_mismatch_are_caught(world: 
     assert {"settled_logs_signed_by_device", "no_device_frozen", "duplicates_identical"} <= invariants(world, chain)
 
 
+def test_a_named_refusal_is_not_compared_and_anything_else_is(world: World) -> None:
+    """Seed 52: a duplicated upload while anvil restarted was refused twice with chain_unreachable, once
+    'connection aborted' and once 'connection refused'. Seed 22: a duplicated receive-log post was refused with
+    storage_full (the CC's disk full), the duplicate then accepted. A refusal did nothing: not a mismatch."""
+    def dup(first: str, second: str, first_error: str | None, second_error: str | None) -> dict:
+        return {"request": "POST /v1/usage HTTP/1.1", "first": f"HTTP/1.1 {first}", "second": f"HTTP/1.1 {second}",
+                "first_body": "aborted", "second_body": "refused", "first_error": first_error,
+                "second_error": second_error}
+
+    world.dup_mismatches.append(dup("502 Bad Gateway", "502 Bad Gateway", "chain_unreachable", "chain_unreachable"))
+    world.dup_mismatches.append(dup("507 Insufficient Storage", "200 OK", "storage_full", None))
+    world.dup_mismatches.append(dup("200 OK", "503 Service Unavailable", None, "service_unavailable"))
+    assert "duplicates_identical" not in invariants(world, FakeChain())  # the positive control
+    for other in (dup("200 OK", "409 Conflict", None, "duplicate_message"),
+                  dup("500 Internal Server Error", "500 Internal Server Error", "internal_error", "internal_error"),
+                  dup("500 Internal Server Error", "200 OK", "internal_error", None),
+                  dup("503 Service Unavailable", "200 OK", None, None)):
+        world.dup_mismatches[:] = [other]
+        assert "duplicates_identical" in invariants(world, FakeChain()), other
+
+
+def test_an_item_refused_for_now_in_a_batch_answer_is_not_compared(world: World) -> None:
+    """Seed 242: a duplicated receive-log post of two items, accepted both; the duplicate reached the CC while
+    anvil restarted: the first item accepted again, the second rejected chain_unreachable (the SP forwards it
+    again). Items refused for good, or accepted in one answer and missing from the other, still differ."""
+    def dup(first: dict, second: dict) -> dict:
+        return {"request": "POST /v1/receive-logs HTTP/1.1", "first": "HTTP/1.1 200 OK",
+                "second": "HTTP/1.1 200 OK", "first_json": first, "second_json": second}
+
+    both = {"accepted": ["0xa", "0xb"], "rejected": []}
+    refused = {"accepted": ["0xa"], "rejected": [{"index": 1, "error": "chain_unreachable", "message": "reset"}]}
+    world.dup_mismatches.append(dup(both, refused))
+    world.dup_mismatches.append(dup(refused, both))
+    assert "duplicates_identical" not in invariants(world, FakeChain())  # the positive control
+    for first, second in (
+            (both, {"accepted": ["0xa"], "rejected": [{"index": 1, "error": "sequence_error"}]}),  # for good
+            (both, {"accepted": ["0xa", "0xc"], "rejected": []}),  # another result
+            (both, {"accepted": ["0xa"], "rejected": []}),  # an item lost
+            (both, {"accepted": ["0xa"], "rejected": [{"index": 1, "error": "internal_error"}]}),  # opaque
+            ({"accepted": [], "rejected": [{"index": 0, "error": "fee_mismatch"}]},
+             {"accepted": [], "rejected": [{"index": 0, "error": "not_found"}]})):
+        world.dup_mismatches[:] = [dup(first, second)]
+        assert "duplicates_identical" in invariants(world, FakeChain()), (first, second)
+
+
 def test_open_plan_and_unsettled_ack_are_caught(world: World) -> None:
     sql(world.cc_db, "INSERT INTO cc_issue_requests VALUES ('planned')")
     sql(world.sp_db, f"INSERT INTO sp_batches VALUES (X'{SERIAL.hex()}', 2, 1, 'rejected')")
     found = invariants(world, FakeChain())
     assert {"nothing_left_open", "acknowledged_logs_settled"} <= found
+
+
+def test_opaque_error_while_a_disk_is_full_is_caught(world: World) -> None:
+    named = [("fault", "open disk fill", "cc"),
+             ("bob-tablet->cc", "answer 507", "POST /v1/issue-logs -> storage_full"),
+             ("sp->cc", "answer 503", "POST /v1/receive-logs -> service_unavailable"),
+             ("fault", "close disk fill", "cc"),
+             ("bank->cc", "answer 500", "POST /v1/deposits/notify -> internal_error")]  # after the window: not counted
+    world.proxy_events.extend(named)
+    assert Checker(world, FakeChain()).run() == []  # the positive control: named errors, or outside the window
+    world.proxy_events.insert(3, ("alice-phone->cc", "answer 500", "POST /v1/issue-logs -> internal_error"))
+    violations = [v for v in Checker(world, FakeChain()).run() if v.invariant == "storage_full_named"]
+    assert len(violations) == 1
+    assert "alice-phone->cc answered 500 internal_error while cc's disk" in violations[0].detail

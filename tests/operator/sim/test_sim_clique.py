@@ -46,11 +46,11 @@ def test_seed_25_partitions_the_cc_side_and_stops_two_signers() -> None:
     assert stop.mode == "stall" and 0 in [int(n) for n in stop.target.removeprefix("nodes ").split(",")]
 
 
-# Opt-in (CLEARHOUSE_SIM_CLIQUE=1): on a 2-core machine with two busy loops beside the suite, geth's nodes once
-# took over 120 s to agree on one chain after the heal, a harness timeout rather than a broken invariant; the
-# network agent tests (tests/network/test_agents_on_clique.py) cover partitions, reorgs and stalls in the default run.
-@pytest.mark.skipif(os.environ.get("CLEARHOUSE_SIM_CLIQUE") != "1",
-                    reason="a whole simulated consortium on Clique (2-3 min); set CLEARHOUSE_SIM_CLIQUE=1")
+# In the default run since heal() re-peers the nodes it rewinds (9f3bed8): before that, geth's nodes once took over
+# 120 s to agree after a heal under load, because a node rewound while connected never synced again.
+# CLEARHOUSE_SIM_CLIQUE=0 leaves it out; CLEARHOUSE_SIM_CLIQUE_SEEDS picks other seeds.
+@pytest.mark.skipif(os.environ.get("CLEARHOUSE_SIM_CLIQUE") == "0",
+                    reason="the whole simulated consortium on Clique (2-3 min) is left out by CLEARHOUSE_SIM_CLIQUE=0")
 @pytest.mark.parametrize("seed", SEEDS)
 def test_clique_seed_breaks_no_invariant(seed: int, tmp_path: Path) -> None:
     plan = make_plan(seed, NETWORK_FAULT_KINDS, network="clique", steps=STEPS)
