@@ -40,6 +40,7 @@ DEFAULT_CHAIN_ID = 4242
 DEFAULT_HTTP_PORT = 18545  # node i serves HTTP on 18545+i, p2p on 30400+i, authrpc on 18645+i (--fixed-ports)
 GAS_LIMIT = 30_000_000
 RPC_TIMEOUT_S = 5.0
+AES_BLOCK_BYTES = 16
 REDIAL_S = 10.0  # wait_ready dials missing peers again this often
 HTTP_APIS = "eth,net,web3,txpool,clique,admin,miner,debug"  # admin/debug/miner: loopback dev network only
 
@@ -54,9 +55,11 @@ class NetworkError(ChainError):
 
     def __init__(self, message: str, *, hint: str | None = None, method: str | None = None, node: int | None = None,
                  path: str | None = None, period_s: int | None = None, signers: int | None = None,
-                 url: str | None = None, what: str | None = None, workdir: str | None = None) -> None:
+                 url: str | None = None, what: str | None = None, workdir: str | None = None,
+                 exit_code: int | None = None) -> None:
         super().__init__(message)
         self.hint = hint
+        self.exit_code = exit_code
         self.method = method
         self.node = node
         self.path = path
@@ -120,6 +123,17 @@ def clique_genesis(chain_id: int, period_s: int, signers: Sequence[str], alloc_w
 
 def _derive_key(seed: bytes | None, label: str) -> bytes:
     return keccak(seed + label.encode()) if seed is not None else secrets.token_bytes(32)
+
+
+def geth_keystore(key: bytes, password: str) -> dict[str, Any]:
+    """A V3 keystore of `key` that geth can unlock (pbkdf2 with few rounds: a dev keystore need not resist brute
+    force). eth-keyfile writes the AES-CTR IV from an integer, so an IV whose first byte is zero (1 in 256) came out
+    as 15 bytes and geth panicked at start ("bad IV length"); it is padded back to 16 bytes, the same 128-bit
+    counter, so the ciphertext and MAC stay valid."""
+    keystore = Account.encrypt(key, password, kdf="pbkdf2", iterations=1024)
+    params = keystore["crypto"]["cipherparams"]
+    params["iv"] = params["iv"].rjust(2 * AES_BLOCK_BYTES, "0")
+    return keystore
 
 
 def _free_port() -> int:
@@ -276,8 +290,7 @@ class CliqueNetwork:
         for node, key in zip(self.nodes, self._signer_keys):
             datadir = Path(node.datadir)
             (datadir / "keystore").mkdir(parents=True, exist_ok=True)
-            # pbkdf2 with few rounds: geth reads it, and a dev keystore need not resist brute force
-            keystore = Account.encrypt(key, PASSWORD, kdf="pbkdf2", iterations=1024)
+            keystore = geth_keystore(key, PASSWORD)
             (datadir / "keystore" / f"{node.signer.lower()}.json").write_text(json.dumps(keystore))
             others = [p for p in self.nodes if p.index != node.index]
             (datadir / "config.toml").write_text(_static_nodes_toml(others))
@@ -346,6 +359,7 @@ class CliqueNetwork:
         deadline = time.monotonic() + timeout_s
         last_note = time.monotonic()
         while not ready():
+            self._raise_if_exited()
             now = time.monotonic()
             if now > deadline:
                 raise NetworkError(f"timed out after {timeout_s:.0f} s waiting for {what}", what=what,
@@ -354,6 +368,17 @@ class CliqueNetwork:
                 self.progress(f"still waiting for {what}")
                 last_note = now
             time.sleep(0.2)
+
+    def _raise_if_exited(self) -> None:
+        """A node this network started has exited on its own (stop_node forgets the process it stops): say which,
+        with its last error line, instead of waiting out the timeout."""
+        for index, proc in sorted(self._procs.items()):
+            code = proc.poll()
+            if code is not None:
+                log = Path(self.nodes[index].datadir) / "geth.log"
+                reason = _last_error_line(log) or f"exit code {code}"
+                raise NetworkError(f"node {index} exited: {reason}", node=index, exit_code=code,
+                                   hint=f"see {log}")
 
     def _answers(self, index: int) -> bool:
         try:
@@ -624,6 +649,16 @@ class CliqueNetwork:
 
 
 # --- processes -------------------------------------------------------------------------------------------------
+def _last_error_line(log: Path) -> str | None:
+    """The last panic, Fatal or ERROR line of a geth log, if any."""
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    marked = [ln.strip() for ln in lines if ln.startswith(("panic:", "Fatal:", "fatal error:", "ERROR"))]
+    return marked[-1][:300] if marked else None
+
+
 def _pids_in(path: Path) -> list[int]:
     try:
         return [n["pid"] for n in json.loads(path.read_text())["nodes"] if n.get("pid")]
