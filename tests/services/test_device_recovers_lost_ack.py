@@ -13,18 +13,13 @@ phone skips both ranges and releases them: the withheld fees reach the payees.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from web3 import Web3
 
-from offchain.chain import ClearhouseChain, Deployment, deploy
 from offchain.clearing_center.skips import WITHHOLD_WINDOW_S
 from offchain.content_provider.publisher import ContentProvider, content_id_for
 from offchain.core.errors import IdentityMismatch, NotFound, TransportError
@@ -32,17 +27,16 @@ from offchain.core.messages import policy_id
 from offchain.core.settings import DeviceSettings, load_settings
 from offchain.core.types import Role, to_hex
 from offchain.device.client import DeviceClient
-from offchain.operator.provision import DEFAULT_MEMBERS, Consortium, MemberSpec, create_member, free_port, provision
+from offchain.operator.provision import DEFAULT_MEMBERS, Consortium, MemberSpec
 from offchain.operator.sim.proxy import FaultProxy, LinkTls
 from offchain.transport.client import SyncJsonClient
 from offchain.trust import tls
 from offchain.trust.certs import Envelope
+from withholding_sp import HOLD, provision_with_withholding_sp, start_withholding_sp
 
-ROOT = Path(__file__).resolve().parents[2]
 PRICE = 250
 DEPOSIT = 10_000
 CAP = 5_000
-HOLD = "sp-hold"
 FILM = "lost-ack-film"
 LINK = "alice->hold"
 MEMBERS = (*DEFAULT_MEMBERS, MemberSpec("bob-tablet", Role.DEVICE, user_id="bob"))
@@ -62,35 +56,12 @@ def timeline(w3: Web3, revert_chain: Any) -> Iterator[None]:
 def consortium(timeline: None, w3: Web3, compiled: dict, actors: dict,
                tmp_path_factory: pytest.TempPathFactory) -> Consortium:
     """The services' consortium plus `sp-hold`, a second SP whose forwarder can never reach the CC."""
-    deployment = deploy(w3, actors["deployer"].key, actors["authority"].address, root=ROOT)
-    made = provision(tmp_path_factory.mktemp("lost-ack"), w3, deployment, actors["authority"].key, members=MEMBERS,
-                     rpc_url=str(w3.provider.endpoint_uri), fast_kdf=True)
-    authority = ClearhouseChain(w3, Deployment.load(made.deployment_path), actors["authority"].key)
-    member = create_member(made.ca(), authority, w3, made.workdir, MemberSpec(HOLD, Role.SERVICE_PROVIDER))
-    made.members[HOLD] = member
-    settings = json.loads(made.settings_paths["sp"].read_text())
-    port = free_port()
-    settings.update(member_id=HOLD, port=port, cert_path=str(member.cert_path), key_path=str(member.key_path),
-                    eth_key_path=str(member.eth_key_path), database_url=f"sqlite:///{member.directory / 'sp.db'}",
-                    cc_url=f"https://127.0.0.1:{free_port()}", catalog_key=os.urandom(32).hex())
-    settings.pop("metrics_port", None)
-    made.settings_paths[HOLD] = made.workdir / f"{HOLD}.json"
-    made.settings_paths[HOLD].write_text(json.dumps(settings))
-    made.urls[HOLD] = f"https://127.0.0.1:{port}"
-    return made
+    return provision_with_withholding_sp(w3, actors, tmp_path_factory.mktemp("lost-ack"), MEMBERS)
 
 
 @pytest.fixture(scope="module")
 def running(flow: Flow) -> Flow:
-    services = flow.services
-    log_path = services.consortium.workdir / f"{HOLD}.log"
-    command = [sys.executable, "-m", "offchain.cli", "serve", "sp", "--config",
-               str(services.consortium.settings_paths[HOLD])]
-    with open(log_path, "ab") as log_file:
-        services.processes[HOLD] = subprocess.Popen(command, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-                                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    services.wait_ready(HOLD)
-    return flow
+    return start_withholding_sp(flow)
 
 
 @pytest.fixture(scope="module")
