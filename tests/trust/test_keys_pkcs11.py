@@ -137,3 +137,45 @@ def test_refresh_crl_with_root_key_in_token_needs_the_pin(hsm, tmp_path, monkeyp
     assert info.value.fields["env"] == keys.PIN_ENV
     monkeypatch.setenv(keys.PIN_ENV, hsm.pin)
     assert refresh_crl(tmp_path / "ca").crl_number == 2
+
+
+# A fresh process that loads the module and logs in when told to, then signs with the key and prints its address.
+OPEN_AT_ONCE = """
+import sys
+from offchain.core import messages
+from offchain.trust import keys
+config = keys.Pkcs11Config(keys.softhsm_module(), sys.argv[1], sys.argv[2])
+print("ready", flush=True)
+sys.stdin.readline()
+signer = keys.open_secp256k1(config, sys.argv[3])
+digest = messages.keccak(b"at once")
+assert messages.recover_digest(digest, signer.sign_digest(digest)) == signer.address
+print(signer.address, flush=True)
+"""
+
+
+def test_services_that_open_one_token_at_once_all_find_it(hsm, key_label) -> None:
+    """The CC, SP and bank of `demo --hsm` log in to one SoftHSM2 token as they start: ten processes released at
+    the same moment, three times, each load the module, log in and sign (without the store lock about one in four
+    got NoSuchToken or GeneralError)."""
+    import subprocess
+    import sys
+
+    address = generate_secp256k1(hsm, key_label).address
+    root = Path(__file__).resolve().parents[2]
+    for _ in range(3):
+        procs = [subprocess.Popen([sys.executable, "-c", OPEN_AT_ONCE, hsm.token_label, hsm.pin, key_label],
+                                  cwd=root, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(10)]
+        try:
+            assert all(p.stdout.readline().strip() == "ready" for p in procs)
+            for p in procs:
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            results = [(p.communicate(timeout=120), p.returncode) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        failed = [err.strip().splitlines()[-1:] for (_, err), code in results if code != 0]
+        assert failed == []
+        assert [out.strip() for (out, _), _ in results] == [address] * 10
