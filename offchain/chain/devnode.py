@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Sequence
@@ -33,11 +34,25 @@ def anvil_storage_args(cache_dir: Path) -> list[str]:
 
 
 # --- anvil ----------------------------------------------------------------------------------------------------
+_handed_out: set[int] = set()
+_handed_out_lock = threading.Lock()
+FREE_PORT_TRIES = 64
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it), and never one this process handed out
+    before: once its probe socket is closed the OS may pick the same port again, and two nodes or services given
+    one port collide (one of them cannot listen)."""
+    with _handed_out_lock:
+        for _ in range(FREE_PORT_TRIES):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = int(sock.getsockname()[1])
+            if port not in _handed_out:
+                _handed_out.add(port)
+                return port
+    raise ConfigError(f"no free TCP port on 127.0.0.1 that this process has not handed out already "
+                      f"({FREE_PORT_TRIES} tries)", tool="free_port")
 
 
 def anvil_binary() -> str:

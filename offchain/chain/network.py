@@ -14,7 +14,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +26,7 @@ from eth_account import Account
 from eth_keys import keys as eth_keys
 from eth_utils import keccak, to_checksum_address
 
+from offchain.chain.devnode import free_port
 from offchain.core.errors import ChainError, ConfigError
 
 GETH_VERSION = "1.13.15"
@@ -136,12 +136,6 @@ def geth_keystore(key: bytes, password: str) -> dict[str, Any]:
     return keystore
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class NodeSpec:
     """One signer node: its signer address, node key (deterministic enode), ports and data directory."""
@@ -231,7 +225,7 @@ class CliqueNetwork:
 
     def _spec(self, i: int, key: bytes, fixed_ports: bool) -> NodeSpec:
         ports = ((30400 + i, DEFAULT_HTTP_PORT + i, DEFAULT_HTTP_PORT + 100 + i) if fixed_ports
-                 else (_free_port(), _free_port(), _free_port()))
+                 else (free_port(), free_port(), free_port()))
         return NodeSpec(index=i, signer=Account.from_key(key).address,
                         nodekey_hex=keccak(b"clearhouse-clique-nodekey" + key).hex(),
                         p2p_port=ports[0], http_port=ports[1], authrpc_port=ports[2],

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from web3 import Web3
 
 from offchain.trust import keys
 from offchain.trust.ca import CertificateAuthority, MemberCredentials
-from offchain.chain import ClearhouseChain, Deployment
+from offchain.chain import ClearhouseChain, Deployment, free_port
 from offchain.core.messages import Domain, Role, address_from_public_key, keccak
 
 DEV_BALANCE_WEI = 10**21
@@ -99,22 +98,9 @@ class Consortium:
         return keys.load_ca(self.ca_dir, pin=self.hsm.pin if self.hsm else None)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def free_ports(count: int) -> list[int]:
-    """`count` distinct free ports: every socket stays bound until all are picked, so none is handed out twice."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [int(sock.getsockname()[1]) for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    """`count` distinct free ports (`free_port` never hands one out twice)."""
+    return [free_port() for _ in range(count)]
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -10,6 +10,9 @@ from types import SimpleNamespace
 
 from click.testing import CliRunner
 
+import pytest
+
+from offchain.chain import devnode
 from offchain.cli import main
 from offchain.operator import demo_state
 from offchain.operator.network_cli import DEPLOYMENT_FILE, explorer_command
@@ -19,6 +22,39 @@ from offchain.operator.provision import free_ports
 def test_free_ports_are_distinct() -> None:
     ports = free_ports(12)
     assert len(set(ports)) == 12 and all(1024 < p < 65536 for p in ports)
+
+
+class _ScriptedSocket:
+    """A probe socket whose OS picks the ports of `picks` in turn (the real OS may pick a closed port again)."""
+
+    picks: list[int] = []
+
+    def __init__(self, *_: object) -> None:
+        self.port = self.picks.pop(0)
+
+    def __enter__(self) -> _ScriptedSocket:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
+    def bind(self, _: object) -> None:
+        return None
+
+    def getsockname(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.port)
+
+
+def test_a_port_the_os_picks_again_is_not_handed_out_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two geth nodes (or services) given one port: one cannot listen. The OS picking 41001 twice gives 41002."""
+    monkeypatch.setattr(devnode, "_handed_out", set())
+    monkeypatch.setattr(_ScriptedSocket, "picks", [41001, 41001, 41002, 41001, 41002, 41003])
+    monkeypatch.setattr(devnode.socket, "socket", _ScriptedSocket)
+    assert [devnode.free_port(), devnode.free_port(), devnode.free_port()] == [41001, 41002, 41003]
+    monkeypatch.setattr(_ScriptedSocket, "picks", [41001] * devnode.FREE_PORT_TRIES)
+    with pytest.raises(devnode.ConfigError, match="no free TCP port") as err:
+        devnode.free_port()
+    assert err.value.tool == "free_port"
 
 
 def test_network_explorer_command_names_the_network_file(tmp_path: Path) -> None:
