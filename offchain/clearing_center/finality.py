@@ -1,8 +1,8 @@
 """The clearing center's finality watch: every transaction it made is `included` until it is `confirmations` deep,
 then `final`; a reorg that drops one is noticed and repaired from the outbox.
 
-What it follows (cc_chain_txs, discovered from the CC's own tables): confirmed settlements, completed issue and
-renew requests, transfer requests; and releases (`releaseIssueLog`, whoever sent them), tracked by
+What it follows (cc_chain_txs, written with the CC's own rows, and caught up from its tables at start):
+confirmed settlements, completed issue and renew requests, transfer requests; and releases (`releaseIssueLog`, whoever sent them), tracked by
 `ClearingCenter.credit_releases` when it first reads their IssueLogReleased event. Per tick it asks `offchain.chain.finality.FinalityTracker` about each one not
 yet final, against the (block number, block hash) recorded when it was first seen included:
 
@@ -34,6 +34,11 @@ from offchain.clearing_center.tables import ChainTxRow
 # geth/anvil answers to a re-broadcast meaning "already have it": not a failure
 _ALREADY_KNOWN = ("already known", "known transaction", "already imported", "alreadyknown")
 _NONCE_GONE = ("nonce too low", "nonce is too low", "replacement transaction underpriced")
+# The rows that name a transaction track it as they are written (records.track_chain_tx); the scan of the whole
+# history for anything untracked (rows of an older version, a row written outside the store) runs at the first
+# tick and then once every this many ticks (settle_interval_s 2 s: every 20 minutes), so a tick costs what is not
+# final, not the history.
+FULL_SCAN_EVERY = 600
 
 
 class FinalityWatch:
@@ -48,6 +53,7 @@ class FinalityWatch:
         self._tracker = tracker
         self.confirmations = confirmations
         self.log = log or structlog.get_logger("finality")
+        self._ticks = 0
 
     @property
     def tracker(self) -> FinalityTracker:
@@ -59,9 +65,12 @@ class FinalityWatch:
 
     # --- one round --------------------------------------------------------------------------------------------
     def tick(self) -> dict[str, int]:
-        """Track what is new, check everything not final; returns {state: count} of what was checked."""
-        for kind, ref, tx_hash, raw_tx in self.store.untracked_transactions():
-            self.store.track_transaction(kind, ref, tx_hash, raw_tx)
+        """Check everything not final (and, at the first tick and every FULL_SCAN_EVERY, track whatever the
+        history holds untracked); returns {state: count} of what was checked."""
+        if self._ticks % FULL_SCAN_EVERY == 0:
+            for kind, ref, tx_hash, raw_tx in self.store.untracked_transactions():
+                self.store.track_transaction(kind, ref, tx_hash, raw_tx)
+        self._ticks += 1
         seen: dict[str, int] = {}
         for row in self.store.unfinal_transactions():
             state = self.check(row)

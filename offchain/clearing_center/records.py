@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from offchain.clearing_center.tables import (
-    BALANCE_KINDS, Device, IssueLogRow, ReceiveLogRow, SettledPolicyRow, SettlementOutbox, TransferRequestRow, User,
+    BALANCE_KINDS, ChainTxRow, Device, IssueLogRow, ReceiveLogRow, SettledPolicyRow, SettlementOutbox, TransferRequestRow, User,
     UserBalanceEntry,
 )
 from offchain.core.errors import DuplicateMessage
@@ -189,6 +189,15 @@ def note_settled_policies(session: Session, batches: Iterable[dict[str, Any]], n
     return len(new)
 
 
+def track_chain_tx(session: Session, kind: str, ref: str, tx_hash: str, raw_tx: bytes | None, now: int) -> None:
+    """Follow `tx_hash` to finality (cc_chain_txs), idempotent by hash. Called in the transaction that writes the
+    row naming it (a settlement confirmed, an issue or renew request done, a transfer request mirrored), so the
+    finality watch's tick reads only what is not final yet, never the whole history."""
+    if session.get(ChainTxRow, tx_hash) is None:
+        session.add(ChainTxRow(tx_hash=tx_hash, kind=kind, ref=ref, raw_tx=raw_tx, state="pending", reorgs=0,
+                               updated_at=now))
+
+
 RECEIVE_FLOW = {"accepted": ("submitted", "rejected"), "submitted": ("settled", "accepted", "rejected")}
 SETTLEMENT_FLOW = {"pending": ("sent", "failed"), "sent": ("confirmed", "failed")}
 
@@ -231,6 +240,8 @@ def update_settlement(
                 row.settlement_id = None
         if status == "confirmed":
             note_settled_policies(session, (row.usage_batch_json for row in logs), now)
+    if status == "confirmed" and outbox.tx_hash is not None:
+        track_chain_tx(session, "settlement", str(outbox.id), outbox.tx_hash, outbox.raw_tx, now)
     return outbox
 
 
@@ -260,6 +271,8 @@ def record_transfer_request(
     if existing is None:
         session.add(row)
         session.flush()
+        if tx_hash is not None:
+            track_chain_tx(session, "transfer_request", tx_hash, tx_hash, None, now)
         return row, True
     if (existing.payee, existing.amount) != (payee, amount):
         raise DuplicateMessage(
@@ -279,6 +292,7 @@ def mirror_transfer_request(
     the old payload was never final, so this is not a second effect. A confirmed row that conflicts raises
     DuplicateMessage (a reorg deeper than the finality depth: the operator's business)."""
     require_money(amount, "amount", positive=True)
+    track_chain_tx(session, "transfer_request", tx_hash, tx_hash, None, now)
     existing = session.get(TransferRequestRow, request_id)
     if existing is None:
         session.add(TransferRequestRow(request_id=request_id, payee=payee, amount=amount, status="requested",

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, func, select
 from offchain.clearing_center.records import (
     TRANSFER_FLOW, Balance, IssueLogRecord, ReceiveLogRecord, add_device, add_user, advance_transfer_request,
     append_balance_entry, close_issue_log, create_settlement, latest_issue_log, mark_issue_log_anchored,
-    mirror_transfer_request, note_settled_policies, record_issue_log, reject_receive_log,
+    mirror_transfer_request, note_settled_policies, record_issue_log, reject_receive_log, track_chain_tx,
     upsert_receive_log_idempotent, update_settlement, user_funds,
 )
 from offchain.clearing_center.tables import (
@@ -192,6 +192,8 @@ class CcStore:
                 append_balance_entry(session, key + ":carry", plan.user_id, "carry", plan.carried, now,
                                         serial=plan.serial, reference=to_hex(plan.previous_serial or bytes(32)))
             row.status, row.response = "done", response
+            if row.tx_hash is not None:
+                track_chain_tx(session, row.kind, f"{row.device}:{row.request_id}", row.tx_hash, row.raw_tx, now)
 
     def next_revision(self, serial: bytes) -> int:
         with session_scope(self.engine) as session:
@@ -367,7 +369,9 @@ class CcStore:
     # finality of the CC's transactions (cc_chain_txs) ---------------------------------------------------------
     def untracked_transactions(self) -> list[tuple[str, str, str, bytes | None]]:
         """(kind, ref, tx_hash, raw_tx) of confirmed settlements, completed issue/renew requests and transfer
-        requests whose transaction is not yet followed in cc_chain_txs."""
+        requests whose transaction is not yet followed in cc_chain_txs. The rows that name them track them as
+        they are written (`track_chain_tx`); this scan of the whole history is the finality watch's catch-up at
+        start and its safety net every `FULL_SCAN_EVERY` ticks."""
         with session_scope(self.engine) as session:
             known = select(ChainTxRow.tx_hash)
             out: list[tuple[str, str, str, bytes | None]] = []
@@ -392,9 +396,7 @@ class CcStore:
     def track_transaction(self, kind: str, ref: str, tx_hash: str, raw_tx: bytes | None) -> None:
         """Follow `tx_hash` to finality (idempotent by hash)."""
         with session_scope(self.engine) as session:
-            if session.get(ChainTxRow, tx_hash) is None:
-                session.add(ChainTxRow(tx_hash=tx_hash, kind=kind, ref=ref, raw_tx=raw_tx, state="pending",
-                                       reorgs=0, updated_at=self.now()))
+            track_chain_tx(session, kind, ref, tx_hash, raw_tx, self.now())
 
     def unfinal_transactions(self) -> list[ChainTxRow]:
         """Followed transactions not yet final (nor dropped), oldest first."""

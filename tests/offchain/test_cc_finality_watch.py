@@ -138,3 +138,69 @@ def test_bytes_that_can_no_longer_be_mined_hand_the_settlement_back_to_recovery(
     assert watch.tick() == {"dropped": 1}
     assert store.chain_tx(TX).state == "dropped"  # type: ignore[union-attr]
     assert [row.id for row in store.unfinished_settlements()] == [outbox_id]  # the worker re-derives it
+
+
+def _issue_plan(store: CcStore, tx_hash: str) -> tuple[Any, Any]:
+    from offchain.clearing_center.records import IssueLogRecord
+    from offchain.clearing_center.tables import IssueRequestRow
+    from offchain.core.types import user_id_hash
+
+    device, serial = "0x" + "11" * 20, bytes([7]) * 32
+    store.bind_device(device, "alice-phone", "alice")
+    plan = store.plan_issue_request(IssueRequestRow(
+        device=device, request_id="r-1", kind="issue", payload_hash=bytes(32), user_id="alice", serial=serial,
+        previous_serial=None, new_money=0, carried=0, cap=0, old_cap=0, expires_at=2_000, mode="issue",
+        status="planned", created_at=1_000))
+    store.record_issue_tx(device, "r-1", tx_hash, 3, b"\x02issue-bytes")
+    record = IssueLogRecord(serial=serial, revision=0, device=device, user_id_hash=user_id_hash("alice"), cap=0,
+                            expires_at=2_000, previous_serial=None, carried=0, new_money=0, cc_signature=b"s",
+                            issue_log_json={})
+    return store.issue_request(device, "r-1") or plan, record
+
+
+def test_each_transaction_is_followed_from_the_write_that_names_it(store: CcStore) -> None:
+    """A confirmed settlement, a completed issue request and a mirrored transfer request are in cc_chain_txs the
+    moment their row is written, before any tick: the tick then never needs the history."""
+    settlement(store)
+    issue_tx, transfer_tx = "0x" + "12" * 32, "0x" + "34" * 32
+    plan, record = _issue_plan(store, issue_tx)
+    store.complete_issue_request(plan, record, issue_tx, {"ok": True})
+    store.mirror_transfer_requests([(bytes([5]) * 32, "0x" + "22" * 20, 40, transfer_tx),
+                                    (bytes([6]) * 32, "0x" + "33" * 20, 60, transfer_tx)])
+    rows = {tx: store.chain_tx(tx) for tx in (TX, issue_tx, transfer_tx)}
+    assert {tx: (r.kind, r.ref, r.state, r.raw_tx) for tx, r in rows.items() if r is not None} == {
+        TX: ("settlement", "1", "pending", RAW),
+        issue_tx: ("issue", f"{'0x' + '11' * 20}:r-1", "pending", b"\x02issue-bytes"),
+        transfer_tx: ("transfer_request", transfer_tx, "pending", None)}
+    assert store.untracked_transactions() == []  # nothing left for the catch-up scan
+
+
+def test_a_tick_scans_the_history_only_at_the_start_and_every_full_scan(store: CcStore,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row written without tracking (an older version's) is caught by the first tick's scan or the periodic
+    one; the ticks between read only what is not final."""
+    from offchain.clearing_center import finality
+    from offchain.clearing_center.tables import SettlementOutbox
+    from offchain.storage.session import session_scope
+
+    monkeypatch.setattr(finality, "FULL_SCAN_EVERY", 4)
+    scans: list[int] = []
+    scan = store.untracked_transactions
+    monkeypatch.setattr(store, "untracked_transactions", lambda: scans.append(1) or scan())
+    old_tx, later_tx = "0x" + "cd" * 32, "0x" + "ef" * 32
+
+    def untracked_row(tx_hash: str) -> None:
+        with session_scope(store.engine) as session:
+            session.add(SettlementOutbox(status="confirmed", tx_hash=tx_hash, nonce=8, raw_tx=b"old", created_at=0,
+                                         updated_at=0))
+
+    untracked_row(old_tx)
+    watch = FinalityWatch(store, RecordingWeb3(), ScriptedTracker([Verdict(TxState.PENDING, TX)]))  # type: ignore[arg-type]
+    watch.tick()
+    assert len(scans) == 1 and store.chain_tx(old_tx) is not None  # caught up at start
+    untracked_row(later_tx)
+    for _ in range(3):
+        watch.tick()
+    assert len(scans) == 1 and store.chain_tx(later_tx) is None  # ticks 1-3 read only the unfinal rows
+    watch.tick()
+    assert len(scans) == 2 and store.chain_tx(later_tx) is not None  # the periodic scan
