@@ -284,6 +284,15 @@ def _error_code(answer: Message) -> str | None:
     return code if isinstance(code, str) else None
 
 
+async def _end_connection_tasks() -> None:
+    """Cancel and await every connection task still open (a held black-holed request, a kept-alive client), so
+    none is left pending when the loop stops ("Task was destroyed but it is pending!" at exit)."""
+    tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class FaultProxy:
     """All links of one simulation, served from one background event loop; every method is thread-safe."""
 
@@ -334,6 +343,10 @@ class FaultProxy:
                 self._run(link.unlisten(), 5.0)
             except Exception:  # noqa: BLE001 - shutting down: nothing left to protect
                 pass
+        try:
+            self._run(_end_connection_tasks(), 5.0)
+        except Exception:  # noqa: BLE001 - shutting down: nothing left to protect
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()

@@ -122,3 +122,27 @@ def test_dup_sends_twice_and_records_differing_answers(proxy: FaultProxy, echo: 
 def test_unknown_mode_is_refused(proxy: FaultProxy) -> None:
     with pytest.raises(ValueError, match="unknown link mode"):
         proxy.set_mode("client->echo", "teleport")
+
+
+def test_close_with_connections_still_open_leaves_no_task_behind(echo: EchoServer) -> None:
+    """A sim seed ends with clients still connected (a held black-holed request, a kept-alive link): closing the
+    proxy ends their tasks, so none is destroyed pending ("Task was destroyed but it is pending!")."""
+    import asyncio
+    import time
+
+    hub = FaultProxy()
+    link = hub.add("client->echo", ("127.0.0.1", echo.port))
+    kept = http.client.HTTPConnection("127.0.0.1", link.port, timeout=5)
+    kept.request("POST", "/x", body=b"alive")
+    assert kept.getresponse().read() == b"1:alive"  # positive control: the link relays, the connection stays
+    hub.set_mode("client->echo", "blackhole")
+    held = socket.create_connection(("127.0.0.1", link.port))
+    try:
+        held.sendall(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nvoid")
+        time.sleep(0.2)  # the held request reaches the proxy
+        hub.close()
+    finally:
+        held.close()
+        kept.close()
+    assert asyncio.all_tasks(hub._loop) == set()  # every connection's task ended with the proxy
+    assert echo.processed == [b"alive"]
