@@ -17,7 +17,6 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 from eth_account import Account
@@ -42,6 +41,7 @@ from offchain.trust.certs import CertificateVerifier, MemberIdentity
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contracts"))
 from chainkit import Actor, Env, World  # noqa: E402 - the contract tests' state builder (signed usage, settlements)
+from recording_log import RecordingLog  # noqa: E402 - tests/network/recording_log.py
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS_ROOT = Path(os.environ.get("CLEARHOUSE_CONTRACTS_ROOT", ROOT))
@@ -52,19 +52,6 @@ ROLES = {"clearing_center": Role.CLEARING_CENTER, "provider": Role.SERVICE_PROVI
 USERS = {"device": "alice", "tablet": "alice"}  # the stolen phone and alice's next device
 DEPOSIT, PRICE, USES = 10_000, 100, 10
 RELEASED = DEPOSIT - PRICE * USES  # what the stolen phone never spent: 9,000
-
-
-class RecordingLog:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def _record(self, event: str, **kw: Any) -> None:
-        self.events.append((event, kw))
-
-    info = warning = error = _record
-
-    def of(self, event: str) -> list[dict[str, Any]]:
-        return [kw for name, kw in self.events if name == event]
 
 
 @dataclass

@@ -46,6 +46,7 @@ from offchain.trust.certs import CertificateVerifier, Envelope
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "contracts"))
 from chainkit import Actor, Env, World  # noqa: E402 - the contract tests' state builder (signed usage, settlements)
+from recording_log import RecordingLog  # noqa: E402 - tests/network/recording_log.py
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS_ROOT = Path(os.environ.get("CLEARHOUSE_CONTRACTS_ROOT", ROOT))
@@ -64,19 +65,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class RecordingLog:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def _record(self, event: str, **kw: Any) -> None:
-        self.events.append((event, kw))
-
-    info = warning = error = _record
-
-    def of(self, event: str) -> list[dict[str, Any]]:
-        return [kw for name, kw in self.events if name == event]
 
 
 class InProcessBank:
