@@ -295,7 +295,7 @@ class CliqueNetwork:
                                    node=node.index, hint="check the genesis in the workdir")
             self.progress(f"node {node.index}: signer {node.signer}, http {node.rpc_url}")
 
-    def _args(self, node: NodeSpec, seal: bool = True) -> list[str]:
+    def _args(self, node: NodeSpec) -> list[str]:
         return [
             self.geth, "--datadir", node.datadir, "--config", str(Path(node.datadir) / "config.toml"),
             "--networkid", str(self.chain_id), "--syncmode", "full", "--cache", "64", "--verbosity", "3",
@@ -303,28 +303,24 @@ class CliqueNetwork:
             "--port", str(node.p2p_port), "--nodekeyhex", node.nodekey_hex,
             "--authrpc.addr", "127.0.0.1", "--authrpc.port", str(node.authrpc_port),
             "--http", "--http.addr", "127.0.0.1", "--http.port", str(node.http_port), "--http.api", HTTP_APIS,
-            *(["--mine"] if seal else []), "--miner.etherbase", node.signer, "--unlock", node.signer,
+            "--mine", "--miner.etherbase", node.signer, "--unlock", node.signer,
             "--password", str(self.workdir / "password.txt"), "--allow-insecure-unlock",
         ]
 
-    def start_node(self, index: int, *, wait: bool = True, timeout_s: float = 60.0, seal: bool = True) -> None:
-        """Start node `index` (same ports, keys and data); with `wait`, until it answers and has a peer; with
-        `seal` False it does not seal until `start_sealing`."""
+    def start_node(self, index: int, *, wait: bool = True, timeout_s: float = 60.0) -> None:
+        """Start node `index` (same ports, keys and data); with `wait`, until it answers and has a peer."""
         node = self.nodes[index]
         if self.is_running(index):
             return
         log = open(Path(node.datadir) / "geth.log", "ab")  # noqa: SIM115 - handed to the child process
         try:
-            proc = subprocess.Popen(self._args(node, seal), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(self._args(node), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)
         finally:
             log.close()
         self._procs[index] = proc
         self.pids[index] = proc.pid
-        if seal:
-            self._stopped_mining.discard(index)
-        else:
-            self._stopped_mining.add(index)
+        self._stopped_mining.discard(index)
         if self.network_file.exists():
             self._write_network_file()
         if wait:
@@ -567,19 +563,12 @@ class CliqueNetwork:
             self.stop_sealing(losers)
             # A node syncs from a peer only when the total difficulty it recorded for that peer beats its own,
             # and geth updates that record only from the handshake and full-block broadcasts (most blocks reach
-            # a peer as a hash): a rewound node can stay behind connected peers for ever. Dropping the links and
-            # dialling again was not enough under load either (a rewound pair stayed behind for 90 s: geth waits
-            # out its dial history before it dials a peer it just dropped, and a rewound node drops its rewound
-            # twin as a bad peer). So each rewound node is restarted, not sealing: a fresh process peers with
-            # every static node at once, and each handshake carries the peer's current difficulty.
+            # a peer as a hash): a rewound node can stay behind connected peers for ever. Dropping the losers'
+            # links first makes the re-peering below a fresh handshake with each peer's current difficulty.
             self.partition([[i for i in running if i not in losers], losers])
             for i in losers:
                 rpc(self.nodes[i].rpc_url, "debug_setHead", [hex(ancestor)])
-            for i in losers:
-                self.stop_node(i)
-                self.start_node(i, wait=False, seal=False)
-            self._wait(lambda: all(self._answers(i) for i in losers), timeout_s, "the rewound nodes to answer")
-            self.progress(f"rewound nodes {losers} to block {ancestor} and restarted them")
+            self.progress(f"rewound nodes {losers} to block {ancestor}")
         for a in running:
             self._dial(a, running)
         self._wait(lambda: self._converged(running, above=ancestor), timeout_s, "the nodes to agree on one chain")
