@@ -527,14 +527,16 @@ def hold(consortium: Any, state: DemoState, console: Console, processes: Process
 
     timer = RefreshTimer(lambda: consortium.ca().refresh_crl(), interval_s=KEEP_CRL_REFRESH_S).start()
     try:
+        _announce(consortium, state, console)
+        # last: another terminal (and the tests) take the state file as "the demo is up and has said so"
         demo_state.write_state(consortium, state, processes, PASSPHRASE)
-        _hold(consortium, state, console)
+        _wait(console)
     finally:
         timer.stop()
         demo_state.clear_state(state.workdir)
 
 
-def _hold(consortium: Any, state: DemoState, console: Console) -> None:
+def _announce(consortium: Any, state: DemoState, console: Console) -> None:
     from offchain.operator.demo_state import TRY_IT_FILE, explorer_command, ops_urls, try_it_lines
 
     console.rule("Still running (--keep): Ctrl-C or `clearhouse demo stop` stops everything")
@@ -548,6 +550,9 @@ def _hold(consortium: Any, state: DemoState, console: Console) -> None:
                   f"{KEEP_CRL_REFRESH_S:.0f} s while the demo holds):")
     for line in try_it_lines(consortium, state, PASSPHRASE):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _wait(console: Console) -> None:
     try:
         while True:
             time.sleep(3600)
