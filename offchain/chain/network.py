@@ -552,37 +552,56 @@ class CliqueNetwork:
 
         Clique keeps two forks of equal total difficulty apart for ever (each side refuses the other's chain and
         neither can seal alone). With `prefer` (the nodes whose fork must win), the other nodes stop sealing, are
-        rewound to the common ancestor (debug_setHead), reconnect, sync the preferred fork and seal again: the
-        operator's remedy for a stuck fork (with `resume=False` the rewound nodes stay stopped). Without it, heal
-        waits for geth's own fork choice.
+        rewound to the common ancestor (debug_setHead), sync the preferred fork from the preferred nodes alone,
+        then meet each other, and seal again: the operator's remedy for a stuck fork (with `resume=False` the
+        rewound nodes stay stopped). Without it, heal waits for geth's own fork choice.
         """
         running = [i for i in range(len(self.nodes)) if self.is_running(i)]
         losers = [i for i in running if prefer is not None and i not in prefer]
         ancestor = self.common_ancestor(running)
+        deadline = time.monotonic() + timeout_s
         if losers:
-            self.stop_sealing(losers)
-            # A node syncs from a peer only when the total difficulty it recorded for that peer beats its own,
-            # and geth updates that record only from the handshake and full-block broadcasts (most blocks reach
-            # a peer as a hash): a rewound node can stay behind connected peers for ever. Dropping the losers'
-            # links first makes the re-peering below a fresh handshake with each peer's current difficulty.
-            self.partition([[i for i in running if i not in losers], losers])
-            for i in losers:
-                rpc(self.nodes[i].rpc_url, "debug_setHead", [hex(ancestor)])
-            self.progress(f"rewound nodes {losers} to block {ancestor}")
+            winners = [i for i in running if i not in losers]
+            self._rewind_and_sync(losers, winners, ancestor, deadline)
         for a in running:
             self._dial(a, running)
-        self._wait(lambda: self._converged(running, above=ancestor), timeout_s, "the nodes to agree on one chain")
+        self._wait(lambda: self._converged(running, above=ancestor), max(1.0, deadline - time.monotonic()),
+                   "the nodes to agree on one chain")
         if resume:
             self.start_sealing(losers)
         self.progress("healed: every node on one chain")
 
+    def _rewind_and_sync(self, losers: Sequence[int], winners: Sequence[int], ancestor: int,
+                         deadline: float) -> None:
+        """Rewind `losers` to `ancestor` and let each sync the winners' chain from the winners alone.
+
+        A node syncs from a peer only when the total difficulty it recorded for that peer beats its own, and geth
+        updates that record only from the handshake and full-block broadcasts (most blocks reach a peer as a
+        hash): a rewound node can stay behind connected peers for ever, so each loser is cut off from everyone
+        first and the re-peering is a fresh handshake. Losers meet each other only once they hold the winners'
+        head: a loser still holding the difficulty its twin had before the rewind syncs from the twin, gets no
+        headers, and drops it as a bad peer, which geth then waits out its dial history (~35 s) to dial again.
+        The winners may hold the ancestor itself (a side that could not seal after a split): then there is
+        nothing to sync and the losers only re-peer."""
+        self.stop_sealing(losers)
+        self.partition([list(winners)] + [[i] for i in losers])
+        for i in losers:
+            rpc(self.nodes[i].rpc_url, "debug_setHead", [hex(ancestor)])
+        self.progress(f"rewound nodes {list(losers)} to block {ancestor}")
+        target = min(self.head(i)[0] for i in winners)
+        target_hash = self.block_hash(winners[0], target)
+        for a in losers:
+            self._dial(a, winners)
+        self._wait(lambda: all(self.block_hash(i, target) == target_hash for i in losers),
+                   max(1.0, deadline - time.monotonic()), f"nodes {list(losers)} to sync block {target}")
+
     def _converged(self, nodes: Sequence[int], *, above: int) -> bool:
-        """Every node is connected to the others and all share one block above `above` (the fork point)."""
-        low = min(self.head(i)[0] for i in nodes)
-        if low <= above:
-            return False
-        return len({self.block_hash(i, low) for i in nodes}) == 1 and all(
-            self.peer_count(i) >= len(nodes) - 1 for i in nodes)
+        """Every node is connected to the others and all share one block above `above` (the fork point), or all
+        hold one head (it may be `above` itself, when nobody can seal the next block)."""
+        heads = [self.head(i) for i in nodes]
+        low = min(number for number, _hash in heads)
+        agree = len(set(heads)) == 1 or (low > above and len({self.block_hash(i, low) for i in nodes}) == 1)
+        return agree and all(self.peer_count(i) >= len(nodes) - 1 for i in nodes)
 
     def common_ancestor(self, nodes: Sequence[int]) -> int:
         """The highest block number at which every node in `nodes` has the same block hash."""
