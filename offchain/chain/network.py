@@ -28,6 +28,7 @@ from eth_utils import keccak, to_checksum_address
 
 from offchain.chain.devnode import free_port
 from offchain.core.errors import ChainError, ConfigError
+from offchain.core.files import write_atomically
 
 GETH_VERSION = "1.13.15"
 NETWORK_FILE = "network.json"
@@ -635,9 +636,7 @@ class CliqueNetwork:
             "nodes": [{**asdict(n), "rpc_url": n.rpc_url, "enode": n.enode, "pid": self.pids.get(n.index)}
                       for n in self.nodes],
         }
-        tmp = self.network_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        tmp.replace(self.network_file)
+        write_atomically(self.network_file, json.dumps(data, indent=2) + "\n")
 
     @classmethod
     def load(cls, workdir: Path, *, progress: Progress = _quiet) -> CliqueNetwork:

@@ -30,6 +30,7 @@ from offchain.core import messages
 from offchain.clearing_center.skips import RELEASE_PATH, SKIP_PATH, WITHHOLD_WINDOW_S
 from offchain.core.messages import BalanceStatement, Domain, IssueLog, ReceiveLog, Role, UsageBatch
 from offchain.device.secure_module import KeptAck, SecureModule, WalletBalance, cc_verify_fn
+from offchain.core.files import write_atomically
 from offchain.core.settings import DeviceSettings
 from offchain.core.types import Clock, to_hex
 
@@ -179,7 +180,7 @@ class DeviceClient:
 
     def _send_kept(self, cc: MemberIdentity, path: str, body: dict[str, Any], *, keep: bool = True) -> WalletBalance:
         if keep:
-            _write_atomically(self.pending_request_path, json.dumps({"path": path, "body": body}))
+            write_atomically(self.pending_request_path, json.dumps({"path": path, "body": body}))
         try:
             answer = self._cc.post(path, body)
         except ClearhouseError as exc:
@@ -449,16 +450,6 @@ def _may_still_apply(error: ClearhouseError) -> bool:
 def _attested(renew_body: dict[str, Any]) -> BalanceStatement:
     """The balance statement a renewal request carries (the device signed it; it is read back, not trusted)."""
     return BalanceStatement.from_json(Envelope.from_json(renew_body["statement"]).message)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def chain_policy_reader(rpc_urls: str | Sequence[str], deployment_path: Path, *, confirmations: int | None = None,

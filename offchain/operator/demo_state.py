@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from offchain.core.errors import ConfigError, NotFound
+from offchain.core.files import write_atomically
 from offchain.core.types import project_root
 
 STATE_FILE = "demo-state.json"
@@ -106,10 +107,9 @@ def write_state(consortium: Any, state: Any, processes: Any, passphrase: str) ->
         "devices": {m.member_id: {"user": m.user_id, "config": str(consortium.settings_paths[m.member_id])}
                     for m in consortium.members.values() if m.user_id and m.member_id in consortium.settings_paths},
     }
-    (workdir / STATE_FILE).write_text(json.dumps(data, indent=2))
+    write_atomically(workdir / STATE_FILE, json.dumps(data, indent=2))  # another terminal polls for it
     pointer = latest_pointer()
-    pointer.parent.mkdir(parents=True, exist_ok=True)
-    pointer.write_text(json.dumps({"state": str(workdir / STATE_FILE)}))
+    write_atomically(pointer, json.dumps({"state": str(workdir / STATE_FILE)}))
     return data
 
 

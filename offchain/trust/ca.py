@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from offchain.trust.certs import ETH_URN, MEMBER_URN, ROLE_URN, USER_URN, MemberIdentity, role_urn_name
 from offchain.core.errors import ConfigError, NotFound
+from offchain.core.files import write_atomically
 from offchain.core.messages import to_checksum_address
 from offchain.core.types import Clock, Role
 
@@ -249,9 +250,7 @@ class CertificateAuthority:
         return number
 
     def _save_index(self) -> None:
-        tmp = self.directory / (INDEX_FILE + ".tmp")
-        tmp.write_text(json.dumps(self._index, indent=1, sort_keys=True))
-        os.replace(tmp, self.directory / INDEX_FILE)
+        write_atomically(self.directory / INDEX_FILE, json.dumps(self._index, indent=1, sort_keys=True))
 
 
 def _aki(root: x509.Certificate) -> x509.AuthorityKeyIdentifier:
