@@ -125,6 +125,7 @@ class FinalViews:
         self._sleep = sleep
         deployment = getattr(chain, "deployment", None)  # below its deploy block the contract has no code at all
         self._deploy_block = int(getattr(deployment, "deploy_block", 0) or 0)
+        self._final_members: set[tuple[str, int]] = set()  # (account, role) seen active at the depth
 
     @property
     def confirmations(self) -> int:
@@ -157,15 +158,26 @@ class FinalViews:
 
     def is_active(self, account: str, role: int) -> bool:
         """Active at the head and at the depth; inactive at the head (never registered, revoked, expired) is
-        False at once; active at the head only (a registration not final yet) is NotFinal, without waiting."""
+        False at once; active at the head only (a registration not final yet) is NotFinal, without waiting.
+
+        A member once seen active at the depth stays so (a final block is never undone, and a revoked member
+        cannot be registered again), so later checks read the head only: one call per TLS request, not three.
+        Inactive at the head forgets it."""
         confirmations = self.confirmations
         if confirmations <= 1:
             return self.chain.is_active(account, role)
+        key = (account.lower(), int(role))
+        if key in self._final_members:
+            if self.chain.is_active(account, role, block="latest"):
+                return True
+            self._final_members.discard(key)
+            return False
         head = self._head()
         if not self.chain.is_active(account, role, block=head):
             return False
         depth = final_block(head, confirmations)
         if depth >= self._deploy_block and self.chain.is_active(account, role, block=depth):
+            self._final_members.add(key)
             return True
         raise self._not_final("member", account, head, depth, confirmations)
 

@@ -124,6 +124,45 @@ def test_member_registration_waits_for_the_depth_revocation_counts_at_once(chain
     assert views.is_active(newcomer, ROLE_CONTENT_PROVIDER) is False  # included a block ago: refused already
 
 
+class _CountingReader:
+    """The provider's chain client, counting the `isActive` reads (the one call a member check makes)."""
+
+    def __init__(self, chain: Any) -> None:
+        self.chain, self.reads = chain, 0
+
+    def is_active(self, account: str, role: int, *, block: int | str = "latest") -> bool:
+        self.reads += 1
+        return bool(self.chain.is_active(account, role, block=block))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.chain, name)
+
+
+def test_a_member_final_once_costs_one_read_per_check_and_a_revocation_still_counts_at_once(chain_env: Any) -> None:
+    """The SP checks its TLS peer on every request: once a member is active at the depth, a check reads only the
+    head (one call, where it was three: the head number, the head, the depth), and a revocation included a block
+    ago is refused at the next check."""
+    from eth_account import Account
+
+    authority = chain_env.client("authority")
+    reader = _CountingReader(chain_env.client("provider"))
+    heads: list[int] = []
+    views = FinalViews(reader, 3, head=lambda: heads.append(1) or int(chain_env.w3.eth.block_number))
+    member = Account.create().address
+    authority.register_member(member, ROLE_CONTENT_PROVIDER, keccak(text="member"), keccak(text="cert"), 0,
+                              2**40 - 1)
+    _mine(chain_env.w3, 2)
+    assert views.is_active(member, ROLE_CONTENT_PROVIDER) is True
+    assert (reader.reads, len(heads)) == (2, 1)  # the first check: the head and the depth
+    for _ in range(3):
+        assert views.is_active(member, ROLE_CONTENT_PROVIDER) is True
+    assert (reader.reads, len(heads)) == (5, 1)  # then one read each
+    assert views.is_active(member, 2) is False  # another role is its own question
+    authority.revoke_member(member)
+    assert views.is_active(member, ROLE_CONTENT_PROVIDER) is False
+    assert views.is_active(member, ROLE_CONTENT_PROVIDER) is False  # forgotten: the full check, still False
+
+
 def test_device_policy_reader_reads_through_the_second_rpc_url_when_the_first_is_dead(chain_env: Any,
                                                                                      tmp_path: Path) -> None:
     policy_id, digest = _register_policy(chain_env, "failover")
