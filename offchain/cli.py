@@ -189,14 +189,14 @@ def device(ctx: click.Context, config_path: Path, user_id: str | None, passphras
 
 
 def _device_client(ctx: click.Context) -> Any:
-    from offchain.core.errors import ConfigError
+    from offchain.core.errors import SettingError
     from offchain.core.settings import DeviceSettings, load_settings
     from offchain.device.client import DeviceClient
     from offchain.operator.cli_ops import passphrase_from_env
 
     if ctx.obj["config_path"] is None:
-        raise ConfigError("device commands need the device's settings: clearhouse device --config FILE ...",
-                          field="config")
+        raise SettingError("device commands need the device's settings: clearhouse device --config FILE ...",
+                           field="config")
     settings = load_settings(DeviceSettings, ctx.obj["config_path"])
     user_id = ctx.obj["user_id"] or _certificate_user(settings.cert_path)
     passphrase = passphrase_from_env(ctx.obj["passphrase_env"], confirm=False)  # no TTY: names the variable
@@ -206,7 +206,7 @@ def _device_client(ctx: click.Context) -> Any:
 def _certificate_user(cert_path: Path | None) -> str:
     """The user the CA named in a device certificate (SAN urn:clearhouse:user:<id>); the CC checks it again."""
     from offchain.trust.certs import USER_URN, load_certificate
-    from offchain.core.errors import ConfigError
+    from offchain.core.errors import MemberSetupError
     from offchain.transport.wiring import require_path
     from cryptography import x509
 
@@ -215,7 +215,7 @@ def _certificate_user(cert_path: Path | None) -> str:
         x509.UniformResourceIdentifier)
     users = [u.removeprefix(USER_URN) for u in uris if u.startswith(USER_URN)]
     if len(users) != 1:
-        raise ConfigError("the device certificate names no user: pass --user", cert_path=str(cert_path))
+        raise MemberSetupError("the device certificate names no user: pass --user", cert_path=str(cert_path))
     return users[0]
 
 

@@ -18,7 +18,7 @@ from eth_utils import to_checksum_address
 from web3 import Web3
 from web3.types import TxReceipt
 
-from offchain.core.errors import ChainError, ConfigError
+from offchain.core.errors import ChainError, PathError, ToolMissing
 from offchain.core.messages import Domain
 from offchain.core.types import project_root
 
@@ -97,10 +97,10 @@ def _run_solc(root: Path, std_input: dict[str, Any], settings: CompilerSettings)
             std_input, solc_version=settings.version, base_path=str(root), allow_paths=[str(root)]
         )
     except solcx.exceptions.SolcError as exc:
-        raise ConfigError(f"solc failed: {getattr(exc, 'message', exc)}", stage="compile") from exc
+        raise ToolMissing(f"solc failed: {getattr(exc, 'message', exc)}", stage="compile") from exc
     errors = [e for e in output.get("errors", []) if e.get("severity") == "error"]
     if errors:
-        raise ConfigError("solc reported errors: " + "; ".join(e["formattedMessage"] for e in errors), stage="compile")
+        raise ToolMissing("solc reported errors: " + "; ".join(e["formattedMessage"] for e in errors), stage="compile")
     contracts: dict[str, dict] = {}
     for source, by_name in output["contracts"].items():
         for name, art in by_name.items():
@@ -153,7 +153,7 @@ class Deployment:
                 deploy_block_hash=data.get("deploy_block_hash"),
             )
         except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(f"malformed deployment file: missing or bad {exc}", field=str(exc)) from exc
+            raise PathError(f"malformed deployment file: missing or bad {exc}", field=str(exc)) from exc
 
     def write(self, path: Path) -> Path:
         path = Path(path)
@@ -165,7 +165,7 @@ class Deployment:
     def load(cls, path: Path) -> Deployment:
         path = Path(path)
         if not path.exists():
-            raise ConfigError(f"no deployment file at {path}: run `ape run deploy` first", path=str(path))
+            raise PathError(f"no deployment file at {path}: run `ape run deploy` first", path=str(path))
         return cls.from_json(json.loads(path.read_text()))
 
     @property

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from web3 import Web3
 
-from offchain.core.errors import ChainUnreachable, ConfigError
+from offchain.core.errors import ChainUnreachable, ToolMissing
 from offchain.core.types import project_root
 
 ANVIL_FALLBACK = Path("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil")
@@ -51,7 +51,7 @@ def free_port() -> int:
             if port not in _handed_out:
                 _handed_out.add(port)
                 return port
-    raise ConfigError(f"no free TCP port on 127.0.0.1 that this process has not handed out already "
+    raise ToolMissing(f"no free TCP port on 127.0.0.1 that this process has not handed out already "
                       f"({FREE_PORT_TRIES} tries)", tool="free_port")
 
 
@@ -64,7 +64,7 @@ def anvil_binary() -> str:
     candidate = root / ANVIL_FALLBACK
     if candidate.exists():
         return str(candidate)
-    raise ConfigError("anvil not found on PATH: `source bin/env.sh` or run bin/setup", binary="anvil")
+    raise ToolMissing("anvil not found on PATH: `source bin/env.sh` or run bin/setup", binary="anvil")
 
 
 class AnvilProcess:

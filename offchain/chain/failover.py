@@ -21,7 +21,7 @@ from web3.providers.base import JSONBaseProvider
 from web3.providers.rpc import HTTPProvider
 from web3.types import RPCEndpoint, RPCResponse
 
-from offchain.core.errors import ChainUnreachable, ConfigError
+from offchain.core.errors import ChainUnreachable, SettingError
 
 log = logging.getLogger(__name__)
 TRANSPORT_ERRORS = (requests.ConnectionError, requests.Timeout)
@@ -41,7 +41,7 @@ class FailoverHTTPProvider(JSONBaseProvider):
     def __init__(self, rpc_urls: Sequence[str], *, timeout_s: float = 10.0) -> None:
         super().__init__()
         if not rpc_urls:
-            raise ConfigError("rpc_urls is empty: give at least one endpoint", field="rpc_urls")
+            raise SettingError("rpc_urls is empty: give at least one endpoint", field="rpc_urls")
         self.rpc_urls = list(rpc_urls)
         # no retries inside one endpoint: a dead node should cost one refused connection, not a backoff
         self._providers = [http_provider(url, timeout_s=timeout_s, exception_retry_configuration=None)

@@ -27,7 +27,7 @@ from eth_keys import keys as eth_keys
 from eth_utils import keccak, to_checksum_address
 
 from offchain.chain.devnode import free_port
-from offchain.core.errors import ChainError, ConfigError
+from offchain.core.errors import ChainError, ToolMissing
 from offchain.core.files import write_atomically
 
 GETH_VERSION = "1.13.15"
@@ -85,7 +85,7 @@ def geth_binary(root: Path | None = None) -> str:
     found = shutil.which("geth")
     if found:
         return found
-    raise ConfigError("geth not found: run bin/setup (it builds geth v1.13.15 into .tools/bin)", binary="geth")
+    raise ToolMissing("geth not found: run bin/setup (it builds geth v1.13.15 into .tools/bin)", binary="geth")
 
 
 def dev_accounts(count: int = DEV_ACCOUNTS) -> list[tuple[str, bytes]]:

@@ -800,45 +800,84 @@ class ServiceUnavailable(TransportError):
 
 
 class ConfigError(ClearhouseError):
+    """Clearhouse is set up wrongly for what was asked: a setting, a file, a tool or a member does not fit. Raise
+    one of the subclasses, which say which and carry its fields; catch this one. They all answer `config_error`."""
+
     code = "config_error"
     http_status = 500
 
-    def __init__(self, message: str, *, binary: str | None = None, candidates: Sequence[str] | None = None,
-                 cert_path: str | None = None, confirmations: int | None = None, content_id: Hex | None = None,
-                 directory: str | None = None, env: str | None = None, expected: Scalar = None,
-                 field: str | None = None, got: Scalar = None, group_by: str | None = None,
-                 length: int | None = None, member_id: str | None = None, missing: str | None = None,
-                 mtls: bool | None = None, output: str | None = None, path: str | None = None,
-                 period_s: float | None = None, role: str | None = None, settings: str | None = None,
-                 signers: Sequence[str] | None = None, source: str | None = None, stage: str | None = None,
-                 suffix: str | None = None, tool: str | None = None, user_id: str | None = None,
-                 version: int | None = None) -> None:
+
+class SettingError(ConfigError):
+    """A setting, option or argument is missing, malformed or out of range (fields: field, the setting or option;
+    expected / got; candidates, the values to choose from; length; source, where a value came from or the node
+    call that refused it; env, the environment variable to set; group_by, output, mtls, missing, confirmations,
+    the option's bad value): fix the setting or the option."""
+
+    def __init__(self, message: str, *, candidates: Sequence[str] | None = None, confirmations: int | None = None,
+                 env: str | None = None, expected: Scalar = None, field: str | None = None, got: Scalar = None,
+                 group_by: str | None = None, length: int | None = None, missing: str | None = None,
+                 mtls: bool | None = None, output: str | None = None, source: str | None = None) -> None:
         super().__init__(message)
-        self.binary = binary
         self.candidates = candidates
-        self.cert_path = cert_path
         self.confirmations = confirmations
-        self.content_id = content_id
-        self.directory = directory
         self.env = env
         self.expected = expected
         self.field = field
         self.got = got
         self.group_by = group_by
         self.length = length
-        self.member_id = member_id
         self.missing = missing
         self.mtls = mtls
         self.output = output
-        self.path = path
-        self.period_s = period_s
-        self.role = role
-        self.settings = settings
-        self.signers = signers
         self.source = source
-        self.stage = stage
+
+
+class PathError(ConfigError):
+    """A file or folder is missing, unreadable, malformed or in the way (fields: path or directory; field, the
+    option or entry that names it or is bad in it; suffix, a file type not accepted; settings, the settings class
+    a settings file failed; env, the environment variable the file needs): fix the file or choose another path."""
+
+    def __init__(self, message: str, *, directory: str | None = None, env: str | None = None,
+                 field: str | None = None, path: str | None = None, settings: str | None = None,
+                 suffix: str | None = None) -> None:
+        super().__init__(message)
+        self.directory = directory
+        self.env = env
+        self.field = field
+        self.path = path
+        self.settings = settings
         self.suffix = suffix
+
+
+class ToolMissing(ConfigError):
+    """A program, library or compiler step that Clearhouse runs is not installed or failed (fields: binary, a
+    program looked up on PATH; tool, a helper or utility; candidates, the places looked in; stage, the build step
+    that failed): install it (bin/setup) or fix what it reported."""
+
+    def __init__(self, message: str, *, binary: str | None = None, candidates: Sequence[str] | None = None,
+                 stage: str | None = None, tool: str | None = None) -> None:
+        super().__init__(message)
+        self.binary = binary
+        self.candidates = candidates
+        self.stage = stage
         self.tool = tool
+
+
+class MemberSetupError(ConfigError):
+    """The member, role, user or content a command names does not fit (fields: member_id, role, user_id;
+    field, the missing option; env, the environment variable to set; cert_path, the certificate that lacks it;
+    content_id, version, the catalog entry the catalog key cannot open): name a fitting one."""
+
+    def __init__(self, message: str, *, cert_path: str | None = None, content_id: Hex | None = None,
+                 env: str | None = None, field: str | None = None, member_id: str | None = None,
+                 role: int | str | None = None, user_id: str | None = None, version: int | None = None) -> None:
+        super().__init__(message)
+        self.cert_path = cert_path
+        self.content_id = content_id
+        self.env = env
+        self.field = field
+        self.member_id = member_id
+        self.role = role
         self.user_id = user_id
         self.version = version
 
@@ -999,7 +1038,9 @@ class DemoError(ClearhouseError):
 
 # --- rebuilding a peer's error ----------------------------------------------------------------------------------
 def error_classes() -> dict[str, type[ClearhouseError]]:
-    """Every error class by its code: the allow-list `from_payload` accepts (codes are unique, a test checks)."""
+    """Every error class by its code: the allow-list `from_payload` accepts (codes are unique, a test checks,
+    except that a subclass which does not set its own `code`, like `SettingError`, shares its parent's: the
+    code then gives the parent, here `ConfigError`)."""
     found: dict[str, type[ClearhouseError]] = {}
     pending: list[type[ClearhouseError]] = [ClearhouseError]
     while pending:

@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from offchain.core.errors import ConfigError
+from offchain.core.errors import PathError, SettingError
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 S = TypeVar("S", bound="BaseServiceSettings")
@@ -115,8 +115,8 @@ class BaseServiceSettings(BaseSettings):
         from offchain.trust.keys import Pkcs11Config, open_secp256k1
 
         if self.pkcs11_module is None or not self.pkcs11_token_label or self.pkcs11_pin is None:
-            raise ConfigError("key_backend pkcs11 needs pkcs11_module, pkcs11_token_label and pkcs11_pin",
-                              field="key_backend")
+            raise SettingError("key_backend pkcs11 needs pkcs11_module, pkcs11_token_label and pkcs11_pin",
+                               field="key_backend")
         config = Pkcs11Config(self.pkcs11_module, self.pkcs11_token_label, self.pkcs11_pin.get_secret_value())
         return open_secp256k1(config, self.pkcs11_key_label or self.member_id)
 
@@ -128,15 +128,15 @@ class BaseServiceSettings(BaseSettings):
             try:
                 text, source = self.eth_key_path.read_text().strip(), str(self.eth_key_path)
             except OSError as exc:
-                raise ConfigError(f"cannot read signing key: {exc}", path=str(self.eth_key_path)) from exc
+                raise PathError(f"cannot read signing key: {exc}", path=str(self.eth_key_path)) from exc
         else:
-            raise ConfigError("no signing key configured: set eth_key_path or eth_private_key", field="eth_key_path")
+            raise SettingError("no signing key configured: set eth_key_path or eth_private_key", field="eth_key_path")
         try:
             key = bytes.fromhex(text.removeprefix("0x"))
         except ValueError as exc:
-            raise ConfigError("signing key is not hex", source=source) from exc
+            raise SettingError("signing key is not hex", source=source) from exc
         if len(key) != 32:
-            raise ConfigError("signing key must be 32 bytes", source=source, length=len(key))
+            raise SettingError("signing key must be 32 bytes", source=source, length=len(key))
         return key
 
     @classmethod
@@ -213,13 +213,13 @@ class ServiceProviderSettings(BaseServiceSettings):
     def catalog_key_bytes(self) -> bytes:
         """The at-rest key of the catalog; ConfigError when it is missing or not 32 hex bytes."""
         if self.catalog_key is None:
-            raise ConfigError("no catalog_key configured: content keys cannot be stored", field="catalog_key")
+            raise SettingError("no catalog_key configured: content keys cannot be stored", field="catalog_key")
         try:
             key = bytes.fromhex(self.catalog_key.get_secret_value().removeprefix("0x"))
         except ValueError as exc:
-            raise ConfigError("catalog_key is not hex", field="catalog_key") from exc
+            raise SettingError("catalog_key is not hex", field="catalog_key") from exc
         if len(key) != 32:
-            raise ConfigError("catalog_key must be 32 bytes", field="catalog_key", length=len(key))
+            raise SettingError("catalog_key must be 32 bytes", field="catalog_key", length=len(key))
         return key
 
 
@@ -254,10 +254,10 @@ def load_settings(cls: type[S], config_path: Path | None = None, **overrides: An
     target: type[S] = cls
     if config_path is not None:
         if not config_path.is_file():
-            raise ConfigError(f"settings file not found: {config_path}", path=str(config_path))
+            raise PathError(f"settings file not found: {config_path}", path=str(config_path))
         suffix = config_path.suffix.lower()
         if suffix not in (".toml", ".json"):
-            raise ConfigError("settings file must be .toml or .json", path=str(config_path), suffix=suffix)
+            raise PathError("settings file must be .toml or .json", path=str(config_path), suffix=suffix)
         key = "toml_file" if suffix == ".toml" else "json_file"
         config = SettingsConfigDict(**{**cls.model_config, key: config_path})  # type: ignore[typeddict-item]
         target = type(cls.__name__, (cls,), {"model_config": config, "__module__": cls.__module__})
@@ -265,11 +265,11 @@ def load_settings(cls: type[S], config_path: Path | None = None, **overrides: An
         return target(**overrides)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(
+        raise PathError(
             f"invalid {cls.__name__}: {problems}", settings=cls.__name__, path=str(config_path or "")
         ) from exc
     except ValueError as exc:  # malformed TOML/JSON raised by the file sources
-        raise ConfigError(f"cannot parse settings file: {exc}", path=str(config_path or "")) from exc
+        raise PathError(f"cannot parse settings file: {exc}", path=str(config_path or "")) from exc
 
 
 def configure_logging(settings: BaseServiceSettings) -> Any:

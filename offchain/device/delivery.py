@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from offchain.core.errors import ConfigError
+from offchain.core.errors import PathError, SettingError
 
 STDOUT = "-"
 
@@ -35,23 +35,23 @@ class Destination:
 
     @classmethod
     def open(cls, out: str | None) -> Destination:
-        """Check and open `out` before the fee is charged: ConfigError(field="out") when it cannot be written."""
+        """Check and open `out` before the fee is charged: PathError(field="out") when it cannot be written."""
         if out is None:
-            raise ConfigError("`device use` needs --out PATH (or --out - for stdout): without it the content would "
-                              "be charged and thrown away", field="out")
+            raise SettingError("`device use` needs --out PATH (or --out - for stdout): without it the content would "
+                               "be charged and thrown away", field="out")
         if out == STDOUT:
             return cls(None, None, sys.stdout.buffer)
         final = Path(out).expanduser().absolute()
         folder = final.parent
         if final.is_dir():
-            raise ConfigError(f"--out {final} is a directory; name a file", field="out", directory=str(final))
+            raise PathError(f"--out {final} is a directory; name a file", field="out", directory=str(final))
         if not folder.is_dir():
-            raise ConfigError(f"--out folder {folder} does not exist", field="out", directory=str(folder))
+            raise PathError(f"--out folder {folder} does not exist", field="out", directory=str(folder))
         try:
             fd, temp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".partial", dir=folder)
         except OSError as exc:
-            raise ConfigError(f"cannot write in {folder}: {exc.strerror}", field="out",
-                              directory=str(folder)) from None
+            raise PathError(f"cannot write in {folder}: {exc.strerror}", field="out",
+                            directory=str(folder)) from None
         return cls(final, Path(temp), os.fdopen(fd, "wb"))
 
     def deliver(self, plaintext: bytes) -> None:

@@ -141,14 +141,14 @@ def parse_payees(payees: tuple[str, ...] | list[str]) -> list[tuple[str, int]]:
     """`ADDRESS:BPS` options as (address, basis points); ConfigError naming the bad one and the expected form."""
     from eth_utils import is_address
 
-    from offchain.core.errors import ConfigError
+    from offchain.core.errors import SettingError
 
     split = []
     for text in payees:
         address, sep, bps = text.partition(":")
         if not sep or not bps.strip().isdigit() or not is_address(address.strip()):
-            raise ConfigError(f"--payee {text!r} is not ADDRESS:BPS (e.g. 0xAbC...:7000; the basis points of all "
-                              "payees add up to 10000)", field="payee", got=text)
+            raise SettingError(f"--payee {text!r} is not ADDRESS:BPS (e.g. 0xAbC...:7000; the basis points of all "
+                               "payees add up to 10000)", field="payee", got=text)
         split.append((address.strip(), int(bps)))
     return split
 
@@ -158,14 +158,14 @@ def passphrase_from_env(variable: str = "CLEARHOUSE_PASSPHRASE", *, confirm: boo
     import os
     import sys
 
-    from offchain.core.errors import ConfigError
+    from offchain.core.errors import SettingError
 
     value = os.environ.get(variable)
     if value:
         return value
     if sys.stdin.isatty():
         return str(click.prompt("keystore passphrase", hide_input=True, confirmation_prompt=confirm))
-    raise ConfigError(f"no passphrase: set {variable} (there is no terminal to ask on)", env=variable)
+    raise SettingError(f"no passphrase: set {variable} (there is no terminal to ask on)", env=variable)
 
 
 # --- ca init -----------------------------------------------------------------------------------------------------
@@ -244,10 +244,10 @@ def member_list(ca_dir: Path, no_chain: bool, as_json: bool, rpc_url: str, deplo
     from offchain.trust import keys
 
     if not (ca_dir / "index.json").is_file():
-        from offchain.core.errors import ConfigError
+        from offchain.core.errors import PathError
 
-        raise ConfigError(f"no CA in {ca_dir}: give the directory `clearhouse ca init --dir` created",
-                          directory=str(ca_dir))
+        raise PathError(f"no CA in {ca_dir}: give the directory `clearhouse ca init --dir` created",
+                        directory=str(ca_dir))
     chain = None if no_chain else _chain(rpc_url, deployment_path, os.urandom(32))  # eth_call only
     rows = member_rows(keys.load_ca(ca_dir), chain)
     if as_json:
@@ -281,7 +281,7 @@ def config_init(role: str, out: Path | None, member_dir: Path | None, ca_dir: Pa
                 deployment_path: str | None) -> None:
     """A commented TOML settings template for ROLE: every setting, its meaning and its default; with
     --member-dir/--ca-dir (and CLEARHOUSE_RPC_URL/CLEARHOUSE_DEPLOYMENT) the member's own values filled in."""
-    from offchain.core.errors import ConfigError
+    from offchain.core.errors import PathError
     from offchain.operator.lifecycle import member_values, settings_template
 
     deployment = str(Path(deployment_path).resolve()) if deployment_path else None
@@ -291,7 +291,7 @@ def config_init(role: str, out: Path | None, member_dir: Path | None, ca_dir: Pa
         click.echo(text)
         return
     if out.exists():
-        raise ConfigError(f"{out} exists; remove it or choose another --out", path=str(out))
+        raise PathError(f"{out} exists; remove it or choose another --out", path=str(out))
     out.write_text(text)
     click.echo(f"wrote {out}", err=True)
 
@@ -394,12 +394,12 @@ def demo_status(workdir: Path | None, as_json: bool) -> None:
 @_edge
 def demo_stop(workdir: Path | None) -> None:
     """Stop the kept demo (SIGTERM to the demo process; it stops its services and chain)."""
-    from offchain.core.errors import ConfigError
+    from offchain.core.errors import SettingError
     from offchain.operator import demo_state
 
     data = demo_state.read_state(workdir)
     if not demo_state.stop(data):
-        raise ConfigError(f"the demo (pid {data['demo_pid']}) did not stop within 30 s", field="demo")
+        raise SettingError(f"the demo (pid {data['demo_pid']}) did not stop within 30 s", field="demo")
     click.echo(f"stopped the demo in {data['workdir']}")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from offchain.core.errors import ConfigError, NotFound
+from offchain.core.errors import NotFound, SettingError
 from offchain.core.files import write_atomically
 from offchain.core.types import project_root
 
@@ -194,7 +194,7 @@ def stop(data: dict[str, Any], *, timeout_s: float = 30.0) -> bool:
 
 def log_tail(data: dict[str, Any], service: str, lines: int) -> Iterable[str]:
     if service not in data["services"]:
-        raise ConfigError(f"no service {service!r} in this demo; one of {sorted(data['services'])}", field="service")
+        raise SettingError(f"no service {service!r} in this demo; one of {sorted(data['services'])}", field="service")
     path = Path(data["services"][service]["log"])
     try:
         return path.read_text(errors="replace").splitlines()[-lines:]

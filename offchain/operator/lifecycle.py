@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offchain.core.errors import ConfigError
+from offchain.core.errors import MemberSetupError, PathError, SettingError
 from offchain.core.messages import Role, keccak
 from offchain.operator.provision import DEV_BALANCE_WEI, _new_eth_key, _write_private
 
@@ -29,7 +29,7 @@ def _role(name: str) -> Role:
         return Role[name.upper().replace("-", "_")]
     except KeyError:
         choices = ", ".join(r.name.lower() for r in Role if r != Role.NONE)
-        raise ConfigError(f"unknown role {name!r}; use one of {choices}", role=name) from None
+        raise MemberSetupError(f"unknown role {name!r}; use one of {choices}", role=name) from None
 
 
 # --- ca init -----------------------------------------------------------------------------------------------------
@@ -42,7 +42,7 @@ def init_ca(directory: Path) -> dict[str, str]:
 
     directory = Path(directory)
     if (directory / "index.json").exists() or (directory / "root.key.pem").exists():
-        raise ConfigError(f"{directory} already holds a CA; choose another directory", directory=str(directory))
+        raise PathError(f"{directory} already holds a CA; choose another directory", directory=str(directory))
     _make_dir(directory)
     ca = keys.create_ca(directory)
     key, address = _new_eth_key()
@@ -56,8 +56,8 @@ def _make_dir(directory: Path) -> None:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the directory {directory}: {exc.strerror}; choose a writable path",
-                          directory=str(directory)) from None
+        raise PathError(f"cannot create the directory {directory}: {exc.strerror}; choose a writable path",
+                        directory=str(directory)) from None
 
 
 # --- member add --------------------------------------------------------------------------------------------------
@@ -96,15 +96,15 @@ def add_member(ca_dir: Path, workdir: Path, member_id: str, role_name: str, auth
 
     role = _role(role_name)
     if role == Role.DEVICE and not user_id:
-        raise ConfigError("a device belongs to a user: pass --user", member_id=member_id, field="user")
+        raise MemberSetupError("a device belongs to a user: pass --user", member_id=member_id, field="user")
     if role == Role.DEVICE and passphrase is None:
-        raise ConfigError("a device keystore needs a passphrase: set CLEARHOUSE_PASSPHRASE (or run in a terminal)",
-                          member_id=member_id, env="CLEARHOUSE_PASSPHRASE")
+        raise MemberSetupError("a device keystore needs a passphrase: set CLEARHOUSE_PASSPHRASE (or run in a terminal)",
+                               member_id=member_id, env="CLEARHOUSE_PASSPHRASE")
     ca = keys.load_ca(ca_dir)
     _fund_dev_authority(authority, echo)
     if any(entry["member_id"] == member_id for entry in ca.issued):
-        raise ConfigError(f"the CA already issued a certificate to {member_id!r}; pick another id (or revoke it "
-                          "and use a new one)", member_id=member_id)
+        raise MemberSetupError(f"the CA already issued a certificate to {member_id!r}; pick another id (or revoke it "
+                               "and use a new one)", member_id=member_id)
     directory = Path(workdir) / "members" / member_id
     _make_dir(directory)
     eth_key, address = _new_eth_key()
@@ -144,8 +144,8 @@ def _fund_dev_authority(authority: Any, echo: Callable[[str], None]) -> None:
     w3 = authority.w3
     if int(w3.eth.get_balance(authority.sender)) == 0:
         if not is_dev_chain(w3):
-            raise ConfigError(f"the authority {authority.sender} has no gas to register members: fund it first",
-                              field="authority")
+            raise SettingError(f"the authority {authority.sender} has no gas to register members: fund it first",
+                               field="authority")
         w3.provider.make_request("anvil_setBalance", [authority.sender, hex(DEV_BALANCE_WEI)])
         echo(f"authority {authority.sender} had no gas: dev chain grant")
 
@@ -248,7 +248,7 @@ def bank_deposit(settings: Any, user_id: str, amount: int, deposit_id: str | Non
     from offchain.transport.wiring import require_path
 
     if amount <= 0:
-        raise ConfigError("the amount is in minor units and must be positive", field="amount", got=amount)
+        raise SettingError("the amount is in minor units and must be positive", field="amount", got=amount)
     tls = [str(require_path(getattr(settings, name), name)) for name in ("cert_path", "key_path", "ca_path")]
     deposit_id = deposit_id or f"dep-{user_id}-{os.urandom(4).hex()}"
     url = f"https://{settings.host}:{settings.port}"

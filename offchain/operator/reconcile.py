@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from offchain.core.split import accrual_shares
 from offchain.operator.audit import AuditIndex, open_index, payee_pairs
-from offchain.core.errors import ConfigError, ReconciliationFailed
+from offchain.core.errors import ReconciliationFailed, SettingError
 from offchain.core.messages import keccak
 
 DEFAULT_GRACE_S = 600
@@ -559,7 +559,7 @@ def render_csv(report: Report, stream: Any, section: str = "differences") -> Non
         writer.writerow(list(report.totals.values()))
         return
     if section != "differences":
-        raise ConfigError(f"unknown section {section!r}; use one of {CSV_SECTIONS}", field="section", got=section)
+        raise SettingError(f"unknown section {section!r}; use one of {CSV_SECTIONS}", field="section", got=section)
     writer.writerow(DIFFERENCE_COLUMNS)
     for d in report.differences:
         writer.writerow(["in_flight" if d.in_flight else "unexplained", d.area, d.key, d.cause,
@@ -580,7 +580,7 @@ def render(report: Report, output: str = "table", stream: Any = None, *, section
         render_csv(report, stream, section)
         return
     if output != "table":
-        raise ConfigError(f"unknown output format {output!r}; use table, json or csv", output=output)
+        raise SettingError(f"unknown output format {output!r}; use table, json or csv", output=output)
     console = Console(file=stream)  # the terminal's width (COLUMNS or the tty; 80 when piped)
     totals = Table(title="Totals (minor units)", title_justify="left")
     for name in report.totals:

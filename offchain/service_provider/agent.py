@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session
 
 from offchain import storage
 from offchain.core import messages
-from offchain.core.errors import (ConfigError, ContentOwnerMismatch, DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, MalformedMessage,
-                                    NotFound, PolicyMismatch, SequenceError)
+from offchain.core.errors import (ContentOwnerMismatch, DuplicateMessage, FeeMismatch, IdentityMismatch, InvalidRequest, MalformedMessage,
+                                    NotFound, PolicyMismatch, SequenceError, SettingError)
 from offchain.core.gas import DEFAULT_GAS_BUDGET, check_batch_fits
 from offchain.core.messages import Domain, ReceiveLog, UsageBatch, UsageLog
 from offchain.core.types import Clock, Role, to_hex
@@ -130,7 +130,7 @@ class ServiceProvider:
     # --- catalog ------------------------------------------------------------------------------------------------
     def _files(self) -> ContainerFiles:
         if self.container_files is None:
-            raise ConfigError("no container_dir configured: containers cannot be stored", field="container_dir")
+            raise SettingError("no container_dir configured: containers cannot be stored", field="container_dir")
         return self.container_files
 
     def publish(self, blob: bytes, content_key: bytes, provider: MemberIdentity) -> tuple[bytes, int]:

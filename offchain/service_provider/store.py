@@ -20,7 +20,7 @@ from sqlalchemy.orm import Mapped, Session, defer, mapped_column
 from sqlalchemy.types import JSON
 
 from offchain.core import messages
-from offchain.core.errors import ConfigError, DuplicateMessage, NotFound
+from offchain.core.errors import DuplicateMessage, MemberSetupError, NotFound
 from offchain.storage import engine as storage
 from offchain.storage.columns import Address, Base, Bytes32, new_metadata, status_check
 from offchain.storage.session import get_row, transition
@@ -126,8 +126,8 @@ def open_content_key(aead: AESGCM, content_id: bytes, version: int, sealed: byte
     try:
         return aead.decrypt(sealed[:12], sealed[12:], catalog_aad(content_id, version))
     except InvalidTag:
-        raise ConfigError("catalog key cannot open a stored content key (catalog_key changed?)",
-                          content_id=content_id, version=version) from None
+        raise MemberSetupError("catalog key cannot open a stored content key (catalog_key changed?)",
+                               content_id=content_id, version=version) from None
 
 
 def add_catalog_item(session: Session, *, content_id: bytes, version: int, sealed_key: bytes,

@@ -236,13 +236,13 @@ async def _start_site(site: web.BaseSite, host: str, port: int, setting: str) ->
     """Start `site`; a port another process holds is a ConfigError naming the setting, not an OSError traceback."""
     import errno
 
-    from offchain.core.errors import ConfigError
+    from offchain.core.errors import SettingError
     try:
         await site.start()
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}; stop the process using it or change "
-                              f"`{setting}` (CLEARHOUSE_{setting.upper()})", field=setting, got=port) from None
+            raise SettingError(f"cannot listen on {host}:{port}: {exc.strerror}; stop the process using it or change "
+                               f"`{setting}` (CLEARHOUSE_{setting.upper()})", field=setting, got=port) from None
         raise
 
 

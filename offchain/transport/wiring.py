@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from offchain.core.errors import ConfigError
+from offchain.core.errors import PathError, SettingError
 from offchain.core.messages import Domain
 from offchain.core.types import Clock
 
@@ -30,8 +30,8 @@ def deployment_domain(deployment_path: Path) -> Domain:
         return Domain(chain_id=int(data["chain_id"]),
                       verifying_contract=data["contracts"]["Clearhouse"]["address"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot read the deployment file {deployment_path}: {exc!r}",
-                          path=str(deployment_path)) from None
+        raise PathError(f"cannot read the deployment file {deployment_path}: {exc!r}",
+                        path=str(deployment_path)) from None
 
 
 def file_reader(path: Path | None) -> Callable[[], bytes] | None:
@@ -43,7 +43,7 @@ def file_reader(path: Path | None) -> Callable[[], bytes] | None:
 
 def require_path(value: Path | None, name: str) -> Path:
     if value is None:
-        raise ConfigError(f"setting {name} is required for this service", field=name)
+        raise SettingError(f"setting {name} is required for this service", field=name)
     return Path(value)
 
 
@@ -95,7 +95,7 @@ def finality_tracker_for(w3: Any, confirmations: int | None) -> Any:
     def request(method: str, params: list[Any]) -> Any:
         reply = w3.provider.make_request(method, params)
         if "error" in reply:
-            raise ConfigError(f"{method}: {reply['error']}", source=method)
+            raise SettingError(f"{method}: {reply['error']}", source=method)
         return reply.get("result")
 
     policy = FinalityPolicy.detect(request, confirmations)

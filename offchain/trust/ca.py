@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from offchain.trust.certs import ETH_URN, MEMBER_URN, ROLE_URN, USER_URN, MemberIdentity, role_urn_name
-from offchain.core.errors import ConfigError, NotFound
+from offchain.core.errors import MemberSetupError, NotFound, PathError
 from offchain.core.files import write_atomically
 from offchain.core.messages import to_checksum_address
 from offchain.core.types import Clock, Role
@@ -118,7 +118,7 @@ class CertificateAuthority:
         offchain.trust.keys) the root key is not written: the caller records where it lives."""
         directory = Path(directory)
         if (directory / ROOT_KEY_FILE).exists() or (directory / ROOT_CERT_FILE).exists():
-            raise ConfigError(f"a CA already exists in {directory}; load it instead", directory=str(directory))
+            raise PathError(f"a CA already exists in {directory}; load it instead", directory=str(directory))
         directory.mkdir(parents=True, exist_ok=True)
         if key is None:
             key = ec.generate_private_key(ec.SECP384R1())
@@ -141,9 +141,9 @@ class CertificateAuthority:
             root = x509.load_pem_x509_certificate((directory / ROOT_CERT_FILE).read_bytes())
             index = json.loads((directory / INDEX_FILE).read_text())
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load the CA from {directory}: {exc}", directory=str(directory)) from exc
+            raise PathError(f"cannot load the CA from {directory}: {exc}", directory=str(directory)) from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError("the CA root key is not an EC key", directory=str(directory))
+            raise PathError("the CA root key is not an EC key", directory=str(directory))
         return cls(directory, key, root, index, clock)
 
     @property
@@ -168,8 +168,8 @@ class CertificateAuthority:
         spends only that user's deposits for the device."""
         role = Role(role)
         if role == Role.NONE or not member_id or ":" in member_id:
-            raise ConfigError(f"cannot issue a certificate for member {member_id!r} with role {role.name}",
-                              member_id=member_id, role=int(role))
+            raise MemberSetupError(f"cannot issue a certificate for member {member_id!r} with role {role.name}",
+                                   member_id=member_id, role=int(role))
         _check_user_id(member_id, role, user_id)
         eth_address = to_checksum_address(eth_address)
         start = int(self._clock()) - BACKDATE_S if not_before is None else int(not_before)
@@ -282,16 +282,17 @@ def _check_user_id(member_id: str, role: Role, user_id: str | None) -> None:
     """A device names exactly one user (1..128 printable ASCII characters, no ':' or space); no other role does."""
     if role != Role.DEVICE:
         if user_id is not None:
-            raise ConfigError(f"only a device certificate names a user; {member_id!r} is a {role.name}",
-                              member_id=member_id, role=int(role), user_id=user_id)
+            raise MemberSetupError(f"only a device certificate names a user; {member_id!r} is a {role.name}",
+                                   member_id=member_id, role=int(role), user_id=user_id)
         return
     if user_id is None:
-        raise ConfigError(f"device {member_id!r} needs the user it belongs to (user_id)", member_id=member_id,
-                          role=int(role), user_id=None)
+        raise MemberSetupError(f"device {member_id!r} needs the user it belongs to (user_id)", member_id=member_id,
+                               role=int(role), user_id=None)
     if not 1 <= len(user_id) <= MAX_USER_ID_LEN or not user_id.isascii() or not user_id.isprintable() \
             or ":" in user_id or " " in user_id:
-        raise ConfigError(f"device {member_id!r}: user id {user_id!r} must be 1..{MAX_USER_ID_LEN} printable ASCII "
-                          "characters without ':' or spaces", member_id=member_id, role=int(role), user_id=user_id)
+        raise MemberSetupError(f"device {member_id!r}: user id {user_id!r} must be 1..{MAX_USER_ID_LEN} printable "
+                               "ASCII characters without ':' or spaces", member_id=member_id, role=int(role),
+                               user_id=user_id)
 
 
 def _member_san(member_id: str, role: Role, eth_address: str, hostnames: Sequence[str],

@@ -31,7 +31,7 @@ from eth_account.datastructures import SignedTransaction
 from eth_utils import keccak
 from hexbytes import HexBytes
 
-from offchain.core.errors import ConfigError, HsmError
+from offchain.core.errors import HsmError, PathError, ToolMissing
 from offchain.core.messages import SECP256K1_HALF_N, SECP256K1_N, address_from_public_key
 
 __all__ = ["Signer", "FileSigner", "Pkcs11Config", "Pkcs11Signer", "Pkcs11EcPrivateKey", "open_token",
@@ -366,7 +366,7 @@ def softhsm_module() -> Path:
     for candidate in SOFTHSM_MODULES:
         if Path(candidate).is_file():
             return Path(candidate)
-    raise ConfigError("SoftHSM2 is not installed: `apt-get install softhsm2`", candidates=list(SOFTHSM_MODULES))
+    raise ToolMissing("SoftHSM2 is not installed: `apt-get install softhsm2`", candidates=list(SOFTHSM_MODULES))
 
 
 def init_softhsm(directory: Path, labels: list[str], pin: str, so_pin: str = "0000") -> Path:
@@ -374,7 +374,7 @@ def init_softhsm(directory: Path, labels: list[str], pin: str, so_pin: str = "00
     which the process (and its children) must name in SOFTHSM2_CONF before the module is first loaded."""
     util = shutil.which("softhsm2-util")
     if util is None:
-        raise ConfigError("softhsm2-util not found: `apt-get install softhsm2`", tool="softhsm2-util")
+        raise ToolMissing("softhsm2-util not found: `apt-get install softhsm2`", tool="softhsm2-util")
     directory = Path(directory)
     (directory / "tokens").mkdir(parents=True, exist_ok=True)
     conf = directory / "softhsm2.conf"
@@ -397,8 +397,8 @@ def read_pkcs11_marker(path: Path, pin: str | None = None) -> tuple[Pkcs11Config
     data = json.loads(Path(path).read_text())
     pin = pin if pin is not None else os.environ.get(PIN_ENV)
     if not pin:
-        raise ConfigError(f"{path} names a key in PKCS#11 token {data['token_label']!r}: set {PIN_ENV}",
-                          path=str(path), env=PIN_ENV)
+        raise PathError(f"{path} names a key in PKCS#11 token {data['token_label']!r}: set {PIN_ENV}",
+                        path=str(path), env=PIN_ENV)
     return Pkcs11Config(Path(data["module"]), data["token_label"], pin), data["key_label"]
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import io
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,15 @@ from aiohttp import web
 from offchain.core import errors
 from offchain.core.errors import (
     ClearhouseError,
+    ConfigError,
     ContractReverted,
     InsufficientFunds,
+    MemberSetupError,
+    PathError,
     RemoteError,
     SecureModuleError,
+    SettingError,
+    ToolMissing,
     TransportError,
     from_payload,
 )
@@ -97,14 +103,26 @@ def test_payload_round_trip_every_class() -> None:
         assert {k: v for k, v in rebuilt.fields.items() if k != "remote_status"} == values
 
 
-def test_error_codes_are_unique() -> None:
-    seen: dict[str, str] = {}
+def _every_class() -> list[type[ClearhouseError]]:
+    """ClearhouseError and all its subclasses, including those that share their parent's code."""
+    found: list[type[ClearhouseError]] = []
     pending = [ClearhouseError]
     while pending:
         cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found
+
+
+def test_error_codes_are_unique() -> None:
+    """Every class that sets its own `code` has a code of its own; one that does not (SettingError) shares its
+    parent's, so the CLI and HTTP edges answer the same `config_error` as before the split."""
+    seen: dict[str, str] = {}
+    for cls in _every_class():
+        if cls is not ClearhouseError and "code" not in vars(cls):
+            continue  # inherits its parent's code on purpose
         assert cls.code not in seen or seen[cls.code] == cls.__name__, (cls.code, seen.get(cls.code), cls.__name__)
         seen[cls.code] = cls.__name__
-        pending.extend(cls.__subclasses__())
 
 
 def test_error_rejects_undeclared_field() -> None:
@@ -140,7 +158,7 @@ def test_operator_errors_live_in_the_hierarchy() -> None:
 
 def test_every_raise_site_uses_declared_fields() -> None:
     """Every `SomeError(message, name=...)` call in the package passes only names the class declares."""
-    classes = {cls.__name__: cls for cls in errors.error_classes().values()}
+    classes = {cls.__name__: cls for cls in _every_class()}  # not error_classes(): SettingError shares a code
     wrong = []
     for path in sorted((ROOT / "offchain").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
@@ -155,6 +173,61 @@ def test_every_raise_site_uses_declared_fields() -> None:
                 if keyword.arg is not None and keyword.arg not in accepted:
                     wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} {name}({keyword.arg}=...)")
     assert not wrong, wrong
+
+
+# --- ConfigError's subclasses -----------------------------------------------------------------------------------
+CONFIG_ERROR_FIELDS: dict[type[ConfigError], set[str]] = {
+    SettingError: {"candidates", "confirmations", "env", "expected", "field", "got", "group_by", "length", "missing",
+                   "mtls", "output", "source"},
+    PathError: {"directory", "env", "field", "path", "settings", "suffix"},
+    ToolMissing: {"binary", "candidates", "stage", "tool"},
+    MemberSetupError: {"cert_path", "content_id", "env", "field", "member_id", "role", "user_id", "version"},
+}
+
+
+@pytest.mark.parametrize("cls", list(CONFIG_ERROR_FIELDS), ids=lambda cls: cls.__name__)
+def test_config_error_subclass_is_a_config_error_with_its_own_fields(cls: type[ConfigError]) -> None:
+    assert issubclass(cls, ConfigError) and "code" not in vars(cls) and "http_status" not in vars(cls)
+    assert (cls.code, cls.http_status) == ("config_error", 500)
+    assert set(cls.field_names()) == CONFIG_ERROR_FIELDS[cls]
+    assert ConfigError.field_names() == ()  # the common base carries the message only
+
+
+def _raised(call: Any, *args: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        call(*args)
+    return info.value
+
+
+def test_config_error_raise_sites_put_their_fields_in_the_payload(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """One real raise site per subclass: the error has that class, answers config_error and carries its fields."""
+    from offchain.core.messages import Role
+    from offchain.core.settings import DeviceSettings, load_settings
+    from offchain.operator import reconcile
+    from offchain.trust import ca, keys
+
+    yaml = tmp_path / "device.yaml"
+    yaml.write_text("member_id: d")
+    monkeypatch.setattr(keys, "SOFTHSM_MODULES", ("/nonexistent/libsofthsm2.so",))
+    cases = [
+        (_raised(reconcile.render_csv, None, io.StringIO(), "everything"), SettingError,
+         {"field": "section", "got": "everything"}),
+        (_raised(load_settings, DeviceSettings, yaml), PathError, {"path": str(yaml), "suffix": ".yaml"}),
+        (_raised(keys.softhsm_module), ToolMissing, {"candidates": ["/nonexistent/libsofthsm2.so"]}),
+        (_raised(ca._check_user_id, "sp-1", Role.SERVICE_PROVIDER, "alice"), MemberSetupError,
+         {"member_id": "sp-1", "role": int(Role.SERVICE_PROVIDER), "user_id": "alice"}),
+    ]
+    for error, cls, fields in cases:
+        assert type(error) is cls, (error, cls)
+        assert error.to_payload() == {"error": "config_error", "message": error.message, "fields": fields}
+
+
+def test_peer_config_error_comes_back_as_config_error() -> None:
+    """The subclasses share the code, so a peer's body names only `config_error`: the client rebuilds the base."""
+    body = SettingError("bad option", field="payee", got="x").to_payload()
+    rebuilt = from_payload(500, body, URL)
+    assert type(rebuilt) is ConfigError and (rebuilt.code, rebuilt.message) == ("config_error", "bad option")
 
 
 # --- through a real server and the real client -------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 
 from offchain.chain import devnode
 from offchain.cli import main
+from offchain.core.errors import ToolMissing
 from offchain.operator import demo_state
 from offchain.operator.network_cli import DEPLOYMENT_FILE, explorer_command
 from offchain.operator.provision import free_ports
@@ -52,7 +53,7 @@ def test_a_port_the_os_picks_again_is_not_handed_out_twice(monkeypatch: pytest.M
     monkeypatch.setattr(devnode.socket, "socket", _ScriptedSocket)
     assert [devnode.free_port(), devnode.free_port(), devnode.free_port()] == [41001, 41002, 41003]
     monkeypatch.setattr(_ScriptedSocket, "picks", [41001] * devnode.FREE_PORT_TRIES)
-    with pytest.raises(devnode.ConfigError, match="no free TCP port") as err:
+    with pytest.raises(ToolMissing, match="no free TCP port") as err:
         devnode.free_port()
     assert err.value.tool == "free_port"
 

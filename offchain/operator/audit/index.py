@@ -17,7 +17,7 @@ from typing import Any
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
-from offchain.core.errors import AuditError, ChainUnreachable, ConfigError, NotFound
+from offchain.core.errors import AuditError, ChainUnreachable, NotFound, PathError, SettingError
 from offchain.core.types import from_hex
 from offchain.core.messages import BalanceStatement, Domain, UsageBatch, to_checksum_address
 
@@ -46,8 +46,8 @@ class ContractRef:
             return cls(chain_id=int(data["chain_id"]), address=to_checksum_address(contract["address"]),
                        abi=tuple(contract["abi"]), deploy_block=int(data.get("deploy_block", 0)))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(f"cannot read deployment file {path}: {exc}; run the deploy step first",
-                              path=str(path)) from exc
+            raise PathError(f"cannot read deployment file {path}: {exc}; run the deploy step first",
+                            path=str(path)) from exc
 
     @property
     def domain(self) -> Domain:
@@ -494,9 +494,9 @@ def open_index(*, rpc_url: str, deployment_path: Path, cache_dir: Path | None = 
         raise ChainUnreachable(f"no chain answers at {rpc_url}: start the node or pass --rpc", url=rpc_url,
                                reason=str(exc)) from exc
     if chain_id != ref.chain_id:
-        raise ConfigError(f"the node at {rpc_url} is chain {chain_id} but {deployment_path} was deployed on chain "
-                          f"{ref.chain_id}: point --rpc and --deployment at the same network",
-                          expected=ref.chain_id, got=chain_id)
+        raise SettingError(f"the node at {rpc_url} is chain {chain_id} but {deployment_path} was deployed on chain "
+                           f"{ref.chain_id}: point --rpc and --deployment at the same network",
+                           expected=ref.chain_id, got=chain_id)
     index = AuditIndex(w3, ref, default_cache_path(ref, cache_dir), chunk_blocks=chunk_blocks)
     index.sync()
     return index

@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from offchain.core.errors import ConfigError
+from offchain.core.errors import PathError, SettingError
 from offchain.operator.audit.index import Trail
 
 
@@ -86,8 +86,8 @@ def render_csv(trail: Trail, stream: io.TextIOBase | Any, section: str | None = 
     if section not in tables:
         choose = ", ".join(tables)
         what = "name one table" if section is None else f"no section {section!r} in this trail"
-        raise ConfigError(f"--csv writes one table: {what}; --section one of {choose}, or --csv-dir DIR for all",
-                          field="section", got=section, candidates=list(tables))
+        raise SettingError(f"--csv writes one table: {what}; --section one of {choose}, or --csv-dir DIR for all",
+                           field="section", got=section, candidates=list(tables))
     header, rows = tables[section]
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(header)
@@ -100,8 +100,8 @@ def write_csv_dir(trail: Trail, directory: Path) -> list[Path]:
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create the directory {directory}: {exc.strerror}; choose a writable path",
-                          field="csv_dir", directory=str(directory)) from None
+        raise PathError(f"cannot create the directory {directory}: {exc.strerror}; choose a writable path",
+                        field="csv_dir", directory=str(directory)) from None
     written = []
     for key in csv_tables(trail):
         path = directory / f"{key}.csv"
@@ -118,7 +118,7 @@ def render(trail: Trail, output: str = "table", stream: Any = None, *, section: 
     from rich.console import Console
 
     if output not in OUTPUT_FORMATS:
-        raise ConfigError(f"unknown output format {output!r}; use one of {OUTPUT_FORMATS}", output=output)
+        raise SettingError(f"unknown output format {output!r}; use one of {OUTPUT_FORMATS}", output=output)
     stream = stream if stream is not None else sys.stdout
     if csv_dir is not None:
         for path in write_csv_dir(trail, csv_dir):

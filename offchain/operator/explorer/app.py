@@ -254,18 +254,18 @@ def main_explorer(*, rpc_url: str, deployment_path: Path, cache_dir: Path | None
                   ca_path: Path | None = None, cert_path: Path | None = None, key_path: Path | None = None,
                   crl_path: Path | None = None) -> None:
     """The `clearhouse explorer` command: check the options, then serve until Ctrl-C."""
-    from offchain.core.errors import ConfigError
+    from offchain.core.errors import SettingError
 
     tls = None
     if mtls:
         missing = [name for name, value in (("--ca", ca_path), ("--cert", cert_path), ("--key", key_path))
                    if value is None]
         if missing:
-            raise ConfigError(f"--mtls needs {', '.join(missing)}: the explorer's certificate and key from the "
-                              "consortium CA, and the CA that signs its clients", missing=",".join(missing))
+            raise SettingError(f"--mtls needs {', '.join(missing)}: the explorer's certificate and key from the "
+                               "consortium CA, and the CA that signs its clients", missing=",".join(missing))
         tls = (Path(cert_path), Path(key_path), Path(ca_path))  # type: ignore[arg-type]
     elif any(v is not None for v in (ca_path, cert_path, key_path, crl_path)):
-        raise ConfigError("--ca/--cert/--key/--crl only apply with --mtls", mtls=False)
+        raise SettingError("--ca/--cert/--key/--crl only apply with --mtls", mtls=False)
     config = ExplorerConfig(rpc_url=rpc_url, deployment_path=Path(deployment_path), cache_dir=cache_dir,
                             confirmations=confirmations, network_file=network_file,
                             cc_db_url=_database_url(cc_config, "ClearingCenterSettings"),

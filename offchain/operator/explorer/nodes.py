@@ -16,7 +16,7 @@ import requests
 from web3 import Web3
 from web3.exceptions import Web3Exception
 
-from offchain.core.errors import ConfigError
+from offchain.core.errors import PathError
 
 URL_KEYS = ("rpc_url", "rpc", "http_url", "url")
 NODE_TIMEOUT_S = 3.0
@@ -47,7 +47,7 @@ def read_network_file(path: Path) -> list[tuple[str, str]]:
             found.append((str(node.get("name", f"node{i}")), str(url)))
         return found
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"cannot read the network file {path}: {exc}", path=str(path)) from None
+        raise PathError(f"cannot read the network file {path}: {exc}", path=str(path)) from None
 
 
 def _rpc(w3: Web3, method: str, params: list[Any]) -> Any:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from web3 import Web3
 
-from offchain.core.errors import ConfigError
+from offchain.core.errors import SettingError
 from offchain.operator.audit import (
     AuditIndex,
     ChainEvent,
@@ -76,8 +76,8 @@ class ExplorerConfig:
 
     def __post_init__(self) -> None:
         if self.confirmations < 1:
-            raise ConfigError(f"--confirmations must be at least 1, got {self.confirmations}",
-                              confirmations=self.confirmations)
+            raise SettingError(f"--confirmations must be at least 1, got {self.confirmations}",
+                               confirmations=self.confirmations)
 
 
 class Sources:
@@ -150,7 +150,7 @@ def usage_summary(index: IndexReader, *, serials: list[str] | None = None, polic
                   group_by: str | None = None) -> list[tuple[Any, int, int]]:
     """(group, count, sum of fees) of the usage logs; group is None without `group_by` (one row)."""
     if group_by not in (None, "policy_id", "serial", "receiver"):
-        raise ConfigError(f"cannot group usage logs by {group_by!r}", group_by=group_by)
+        raise SettingError(f"cannot group usage logs by {group_by!r}", group_by=group_by)
     where, params = _where(serials, policy_ids)
     key = group_by or "NULL"
     sql = f"SELECT {key}, COUNT(*), COALESCE(SUM(fee), 0) FROM usage_logs{where}"  # noqa: S608
